@@ -1,0 +1,130 @@
+"""A real stack for end-to-end tests: simulated replicas, the control plane, a real Envoy."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from tests.helpers import free_port, wait_for
+from warmroute.config import Config
+from warmroute.envoy_process import EnvoyProcess
+from warmroute.server import ControlPlane
+from warmroute.sim.replica import SimReplica
+from warmroute.sim.service_time import ServiceTime
+from warmroute.xds.bootstrap import static_bootstrap, to_json
+
+MODEL = "sim-model"
+
+
+@dataclass
+class Stack:
+    config: Config
+    plane: ControlPlane
+    envoy: EnvoyProcess
+    replicas: list[SimReplica]
+    url: str
+    extra: list[SimReplica] = field(default_factory=list)
+
+    async def wait_warm(self, count: int | None = None, timeout: float = 10.0) -> None:
+        want = len(self.replicas) if count is None else count
+
+        def warm() -> bool:
+            view = self.plane.registry.view()
+            return sum(r.phase == "warm" for p in view.pools for r in p.replicas) >= want
+
+        await wait_for(warm, timeout, what=f"{want} warm replicas")
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """No lease and no waiter left in warmroute."""
+
+        def idle() -> bool:
+            view = self.plane.registry.view()
+            return view.leases == 0 and all(p.waiting == 0 for p in view.pools)
+
+        await wait_for(idle, timeout, what="no lease and no waiter left")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include ``labels``."""
+        text = self.plane.metrics.exposition().decode()
+        total = 0.0
+        for line in text.splitlines():
+            m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
+            if not m or m.group(1) != name:
+                continue
+            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(got.get(k) == v for k, v in labels.items()):
+                total += float(m.group(3))
+        return total
+
+    def full_hits(self) -> int:
+        return sum(r.stats.received_while_full for r in self.replicas)
+
+    async def stop(self) -> None:
+        await self.envoy.stop()
+        await self.plane.stop()
+        for r in self.replicas + self.extra:
+            await r.stop()
+
+
+async def start_stack(
+    *,
+    replicas: int = 2,
+    slots: int = 1,
+    service_ms: float = 50.0,
+    load_seconds: float = 0.0,
+    max_waiting: int = 1000,
+    queue_timeout: float = 30.0,
+    max_request_seconds: float = 600.0,
+    expire_interval: float = 1.0,
+    probe_interval: float = 0.05,
+    extra_pool: dict[str, Any] | None = None,
+) -> Stack:
+    sims = [
+        SimReplica(slots, load_seconds, ServiceTime("fixed", service_ms), seed=i, model=MODEL)
+        for i in range(replicas)
+    ]
+    addresses = []
+    for sim in sims:
+        port = await sim.start("127.0.0.1", 0)
+        addresses.append(f"127.0.0.1:{port}")
+    pools: list[dict[str, Any]] = [
+        {
+            "name": "main",
+            "models": [MODEL],
+            "slots": slots,
+            "max_request_seconds": max_request_seconds,
+            "queue": {"max_waiting": max_waiting, "timeout_seconds": queue_timeout},
+            "probe": {"path": "/health", "interval_seconds": probe_interval},
+            "replicas": addresses,
+        }
+    ]
+    if extra_pool:
+        pools.append(extra_pool)
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = Config.model_validate(
+        {
+            "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+                "expire_interval_seconds": expire_interval,
+            },
+            "pools": pools,
+        }
+    )
+    plane = ControlPlane(cfg)
+    await plane.start()
+    envoy = EnvoyProcess(to_json(static_bootstrap(cfg)), cfg.envoy.admin, log_level="info")
+    try:
+        await envoy.start()
+    except BaseException:
+        await plane.stop()
+        raise
+    return Stack(cfg, plane, envoy, sims, f"http://{listen}")
+
+
+def client(limit: int = 0) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, force_close=False))

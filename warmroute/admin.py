@@ -1,0 +1,54 @@
+"""The admin HTTP endpoint: /metrics, /state, /healthz. Binds loopback unless configured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from warmroute.metrics import Metrics
+from warmroute.state import RegistryView
+
+
+class AdminServer:
+    def __init__(
+        self, metrics: Metrics, view: Callable[[], RegistryView], ready: Callable[[], bool]
+    ) -> None:
+        self._metrics = metrics
+        self._view = view
+        self._ready = ready
+        app = web.Application()
+        app.router.add_get("/metrics", self._get_metrics)
+        app.router.add_get("/state", self._get_state)
+        app.router.add_get("/healthz", self._get_health)
+        app.router.add_get("/readyz", self._get_ready)
+        self._runner = web.AppRunner(app, access_log=None)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_port=False)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        return self.port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._metrics.exposition(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def _get_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self._view().to_json())
+
+    async def _get_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _get_ready(self, request: web.Request) -> web.Response:
+        ok = self._ready()
+        return web.json_response({"ready": ok}, status=200 if ok else 503)

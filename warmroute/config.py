@@ -1,0 +1,292 @@
+"""YAML config validated into typed, frozen objects.
+
+``load(path)`` raises ``ConfigError`` whose message names the file, each bad key's path
+(``pools[0].queue.max_waiting``), its line, and what was expected. Nothing in the running
+process changes until a config has fully validated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from warmroute.errors import ConfigError
+from warmroute.state.pool import PoolSpec
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port with a port in 1..65535, got {value!r}")
+    return value
+
+
+def _ip_port(value: str) -> str:
+    _host_port(value)
+    host = value.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"expected ip:port (Envoy pins requests by IP address), got {value!r}"
+        ) from None
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+IpPort = Annotated[str, AfterValidator(_ip_port)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvoyConfig(_Model):
+    listen: HostPort = "127.0.0.1:8080"
+    admin: HostPort = "127.0.0.1:19000"
+    binary: str | None = None
+    log_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = "warning"
+    concurrency: int = Field(default=2, ge=1, le=256)
+
+
+class ControlConfig(_Model):
+    grpc: HostPort = "127.0.0.1:18000"
+    admin: HostPort = "127.0.0.1:18001"
+    # Envoy reaches the gRPC services at this address (differs from `grpc` in containers).
+    advertise: HostPort | None = None
+    expire_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+
+
+class RoutingConfig(_Model):
+    model_header: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "x-model"
+
+
+class QueueConfig(_Model):
+    max_waiting: int = Field(default=1000, ge=0, le=1_000_000)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=86_400)
+
+
+class ProbeConfig(_Model):
+    path: Annotated[str, Field(pattern=r"^/")] = "/health"
+    expected_status: int = Field(default=200, ge=100, le=599)
+    interval_seconds: float = Field(default=0.5, gt=0, le=3600)
+    timeout_seconds: float = Field(default=1.0, gt=0, le=600)
+
+
+class ReplicaConfig(_Model):
+    address: IpPort
+    slots: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class SimulateConfig(_Model):
+    """Start simulated replicas for this pool (``warmroute up`` only)."""
+
+    replicas: int = Field(default=4, ge=0, le=256)
+    host: str = "127.0.0.1"
+    base_port: int = Field(default=9001, ge=1, le=65535)
+    load_seconds: float = Field(default=2.0, ge=0)
+    distribution: Literal["fixed", "lognormal"] = "lognormal"
+    median_ms: float = Field(default=200.0, gt=0)
+    sigma: float = Field(default=0.5, ge=0)
+    seed: int | None = None
+
+
+class PoolConfig(_Model):
+    name: Name
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
+    slots: int = Field(default=1, ge=1, le=100_000)
+    policy: Literal["least_loaded", "first_free"] = "least_loaded"
+    max_request_seconds: float = Field(default=600.0, gt=0, le=7 * 86_400)
+    queue: QueueConfig = QueueConfig()
+    probe: ProbeConfig | None = ProbeConfig()
+    replicas: list[ReplicaConfig] = []
+    simulate: SimulateConfig | None = None
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _short_replicas(cls, value: Any) -> Any:
+        # Allow `- 127.0.0.1:9001` as shorthand for `- {address: 127.0.0.1:9001}`.
+        if isinstance(value, list):
+            return [{"address": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def spec(self) -> PoolSpec:
+        return PoolSpec(
+            name=self.name,
+            models=tuple(self.models),
+            max_waiting=self.queue.max_waiting,
+            queue_timeout=self.queue.timeout_seconds,
+            max_request_seconds=self.max_request_seconds,
+            policy=self.policy,
+        )
+
+    def replica_slots(self, replica: ReplicaConfig) -> int:
+        return replica.slots if replica.slots is not None else self.slots
+
+    def simulated_replicas(self) -> list[ReplicaConfig]:
+        sim = self.simulate
+        if sim is None:
+            return []
+        return [
+            ReplicaConfig(address=f"{sim.host}:{sim.base_port + i}") for i in range(sim.replicas)
+        ]
+
+    def all_replicas(self) -> list[ReplicaConfig]:
+        return [*self.replicas, *self.simulated_replicas()]
+
+
+class Config(_Model):
+    envoy: EnvoyConfig = EnvoyConfig()
+    control: ControlConfig = ControlConfig()
+    routing: RoutingConfig = RoutingConfig()
+    pools: list[PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        seen_pools: set[str] = set()
+        seen_models: dict[str, str] = {}
+        seen_addresses: dict[str, str] = {}
+        for pool in self.pools:
+            if pool.name in seen_pools:
+                raise ValueError(f"pool name {pool.name!r} is used twice; names must be unique")
+            seen_pools.add(pool.name)
+            for model in pool.models:
+                if model in seen_models:
+                    raise ValueError(
+                        f"model {model!r} is served by pools {seen_models[model]!r} and "
+                        f"{pool.name!r}; a model must map to one pool"
+                    )
+                seen_models[model] = pool.name
+            for replica in pool.all_replicas():
+                if replica.address in seen_addresses:
+                    raise ValueError(
+                        f"replica {replica.address} is listed in pools "
+                        f"{seen_addresses[replica.address]!r} and {pool.name!r}"
+                    )
+                seen_addresses[replica.address] = pool.name
+        return self
+
+    def specs(self) -> list[PoolSpec]:
+        return [p.spec() for p in self.pools]
+
+    def pool(self, name: str) -> PoolConfig:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def max_queue_timeout(self) -> float:
+        return max(p.queue.timeout_seconds for p in self.pools)
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML config file. Raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from exc
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    """Validate YAML text; ``source`` names it in errors."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"not valid YAML{where}: {problem}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"expected a mapping at the top level, got {_kind(data)}"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e, node) for e in exc.errors()]) from exc
+
+
+def default() -> Config:
+    """The built-in config ``warmroute up`` uses when given none."""
+    text = resources.files("warmroute.defaults").joinpath("demo.yaml").read_text()
+    return parse(text, "<built-in demo config>")
+
+
+def _describe(error: Mapping[str, Any], root: yaml.Node | None) -> str:
+    loc: Sequence[str | int] = error.get("loc", ())
+    # Pydantic appends validator names (e.g. 'function-after[...]') to loc; drop them.
+    loc = [p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "str"))]
+    key = _format_loc(loc) or "(top level)"
+    line = _line_of(root, loc)
+    where = f" (line {line})" if line else ""
+    msg = str(error.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if error.get("type") == "extra_forbidden":
+        msg = "unknown key (check the spelling; see `warmroute config example`)"
+    elif error.get("type") == "missing":
+        msg = "required key is missing"
+    elif "input" in error and error.get("type") not in ("value_error", "assertion_error"):
+        msg = f"{msg}; got {error['input']!r}"
+    return f"{key}{where}: {msg}"
+
+
+def _format_loc(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[str | int]) -> int | None:
+    """The 1-based line of the deepest YAML node along ``loc``."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == part), None)
+            key = next((k for k, _ in node.value if k.value == part), None)
+            if child is None:
+                return line
+            line = (key or child).start_mark.line + 1
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _kind(value: object) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def example() -> str:
+    """The documented example config (the built-in demo)."""
+    return resources.files("warmroute.defaults").joinpath("demo.yaml").read_text()

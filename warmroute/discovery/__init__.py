@@ -1,0 +1,1 @@
+"""Where replicas come from: static config with warm probes (Kubernetes comes later)."""

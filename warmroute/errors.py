@@ -1,0 +1,74 @@
+"""The errors warmroute tells clients and operators about.
+
+Tree:
+    WarmrouteError                 base; ``code`` is stable, ``http_status`` is what a client sees
+    ├── RequestRejected            a request cannot be routed
+    │   ├── MissingModel           400: no model header and no pool chosen by the route
+    │   ├── UnknownModel           404: the model names no pool
+    │   ├── QueueFull              429: the pool's wait queue is at its bound
+    │   ├── QueueTimeout           503 + Retry-After: waited longer than the pool allows
+    │   └── NotServing             503 + Retry-After: this instance does not lease requests now
+    └── ConfigError                a config file is invalid (file, key path, expectation)
+
+Request errors are translated to an ext_proc ``ImmediateResponse`` in exactly one place,
+``warmroute.extproc.responses``.
+"""
+
+from __future__ import annotations
+
+
+class WarmrouteError(Exception):
+    code: str = "internal"
+    http_status: int = 500
+
+
+class RequestRejected(WarmrouteError):
+    """A request that warmroute refuses to route; ``retry_after`` is seconds or None."""
+
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class MissingModel(RequestRejected):
+    code = "missing_model"
+    http_status = 400
+
+
+class UnknownModel(RequestRejected):
+    code = "unknown_model"
+    http_status = 404
+
+
+class QueueFull(RequestRejected):
+    code = "queue_full"
+    http_status = 429
+    retry_after = 1.0
+
+
+class QueueTimeout(RequestRejected):
+    code = "queue_timeout"
+    http_status = 503
+    retry_after = 1.0
+
+
+class NotServing(RequestRejected):
+    code = "not_serving"
+    http_status = 503
+    retry_after = 1.0
+
+
+class ConfigError(WarmrouteError):
+    """An invalid config. ``str()`` is the full, user-facing explanation."""
+
+    code = "invalid_config"
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid config {path}:\n{lines}")

@@ -1,0 +1,109 @@
+"""The end-of-request service: Envoy's gRPC access log releases leases.
+
+Envoy writes one entry per finished HTTP request (success, upstream failure or client
+disconnect alike) carrying the stream's dynamic metadata, where ext_proc left the lease
+id. That id is the only thing that releases a lease; no header can.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from google.protobuf import empty_pb2
+
+from warmroute.metrics import Metrics
+from warmroute.state import EndReason, Registry
+from warmroute.xds.resources import METADATA_NAMESPACE
+
+logger = logging.getLogger(__name__)
+
+_FINAL = (accesslog_pb2.AccessLogType.NotSet, accesslog_pb2.AccessLogType.DownstreamEnd)
+
+
+class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+        self._registry = registry
+        self._metrics = metrics
+
+    async def StreamAccessLogs(
+        self,
+        request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> empty_pb2.Empty:
+        node = ""
+        async for message in request_iterator:
+            if message.HasField("identifier"):
+                node = message.identifier.node.id
+                logger.info("access-log stream opened by Envoy node %r", node)
+            for entry in message.http_logs.log_entry:
+                self.finish(entry)
+        logger.info("access-log stream from Envoy node %r ended", node)
+        return empty_pb2.Empty()
+
+    def finish(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:
+        """Release the lease an entry names and record how the request ended."""
+        common = entry.common_properties
+        if common.intermediate_log_entry or common.access_log_type not in _FINAL:
+            return
+        self._metrics.access_log_entries.inc()
+        ours = common.metadata.filter_metadata.get(METADATA_NAMESPACE)
+        if ours is None:
+            return  # never leased: rejected or answered before routing
+        lease_id = ours.fields["lease"].string_value
+        lease = self._registry.lease(lease_id)
+        if lease is None:
+            self._metrics.unknown_lease.inc()
+            logger.warning(
+                "request %s ended but lease %s is not active (already expired?)",
+                entry.request.request_id, lease_id[:8],
+            )  # fmt: skip
+            return
+        pool = lease.pool.name
+        upstream = _address(common.upstream_remote_address)
+        if upstream and upstream != lease.address:
+            self._metrics.upstream_mismatch.labels(pool).inc()
+            logger.error(
+                "request %s was leased %s but Envoy sent it to %s",
+                lease.request_id, lease.address, upstream,
+            )  # fmt: skip
+        lease.release(EndReason.FINISHED)
+        code = entry.response.response_code.value
+        outcome = _outcome(code, common.response_flags)
+        m = self._metrics
+        m.requests.labels(pool, outcome).inc()
+        duration = common.time_to_last_downstream_tx_byte
+        if duration.seconds or duration.nanos:
+            m.request_duration.labels(pool).observe(duration.seconds + duration.nanos * 1e-9)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request %s ended on %s: %s %d, lease %s released",
+                lease.request_id, lease.address, outcome, code, lease.id[:8],
+            )  # fmt: skip
+
+
+def _address(addr: object) -> str:
+    sa = addr.socket_address  # type: ignore[attr-defined]
+    if not sa.address:
+        return ""
+    return f"{sa.address}:{sa.port_value}"
+
+
+def _outcome(code: int, flags: accesslog_pb2.ResponseFlags) -> str:
+    if flags.downstream_connection_termination or flags.downstream_remote_reset or code == 0:
+        return "client_disconnect"
+    if flags.upstream_request_timeout:
+        return "upstream_timeout"
+    if (
+        flags.upstream_connection_failure
+        or flags.upstream_remote_reset
+        or flags.upstream_connection_termination
+        or code >= 500
+    ):
+        return "upstream_error"
+    if code >= 400:
+        return "client_error"
+    return "success"

@@ -1,0 +1,67 @@
+"""ext_proc replies: the routing decision, or a rejection as an ImmediateResponse.
+
+This is the one place where warmroute's request errors become HTTP responses.
+"""
+
+from __future__ import annotations
+
+import json
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3 import http_status_pb2
+
+from warmroute.errors import RequestRejected
+from warmroute.state import Lease
+from warmroute.xds.resources import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
+
+# Headers a client must not be able to send to influence routing or name a lease: Envoy is
+# not configured to read them, and we strip them so no replica or later hop trusts them.
+_STRIPPED = [DESTINATION_KEY, "x-warmroute-lease", "x-warmroute-pool", "x-warmroute-replica"]
+
+
+def routed(lease: Lease) -> ep.ProcessingResponse:
+    """Pin the request to the leased replica and tag the stream with the lease id."""
+    resp = ep.ProcessingResponse()
+    mutation = resp.request_headers.response.header_mutation
+    mutation.remove_headers.extend(_STRIPPED)
+    fields = resp.dynamic_metadata.fields
+    fields[LB_NAMESPACE].struct_value.fields[DESTINATION_KEY].string_value = lease.replica.address
+    ours = fields[METADATA_NAMESPACE].struct_value.fields
+    ours["lease"].string_value = lease.id
+    ours["pool"].string_value = lease.pool.name
+    return resp
+
+
+def rejected(error: RequestRejected, request_id: str) -> ep.ProcessingResponse:
+    """An ImmediateResponse with a JSON body: ``{"error": {"code", "message", ...}}``."""
+    body: dict[str, object] = {"code": error.code, "message": error.message}
+    if request_id:
+        body["request_id"] = request_id
+    headers = [_header("content-type", "application/json")]
+    if error.retry_after is not None:
+        body["retry_after_seconds"] = error.retry_after
+        headers.append(_header("retry-after", str(max(1, round(error.retry_after)))))
+    resp = ep.ProcessingResponse()
+    imm = resp.immediate_response
+    imm.status.code = http_status_pb2.StatusCode.Value(_STATUS_NAMES[error.http_status])
+    imm.headers.set_headers.extend(headers)
+    imm.body = (json.dumps({"error": body}) + "\n").encode()
+    imm.details = f"warmroute_{error.code}"
+    return resp
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+_STATUS_NAMES = {
+    400: "BadRequest",
+    404: "NotFound",
+    429: "TooManyRequests",
+    500: "InternalServerError",
+    503: "ServiceUnavailable",
+}

@@ -1,0 +1,58 @@
+"""Waiting for a lease: the async wrapper around the core's synchronous leasing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from warmroute.errors import QueueTimeout
+from warmroute.state import EndReason, Lease, Pool
+
+
+async def acquire(pool: Pool, request_id: str) -> Lease:
+    """A lease on ``pool``, waiting in its FIFO if no slot is free.
+
+    Raises QueueFull at once if the queue is at its bound, QueueTimeout after the pool's
+    queue timeout. If the calling task is cancelled (Envoy reset the stream: the client
+    left), the waiter is withdrawn, or a lease granted in the same instant is released,
+    so nothing leaks.
+    """
+    lease = pool.try_acquire(request_id)
+    if lease is not None:
+        return lease
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Lease] = loop.create_future()
+
+    def on_grant(lease: Lease) -> bool:
+        if fut.done():  # cancelled: the requester is gone, pass the slot on
+            return False
+        fut.set_result(lease)
+        return True
+
+    def on_timeout() -> None:
+        if not fut.done():
+            fut.set_exception(_timeout(pool))
+
+    waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout)
+    if waiter.lease is not None:  # granted inside enqueue
+        return waiter.lease
+
+    def on_timer() -> None:
+        if pool.mark_timed_out(waiter):
+            on_timeout()
+
+    timer = loop.call_later(pool.spec.queue_timeout, on_timer)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        if not pool.cancel(waiter) and waiter.lease is not None:
+            # Granted between the cancellation and now: give the slot back.
+            waiter.lease.release(EndReason.CANCELLED)
+        raise
+    finally:
+        timer.cancel()
+
+
+def _timeout(pool: Pool) -> QueueTimeout:
+    return QueueTimeout(
+        f"no free replica in pool {pool.name!r} within {pool.spec.queue_timeout:g}s"
+    )

@@ -1,0 +1,121 @@
+"""Prometheus metrics. Adapters record events here; gauges are read from registry views.
+
+Every metric lives in a private ``CollectorRegistry`` so several control planes (tests)
+can run in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from warmroute.state import Phase, RegistryView
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """All of warmroute's metrics. Safe to use from the event loop thread."""
+
+    def __init__(self, view: Callable[[], RegistryView]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "warmroute_requests",
+            "Requests by pool and outcome (success, client_error, upstream_error, "
+            "client_disconnect, rejected_*).",
+            ["pool", "outcome"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "warmroute_queue_wait_seconds",
+            "Time a request waited for a free slot (0 when one was free).",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decision = Histogram(
+            "warmroute_decision_seconds",
+            "ext_proc time to pick a replica, excluding queue wait.",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "warmroute_request_duration_seconds",
+            "Envoy-reported time from request start to last byte sent downstream.",
+            ["pool"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_mismatch = Counter(
+            "warmroute_upstream_mismatch",
+            "Requests Envoy sent to another replica than the leased one (must stay 0).",
+            ["pool"],
+            registry=r,
+        )
+        self.unknown_lease = Counter(
+            "warmroute_access_log_unknown_lease",
+            "End-of-request entries naming a lease that is no longer active "
+            "(already expired or released).",
+            registry=r,
+        )
+        self.access_log_entries = Counter(
+            "warmroute_access_log_entries", "Access-log entries received from Envoy.", registry=r
+        )
+        r.register(_RegistryCollector(view))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _RegistryCollector(Collector):
+    """Gauges and counters read from the registry's snapshot at scrape time."""
+
+    def __init__(self, view: Callable[[], RegistryView]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view()
+        replicas = GaugeMetricFamily(
+            "warmroute_replicas", "Replicas by pool and phase.", labels=["pool", "phase"]
+        )
+        slots = GaugeMetricFamily(
+            "warmroute_slots", "Slots of warm replicas by pool.", labels=["pool"]
+        )
+        leases = GaugeMetricFamily(
+            "warmroute_leases_in_flight", "Active leases by pool.", labels=["pool"]
+        )
+        waiting = GaugeMetricFamily(
+            "warmroute_requests_waiting", "Requests waiting for a slot.", labels=["pool"]
+        )
+        expired = _counter("warmroute_leases_expired", "Leases reclaimed at their deadline.")
+        granted = _counter(
+            "warmroute_leases_granted", "Leases granted, by whether the request waited.", "waited"
+        )
+        for pool in view.pools:
+            by_phase = dict.fromkeys((p.value for p in Phase), 0)
+            for rep in pool.replicas:
+                by_phase[rep.phase] += 1
+            for phase, n in by_phase.items():
+                replicas.add_metric([pool.name, phase], n)
+            slots.add_metric(
+                [pool.name], sum(r.slots for r in pool.replicas if r.phase == Phase.WARM.value)
+            )
+            leases.add_metric([pool.name], pool.in_flight)
+            waiting.add_metric([pool.name], pool.waiting)
+            expired.add_metric([pool.name], pool.expired)
+            granted.add_metric([pool.name, "false"], pool.granted_immediately)
+            granted.add_metric([pool.name, "true"], pool.granted_after_wait)
+        yield from (replicas, slots, leases, waiting, expired, granted)
+
+
+def _counter(name: str, doc: str, *extra: str) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=["pool", *extra])

@@ -1,0 +1,357 @@
+"""A simulated GPU model server: fixed slots, no queue, a cold start, vLLM-style metrics.
+
+Accounting contract, which tests rely on to prove the router never overloads a replica (all
+state lives on one event loop, so no locking): an inference request with valid ``x-sim-*``
+headers counts in ``received``, then in exactly one of ``received_while_loading`` and
+``received_while_full`` (both answered 503 at once), or takes a slot. A slot is released exactly
+once, as ``completed`` (service time ran out, whatever status is simulated) or ``cancelled``
+(client gone first), and *before* the final bytes are written, so a router that frees its lease
+when the client has the last byte never finds the replica still busy. So between resets:
+``received == received_while_loading + received_while_full + completed + cancelled + in_flight``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from warmroute.sim.service_time import ServiceTime
+
+logger = logging.getLogger(__name__)
+
+_SHUTDOWN_GRACE = 1.0  # seconds stop() lets in-flight requests run before cancelling them
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimStats:
+    """A point-in-time copy of a replica's counters; ``GET /stats`` returns it as JSON."""
+
+    slots: int
+    warm: bool
+    healthy: bool
+    in_flight: int = 0
+    max_in_flight: int = 0
+    received: int = 0
+    received_while_full: int = 0
+    received_while_loading: int = 0
+    completed: int = 0
+    cancelled: int = 0
+
+
+_COUNTERS = [f.name for f in dataclasses.fields(SimStats)][3:]
+
+
+class _Slot:
+    """A taken slot, like a lease: ``release()`` is idempotent, its first call sets the outcome."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+        self._held = True
+        counts["in_flight"] += 1
+        counts["max_in_flight"] = max(counts["max_in_flight"], counts["in_flight"])
+
+    def release(self, *, completed: bool) -> bool:
+        """Free the slot, counting it ``completed`` or ``cancelled``; False if already freed."""
+        if not self._held:
+            return False
+        self._held = False
+        self._counts["in_flight"] -= 1
+        self._counts["completed" if completed else "cancelled"] += 1
+        return True
+
+
+def _parse_plan(headers: Mapping[str, str]) -> tuple[float | None, int, int | None]:
+    """``(service_s or None to sample, status, stream chunks or None)`` from ``x-sim-*``.
+
+    Raises :class:`ValueError` with a client-facing message on a malformed header.
+    """
+    ms = _header(headers, "x-sim-service-ms", lambda v: 0 <= v < math.inf, "a number >= 0")
+    status = _header(
+        headers,
+        "x-sim-status",
+        lambda v: v.is_integer() and 200 <= v <= 599,
+        "an integer in 200..599",
+    )
+    chunks = _header(
+        headers,
+        "x-sim-stream-chunks",
+        lambda v: v.is_integer() and 0 <= v <= 100_000,
+        "an integer in 0..100000",
+    )
+    return (
+        None if ms is None else ms / 1000.0,
+        200 if status is None else int(status),
+        None if chunks is None else int(chunks),
+    )
+
+
+def _header(
+    headers: Mapping[str, str], name: str, valid: Callable[[float], bool], expected: str
+) -> float | None:
+    if (raw := headers.get(name)) is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan  # fails every check
+    if not valid(value):
+        raise ValueError(f"{name} must be {expected}, got {raw!r}")
+    return value
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class SimReplica:
+    """One simulated model server with ``slots`` concurrent requests and no queue.
+
+    Not thread-safe: build, start, query and stop it on one event loop. Counters survive
+    ``stop()``/``start()`` (a restart re-enters the loading phase); :meth:`reset` zeroes them.
+    Endpoints and ``x-sim-*`` request headers are listed in the package docstring.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        load_seconds: float,
+        service: ServiceTime,
+        seed: int | None,
+        model: str = "sim-model",
+    ) -> None:
+        """Raises :class:`ValueError` unless ``slots >= 1`` and ``load_seconds >= 0``."""
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        if not 0 <= load_seconds < math.inf:
+            raise ValueError(f"load_seconds must be a finite number >= 0, got {load_seconds}")
+        self._slots, self._load_seconds, self._service = slots, load_seconds, service
+        self._rng = random.Random(seed)
+        self._model = model
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._healthy = True
+        self._warm = False
+        self._address = "unstarted"
+        self._runner: web.AppRunner | None = None
+        self._warm_timer: asyncio.TimerHandle | None = None
+        self._last_headers: dict[str, str] = {}
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as bound by :meth:`start`; the value of ``x-sim-replica``."""
+        return self._address
+
+    @property
+    def warm(self) -> bool:
+        """True once ``load_seconds`` have elapsed since the last :meth:`start`."""
+        return self._warm
+
+    @property
+    def last_headers(self) -> dict[str, str]:
+        """Headers of the latest counted inference request (a copy; names lower-cased)."""
+        return dict(self._last_headers)
+
+    def stats(self) -> SimStats:
+        """Snapshot the counters."""
+        return SimStats(self._slots, self._warm, self._healthy, **self._counts)
+
+    def set_healthy(self, healthy: bool) -> None:
+        """Force ``GET /health`` to 503 (``False``) or back to normal; inference is unaffected."""
+        self._healthy = healthy
+        logger.info(
+            "sim replica %s marked %s", self._address, "healthy" if healthy else "unhealthy"
+        )
+
+    def reset(self) -> None:
+        """Zero every counter but ``in_flight`` (``max_in_flight`` restarts from it); forget
+        ``last_headers``."""
+        in_flight = self._counts["in_flight"]
+        self._counts.update(
+            dict.fromkeys(_COUNTERS, 0), in_flight=in_flight, max_in_flight=in_flight
+        )
+        self._last_headers = {}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on ``host:port`` (``port=0`` picks a free one) and return the bound port.
+
+        Answers ``loading`` for ``load_seconds`` from now. Raises :class:`RuntimeError` if
+        already started and :class:`OSError` if the bind fails.
+        """
+        if self._runner is not None:
+            raise RuntimeError(f"sim replica {self._address} is already started")
+        app = web.Application()
+        app.on_response_prepare.append(self._tag_response)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_post("/admin/health", self._admin_health)
+        app.router.add_post("/admin/reset", self._admin_reset)
+        app.router.add_post("/v1/{tail:.*}", self._inference)
+        app.router.add_get("/v1/{tail:.*}", self._inference, allow_head=False)
+        # handler_cancellation: a client (Envoy) dropping the connection cancels the handler,
+        # as vLLM aborts on disconnect, so the slot is freed at once.
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound: int = runner.addresses[0][1]
+        self._address = f"{host}:{bound}"
+        logger.info(
+            "sim replica %s listening (model=%s slots=%d load_seconds=%g %s)",
+            self._address,
+            self._model,
+            self._slots,
+            self._load_seconds,
+            self._service,
+        )
+        self._warm = False
+        if self._load_seconds == 0:
+            self._become_warm()
+        else:
+            loop = asyncio.get_running_loop()
+            self._warm_timer = loop.call_later(self._load_seconds, self._become_warm)
+        return bound
+
+    async def stop(self) -> None:
+        """Stop listening; in-flight requests get a short grace, then are cancelled (and
+        counted ``cancelled``). Safe to call twice or before :meth:`start`."""
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+        runner, self._runner = self._runner, None
+        self._warm = False
+        if runner is not None:
+            await runner.cleanup()
+            logger.info("sim replica %s stopped", self._address)
+
+    def _become_warm(self) -> None:
+        self._warm_timer = None
+        self._warm = True
+        logger.info("sim replica %s warm after %gs", self._address, self._load_seconds)
+
+    async def _tag_response(self, _: web.Request, response: web.StreamResponse) -> None:
+        response.headers["x-sim-replica"] = self._address
+
+    async def _health(self, _: web.Request) -> web.Response:
+        state = "loading" if not self._warm else "ok" if self._healthy else "unhealthy"
+        return web.json_response({"status": state}, status=200 if state == "ok" else 503)
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        return web.json_response(dataclasses.asdict(self.stats()))
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        text = render_metrics(self._model, self.stats())
+        return web.Response(
+            body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
+
+    async def _admin_health(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("healthy"), bool):
+            return _error(400, 'expected a JSON body {"healthy": true|false}')
+        self.set_healthy(body["healthy"])
+        return web.json_response({"healthy": self._healthy})
+
+    async def _admin_reset(self, _: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response(dataclasses.asdict(self.stats()))
+
+    async def _inference(self, request: web.Request) -> web.StreamResponse:
+        await request.read()  # a real server parses the prompt before admitting the request
+        rid = request.headers.get("x-request-id")
+        try:
+            service_s, status, chunks = _parse_plan(request.headers)
+        except ValueError as exc:
+            logger.warning("sim replica %s request %s: %s", self._address, rid, exc)
+            return _error(400, str(exc))
+        self._counts["received"] += 1
+        # Lower-cased names, as Envoy forwards them; repeated headers joined by ", ".
+        headers = request.headers
+        self._last_headers = {k.lower(): ", ".join(headers.getall(k)) for k in headers}
+        if not self._warm:
+            self._counts["received_while_loading"] += 1
+            logger.debug("sim replica %s request %s: refused, loading", self._address, rid)
+            return _error(503, "loading")
+        if self._counts["in_flight"] >= self._slots:
+            self._counts["received_while_full"] += 1
+            logger.debug("sim replica %s request %s: refused, full", self._address, rid)
+            return _error(503, "replica full")
+        slot = _Slot(self._counts)
+        try:
+            if service_s is None:
+                service_s = self._service.sample(self._rng)
+            logger.debug(
+                "sim replica %s request %s: serving %.1f ms, status %d",
+                self._address,
+                rid,
+                service_s * 1000,
+                status,
+            )
+            info = {"replica": self._address, "model": self._model, "request_id": rid}
+            if chunks is None or status != 200:
+                await asyncio.sleep(service_s)
+                slot.release(completed=True)
+                body: dict[str, Any] = {**info, "service_ms": service_s * 1000}
+                if status >= 400:
+                    body["error"] = f"simulated status {status}"
+                return web.json_response(body, status=status)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            try:
+                await response.prepare(request)
+                for index in range(chunks):
+                    await asyncio.sleep(service_s / chunks)
+                    event = json.dumps({**info, "index": index, "text": f" tok{index}"})
+                    await response.write(f"data: {event}\n\n".encode())
+                if chunks == 0:
+                    await asyncio.sleep(service_s)
+                slot.release(completed=True)
+                await response.write(b"data: [DONE]\n\n")
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # disconnect seen by a write, not a cancellation: `finally` frees the slot
+            return response
+        finally:
+            if slot.release(completed=False):
+                logger.debug("sim replica %s request %s: cancelled", self._address, rid)
+
+
+def render_metrics(model: str, stats: SimStats) -> str:
+    """Prometheus text exposition (format 0.0.4) of ``stats`` under vLLM's metric names.
+
+    Hand-written: prometheus_client's global registry would clash with the control plane's
+    when both run in one process.
+    """
+    label = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    samples: list[tuple[str, str, float]] = [
+        ("vllm:num_requests_running", "gauge", stats.in_flight),
+        ("vllm:num_requests_waiting", "gauge", 0),  # never queues
+        ("vllm:gpu_cache_usage_perc", "gauge", stats.in_flight / stats.slots),
+        ("sim_requests_received_total", "counter", stats.received),
+        ("sim_requests_received_while_full_total", "counter", stats.received_while_full),
+        ("sim_requests_received_while_loading_total", "counter", stats.received_while_loading),
+        ("sim_requests_completed_total", "counter", stats.completed),
+        ("sim_requests_cancelled_total", "counter", stats.cancelled),
+        ("sim_max_in_flight", "gauge", stats.max_in_flight),
+    ]
+    lines: list[str] = []
+    for name, kind, value in samples:
+        lines += [f"# TYPE {name} {kind}", f'{name}{{model_name="{label}"}} {value}']
+    return "\n".join(lines) + "\n"

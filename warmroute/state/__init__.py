@@ -1,0 +1,28 @@
+"""The authoritative state core: pure, synchronous, no I/O (see docs in each module)."""
+
+from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRemoved, ReplicaUpsert
+from warmroute.state.lease import EndReason, Lease
+from warmroute.state.pool import Pool, PoolSpec
+from warmroute.state.registry import Registry
+from warmroute.state.replica import Phase, Replica
+from warmroute.state.snapshot import PoolView, RegistryView, ReplicaView
+from warmroute.state.waiters import Waiter, WaitState
+
+__all__ = [
+    "EndReason",
+    "Lease",
+    "Phase",
+    "Pool",
+    "PoolSpec",
+    "PoolView",
+    "Registry",
+    "RegistryView",
+    "Replica",
+    "ReplicaEvent",
+    "ReplicaExternalLoad",
+    "ReplicaRemoved",
+    "ReplicaUpsert",
+    "ReplicaView",
+    "WaitState",
+    "Waiter",
+]

@@ -1,0 +1,37 @@
+"""Typed discovery events: the only way replica membership and phase reach the core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from warmroute.state.replica import Phase
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaUpsert:
+    """A replica exists (or changed) with this many slots and this phase."""
+
+    pool: str
+    address: str
+    slots: int
+    phase: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRemoved:
+    """A replica is gone; its in-flight leases finish, then it is forgotten."""
+
+    pool: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaExternalLoad:
+    """The replica reports this many running requests that warmroute did not lease."""
+
+    pool: str
+    address: str
+    running: int
+
+
+ReplicaEvent = ReplicaUpsert | ReplicaRemoved | ReplicaExternalLoad

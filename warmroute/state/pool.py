@@ -1,0 +1,258 @@
+"""A pool: the replicas serving one set of models, their leases and their wait queue.
+
+Invariants (checked by tests/unit/test_state_properties.py after every step):
+  * for every replica, ``in_flight`` equals its active leases and never exceeds ``slots``
+    at the moment a lease is granted;
+  * each lease is released exactly once;
+  * a waiter leaves WAITING exactly once, and a cancelled or timed-out waiter never
+    holds a lease;
+  * work conservation: while a waiter is queued, no WARM replica has a free slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from warmroute.errors import QueueFull
+from warmroute.state.lease import EndReason, Lease
+from warmroute.state.policy import Policy, least_loaded
+from warmroute.state.replica import Phase, Replica
+from warmroute.state.waiters import GrantCallback, Waiter, WaitQueue, WaitState
+
+Clock = Callable[[], float]
+IdFactory = Callable[[], str]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """What the core needs to know about a pool (built from the validated config)."""
+
+    name: str
+    models: tuple[str, ...]
+    max_waiting: int = 1000
+    queue_timeout: float = 30.0
+    max_request_seconds: float = 600.0
+    policy: str = "least_loaded"
+
+
+@dataclass(slots=True)
+class PoolCounters:
+    """Monotonic counters; read by the metrics adapter."""
+
+    granted_immediately: int = 0
+    granted_after_wait: int = 0
+    released: int = 0
+    expired: int = 0
+    cancelled_leases: int = 0
+    waits_cancelled: int = 0
+    waits_timed_out: int = 0
+    rejected_queue_full: int = 0
+    ended: dict[str, int] = field(default_factory=dict)
+
+
+class Pool:
+    """Replicas, leases and waiters of one pool. Synchronous; not thread-safe.
+
+    ``leases`` is the registry-wide index (lease id -> lease) shared by all pools, so the
+    end-of-request path finds a lease in one dict lookup.
+    """
+
+    def __init__(
+        self,
+        spec: PoolSpec,
+        *,
+        clock: Clock,
+        new_id: IdFactory,
+        leases: dict[str, Lease],
+        policy: Policy = least_loaded,
+    ) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._new_id = new_id
+        self._leases = leases
+        self._policy = policy
+        self.replicas: dict[str, Replica] = {}
+        self.queue = WaitQueue()
+        self.counters = PoolCounters()
+        self._dispatching = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # -- leasing -------------------------------------------------------------------------
+
+    def try_acquire(self, request_id: str) -> Lease | None:
+        """A lease on a free warm replica now, or None if the caller must wait.
+
+        Returns None while others are queued, so a new request never overtakes them.
+        """
+        if self.queue:
+            return None
+        replica = self._policy(self._free_replicas())
+        if replica is None:
+            return None
+        self.counters.granted_immediately += 1
+        return self._grant(replica, request_id)
+
+    def enqueue(
+        self,
+        request_id: str,
+        on_grant: GrantCallback,
+        *,
+        timeout: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> Waiter:
+        """Queue a request for the next free slot.
+
+        ``on_grant`` is called synchronously from whichever call frees a slot; it must not
+        call back into the pool. Raises QueueFull when ``max_waiting`` are queued.
+        """
+        if len(self.queue) >= self.spec.max_waiting:
+            self.counters.rejected_queue_full += 1
+            raise QueueFull(f"pool {self.name!r} has {len(self.queue)} requests waiting")
+        now = self._clock()
+        wait = self.spec.queue_timeout if timeout is None else timeout
+        waiter = Waiter(request_id, now, now + wait, on_grant, on_timeout)
+        self.queue.push(waiter)
+        # A slot may be free with an empty queue only if try_acquire was skipped.
+        self._dispatch()
+        return waiter
+
+    def cancel(self, waiter: Waiter) -> bool:
+        """Withdraw a waiter. False if it already left the queue (granted or timed out)."""
+        if waiter.state is not WaitState.WAITING:
+            return False
+        self.queue.remove(waiter)
+        waiter.state = WaitState.CANCELLED
+        self.counters.waits_cancelled += 1
+        return True
+
+    def release(self, lease: Lease, reason: EndReason = EndReason.FINISHED) -> bool:
+        """End a lease (idempotent) and hand its slot to the next waiter."""
+        if lease.ended is not None or lease.pool is not self:
+            return False
+        self._end(lease, reason)
+        self._dispatch()
+        return True
+
+    def _end(self, lease: Lease, reason: EndReason) -> None:
+        lease.ended = reason
+        self._leases.pop(lease.id, None)
+        replica = lease.replica
+        replica.in_flight -= 1
+        replica.last_used = self._clock()
+        c = self.counters
+        c.released += 1
+        c.ended[reason.value] = c.ended.get(reason.value, 0) + 1
+        if reason is EndReason.EXPIRED:
+            c.expired += 1
+        elif reason is EndReason.CANCELLED:
+            c.cancelled_leases += 1
+        if replica.phase is Phase.GONE and replica.in_flight == 0:
+            self._forget(replica)
+
+    def _grant(self, replica: Replica, request_id: str) -> Lease:
+        now = self._clock()
+        lease = Lease(
+            self._new_id(), request_id, self, replica, now, now + self.spec.max_request_seconds
+        )
+        replica.in_flight += 1
+        replica.leased_total += 1
+        replica.last_used = now
+        self._leases[lease.id] = lease
+        return lease
+
+    def _free_replicas(self) -> Iterator[Replica]:
+        return (r for r in self.replicas.values() if r.free > 0)
+
+    def _dispatch(self) -> None:
+        """Give free slots to waiters, oldest first, until one side runs out."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self.queue:
+                replica = self._policy(self._free_replicas())
+                if replica is None:
+                    return
+                waiter = self.queue.pop()
+                lease = self._grant(replica, waiter.request_id)
+                if waiter.on_grant(lease):
+                    waiter.state = WaitState.GRANTED
+                    waiter.lease = lease
+                    self.counters.granted_after_wait += 1
+                else:
+                    # Its requester is gone: undo as if never granted.
+                    waiter.state = WaitState.CANCELLED
+                    self.counters.waits_cancelled += 1
+                    self._undo(lease)
+        finally:
+            self._dispatching = False
+
+    def _undo(self, lease: Lease) -> None:
+        lease.ended = EndReason.CANCELLED
+        self._leases.pop(lease.id, None)
+        lease.replica.in_flight -= 1
+        lease.replica.leased_total -= 1
+
+    # -- time ----------------------------------------------------------------------------
+
+    def expire_waiters(self, now: float) -> list[Waiter]:
+        """Time out waiters past their deadline (a backstop for the adapter's own timer)."""
+        timed_out = [w for w in self.queue if w.deadline <= now]
+        for w in timed_out:
+            self.queue.remove(w)
+            w.state = WaitState.TIMED_OUT
+            self.counters.waits_timed_out += 1
+        for w in timed_out:
+            if w.on_timeout is not None:
+                w.on_timeout()
+        return timed_out
+
+    def mark_timed_out(self, waiter: Waiter) -> bool:
+        """The adapter's precise timer fired for this waiter. False if it already left."""
+        if waiter.state is not WaitState.WAITING:
+            return False
+        self.queue.remove(waiter)
+        waiter.state = WaitState.TIMED_OUT
+        self.counters.waits_timed_out += 1
+        return True
+
+    # -- membership ----------------------------------------------------------------------
+
+    def upsert(self, address: str, slots: int, phase: Phase) -> Replica:
+        replica = self.replicas.get(address)
+        if replica is None:
+            replica = Replica(address, slots, phase)
+            self.replicas[address] = replica
+        else:
+            replica.slots = slots
+            replica.phase = phase
+        if phase is Phase.WARM:
+            self._dispatch()
+        return replica
+
+    def remove(self, address: str) -> None:
+        replica = self.replicas.get(address)
+        if replica is None:
+            return
+        replica.phase = Phase.GONE
+        if replica.in_flight == 0:
+            self._forget(replica)
+
+    def set_external(self, address: str, running: int) -> None:
+        """Record requests the replica runs that we did not lease (from its metrics)."""
+        replica = self.replicas.get(address)
+        if replica is None:
+            return
+        replica.external = max(0, running - replica.in_flight)
+        self._dispatch()
+
+    def _forget(self, replica: Replica) -> None:
+        if self.replicas.get(replica.address) is replica:
+            del self.replicas[replica.address]
+
+    def active_leases(self) -> list[Lease]:
+        return [lease for lease in self._leases.values() if lease.pool is self]

@@ -1,0 +1,118 @@
+"""The registry: every pool, replica, lease and waiter of one warmroute process.
+
+This is the authoritative state. It is synchronous and does no I/O; adapters (ext_proc,
+access log, discovery, metrics) call it from one event loop.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+
+from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRemoved, ReplicaUpsert
+from warmroute.state.lease import EndReason, Lease
+from warmroute.state.policy import POLICIES
+from warmroute.state.pool import Clock, IdFactory, Pool, PoolSpec
+from warmroute.state.snapshot import PoolView, RegistryView, ReplicaView
+
+
+def _new_lease_id() -> str:
+    # 128 random bits: a lease id is a capability, it must not be guessable.
+    return secrets.token_hex(16)
+
+
+class Registry:
+    """Pools by name, a model -> pool index and the lease index."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, new_id: IdFactory = _new_lease_id) -> None:
+        self._clock = clock
+        self._new_id = new_id
+        self.leases: dict[str, Lease] = {}
+        self.pools: dict[str, Pool] = {}
+        self._by_model: dict[str, Pool] = {}
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def configure(self, specs: Iterable[PoolSpec]) -> None:
+        """Make the pools match ``specs``: add new, update changed, drop removed ones.
+
+        A dropped pool's waiters stay until they time out or are cancelled and its
+        leases stay until they end; it simply stops being found by model.
+        """
+        wanted = {s.name: s for s in specs}
+        for name in list(self.pools):
+            if name not in wanted:
+                del self.pools[name]
+        for name, spec in wanted.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                self.pools[name] = Pool(
+                    spec,
+                    clock=self._clock,
+                    new_id=self._new_id,
+                    leases=self.leases,
+                    policy=POLICIES[spec.policy],
+                )
+            else:
+                pool.spec = spec
+                pool._policy = POLICIES[spec.policy]
+        self._by_model = {m: self.pools[s.name] for s in wanted.values() for m in s.models}
+
+    def pool_for_model(self, model: str) -> Pool | None:
+        return self._by_model.get(model)
+
+    def apply(self, event: ReplicaEvent) -> None:
+        """Apply one discovery event. Events for unknown pools are ignored."""
+        pool = self.pools.get(event.pool)
+        if pool is None:
+            return
+        if isinstance(event, ReplicaUpsert):
+            pool.upsert(event.address, event.slots, event.phase)
+        elif isinstance(event, ReplicaRemoved):
+            pool.remove(event.address)
+        elif isinstance(event, ReplicaExternalLoad):
+            pool.set_external(event.address, event.running)
+
+    def lease(self, lease_id: str) -> Lease | None:
+        return self.leases.get(lease_id)
+
+    def expire(self) -> list[Lease]:
+        """Reclaim every lease past its deadline and time out overdue waiters."""
+        now = self._clock()
+        overdue = [lease for lease in self.leases.values() if lease.deadline <= now]
+        for lease in overdue:
+            lease.release(EndReason.EXPIRED)
+        for pool in self.pools.values():
+            pool.expire_waiters(now)
+        return overdue
+
+    def view(self) -> RegistryView:
+        """An immutable snapshot for status pages and metrics."""
+        pools = []
+        for pool in self.pools.values():
+            replicas = tuple(
+                ReplicaView(
+                    r.address, r.phase.value, r.slots, r.in_flight, r.external, r.leased_total
+                )
+                for r in sorted(pool.replicas.values(), key=lambda r: r.address)
+            )
+            c = pool.counters
+            pools.append(
+                PoolView(
+                    name=pool.name,
+                    models=pool.spec.models,
+                    replicas=replicas,
+                    waiting=len(pool.queue),
+                    max_waiting=pool.spec.max_waiting,
+                    granted_immediately=c.granted_immediately,
+                    granted_after_wait=c.granted_after_wait,
+                    expired=c.expired,
+                    rejected_queue_full=c.rejected_queue_full,
+                    waits_timed_out=c.waits_timed_out,
+                    waits_cancelled=c.waits_cancelled,
+                )
+            )
+        return RegistryView(pools=tuple(pools), leases=len(self.leases))

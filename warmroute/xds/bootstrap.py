@@ -1,0 +1,37 @@
+"""Render an Envoy bootstrap from config: static resources built by ``resources``."""
+
+from __future__ import annotations
+
+import json
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
+
+from warmroute.config import Config
+from warmroute.xds import resources
+from warmroute.xds.resources import Endpoint
+
+
+def static_bootstrap(cfg: Config, node_id: str = "warmroute-envoy") -> bootstrap_pb2.Bootstrap:
+    """Everything inline: listener, routes, the control cluster and one STATIC cluster per
+    pool listing every configured replica. Which replica is routable is decided per
+    request by warmroute, so loading replicas may sit in the cluster harmlessly."""
+    clusters = [resources.control_cluster(cfg)]
+    for pool in cfg.pools:
+        endpoints = [Endpoint(r.address) for r in pool.all_replicas()]
+        clusters.append(resources.pool_cluster(pool, static_endpoints=endpoints))
+    boot = bootstrap_pb2.Bootstrap(
+        node=base_pb2.Node(id=node_id, cluster="warmroute"),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
+            listeners=[resources.listener(cfg, resources.route_configuration(cfg))],
+            clusters=clusters,
+        ),
+    )
+    boot.admin.address.CopyFrom(resources.socket_address(cfg.envoy.admin))
+    return boot
+
+
+def to_json(msg: bootstrap_pb2.Bootstrap) -> str:
+    """JSON Envoy accepts as a ``-c`` file (YAML is a superset)."""
+    return json.dumps(json_format.MessageToDict(msg), indent=2)

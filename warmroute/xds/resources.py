@@ -1,0 +1,376 @@
+"""Envoy resources as ``xds-protos`` messages, independent of how they are delivered.
+
+The same builders feed a static bootstrap (``warmroute.xds.bootstrap``) and, later, the
+ADS server. Names are stable so resources can be diffed across versions.
+
+Data path built here (see DESIGN.md, "Facts measured here"):
+  listener -> HCM -> ext_proc (request headers only; writes ``envoy.lb`` and ``warmroute``
+  dynamic metadata) -> router -> pool cluster whose LB policy is ``override_host`` reading
+  ``envoy.lb/x-gateway-destination-endpoint``; a gRPC access logger reports every finished
+  request, with that metadata, back to warmroute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    extension_pb2,
+    grpc_service_pb2,
+    health_check_pb2,
+    protocol_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
+from envoy.type.metadata.v3 import metadata_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
+
+from warmroute.config import Config, PoolConfig
+
+LISTENER_NAME = "warmroute_ingress"
+ROUTE_CONFIG_NAME = "warmroute_routes"
+CONTROL_CLUSTER = "warmroute_control"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+# Where override_host reads the chosen endpoint: the Gateway API Inference Extension's key.
+LB_NAMESPACE = "envoy.lb"
+DESTINATION_KEY = "x-gateway-destination-endpoint"
+# Our own dynamic-metadata namespace: lease id and pool. Clients can never write it.
+METADATA_NAMESPACE = "warmroute"
+# gRPC initial metadata a route attaches to its ext_proc stream: the pool Envoy routed to.
+POOL_METADATA_KEY = "x-warmroute-pool"
+ACCESS_LOG_NAME = "warmroute"
+
+
+def pool_cluster_name(pool: str) -> str:
+    return f"warmroute_pool_{pool}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An endpoint as xDS sees it: routable (HEALTHY) or finishing (DRAINING)."""
+
+    address: str
+    draining: bool = False
+
+
+def _any(msg: message.Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    return packed
+
+
+def _seconds(value: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(value * 1e9))
+    return d
+
+
+def socket_address(host_port: str) -> address_pb2.Address:
+    host, _, port = host_port.rpartition(":")
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host.strip("[]"), port_value=int(port))
+    )
+
+
+def _control_grpc_service() -> grpc_service_pb2.GrpcService:
+    return grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=CONTROL_CLUSTER)
+    )
+
+
+# -- listener ------------------------------------------------------------------------------
+
+
+def ext_proc_filter(cfg: Config) -> ext_proc_pb2.ExternalProcessor:
+    # A queued request holds its ext_proc message open until a slot frees: the message
+    # timeout must outlast the longest queue wait, or Envoy fails the request first.
+    timeout = _seconds(cfg.max_queue_timeout + 5.0)
+    mode = processing_mode_pb2.ProcessingMode
+    return ext_proc_pb2.ExternalProcessor(
+        grpc_service=_control_grpc_service(),
+        failure_mode_allow=False,
+        processing_mode=mode(
+            request_header_mode=mode.SEND,
+            response_header_mode=mode.SKIP,
+            request_body_mode=mode.NONE,
+            response_body_mode=mode.NONE,
+            request_trailer_mode=mode.SKIP,
+            response_trailer_mode=mode.SKIP,
+        ),
+        message_timeout=timeout,
+        max_message_timeout=timeout,
+        # Without this Envoy silently drops our metadata and the fallback LB picks a host.
+        metadata_options=ext_proc_pb2.MetadataOptions(
+            receiving_namespaces=ext_proc_pb2.MetadataOptions.MetadataNamespaces(
+                untyped=[LB_NAMESPACE, METADATA_NAMESPACE]
+            )
+        ),
+        stat_prefix="warmroute",
+    )
+
+
+def access_log(cfg: Config) -> accesslog_pb2.AccessLog:
+    config = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=als_pb2.CommonGrpcAccessLogConfig(
+            log_name=ACCESS_LOG_NAME,
+            grpc_service=_control_grpc_service(),
+            transport_api_version=config_source_pb2.ApiVersion.V3,
+            # Unbuffered: the entry is the end-of-request signal that frees a slot.
+            buffer_size_bytes=wrappers_pb2.UInt32Value(value=0),
+            buffer_flush_interval=_seconds(0.005),
+        )
+    )
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=_any(config))
+
+
+def http_connection_manager(
+    cfg: Config, route_config: route_pb2.RouteConfiguration | None = None
+) -> hcm_pb2.HttpConnectionManager:
+    """HCM with ext_proc, router and the end-of-request logger.
+
+    With ``route_config`` None, routes come over RDS (ADS) by name.
+    """
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix="warmroute",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        # Treat every client as external: Envoy then regenerates x-request-id and ignores
+        # client-sent x-envoy-* control headers, so a client cannot impersonate a request.
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        http_filters=[
+            hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=_any(ext_proc_filter(cfg))),
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
+            ),
+        ],
+        access_log=[access_log(cfg)],
+    )
+    if route_config is not None:
+        hcm.route_config.CopyFrom(route_config)
+    else:
+        hcm.rds.route_config_name = ROUTE_CONFIG_NAME
+        hcm.rds.config_source.CopyFrom(ads_config_source())
+    return hcm
+
+
+def ads_config_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def listener(
+    cfg: Config, route_config: route_pb2.RouteConfiguration | None = None
+) -> listener_pb2.Listener:
+    hcm = http_connection_manager(cfg, route_config)
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=socket_address(cfg.envoy.listen),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=_any(hcm),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+def _pool_marker(pool: str) -> dict[str, any_pb2.Any]:
+    per_route = ext_proc_pb2.ExtProcPerRoute(
+        overrides=ext_proc_pb2.ExtProcOverrides(
+            grpc_initial_metadata=[base_pb2.HeaderValue(key=POOL_METADATA_KEY, value=pool)]
+        )
+    )
+    return {EXT_PROC_FILTER: _any(per_route)}
+
+
+def route_configuration(cfg: Config) -> route_pb2.RouteConfiguration:
+    """One route per (pool, model) on the model header; anything else reaches ext_proc
+    without a pool and is answered there (400 missing model / 404 unknown model)."""
+    routes = []
+    header = cfg.routing.model_header
+    for pool in cfg.pools:
+        action = route_components_pb2.RouteAction(
+            cluster=pool_cluster_name(pool.name),
+            # The lease deadline is later than this, so Envoy ends a request before its
+            # lease could be reclaimed while still in use.
+            timeout=_seconds(pool.max_request_seconds),
+        )
+        for model in pool.models:
+            routes.append(
+                route_components_pb2.Route(
+                    name=f"{pool.name}/{model}",
+                    match=route_components_pb2.RouteMatch(
+                        prefix="/",
+                        headers=[
+                            route_components_pb2.HeaderMatcher(
+                                name=header,
+                                string_match=string_pb2.StringMatcher(exact=model),
+                            )
+                        ],
+                    ),
+                    route=action,
+                    typed_per_filter_config=_pool_marker(pool.name),
+                )
+            )
+    routes.append(
+        route_components_pb2.Route(
+            name="unrouted",
+            match=route_components_pb2.RouteMatch(prefix="/"),
+            direct_response=route_components_pb2.DirectResponseAction(
+                status=404,
+                body=base_pb2.DataSource(inline_string='{"error":{"code":"unknown_model"}}\n'),
+            ),
+        )
+    )
+    vhost = route_components_pb2.VirtualHost(name="warmroute", domains=["*"], routes=routes)
+    return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=[vhost])
+
+
+# -- clusters and endpoints ----------------------------------------------------------------
+
+
+def _override_host_policy() -> cluster_pb2.LoadBalancingPolicy:
+    source = override_host_pb2.OverrideHost.OverrideHostSource(
+        metadata=_metadata_key(LB_NAMESPACE, DESTINATION_KEY)
+    )
+    fallback = cluster_pb2.LoadBalancingPolicy(
+        policies=[
+            cluster_pb2.LoadBalancingPolicy.Policy(
+                typed_extension_config=extension_pb2.TypedExtensionConfig(
+                    name="envoy.load_balancing_policies.least_request",
+                    typed_config=_any(least_request_pb2.LeastRequest()),
+                )
+            )
+        ]
+    )
+    override = override_host_pb2.OverrideHost(
+        override_host_sources=[source], fallback_policy=fallback
+    )
+    return cluster_pb2.LoadBalancingPolicy(
+        policies=[
+            cluster_pb2.LoadBalancingPolicy.Policy(
+                typed_extension_config=extension_pb2.TypedExtensionConfig(
+                    name="envoy.load_balancing_policies.override_host",
+                    typed_config=_any(override),
+                )
+            )
+        ]
+    )
+
+
+def _metadata_key(namespace: str, key: str) -> metadata_pb2.MetadataKey:
+    return metadata_pb2.MetadataKey(
+        key=namespace, path=[metadata_pb2.MetadataKey.PathSegment(key=key)]
+    )
+
+
+def _big_circuit_breakers(limit: int) -> circuit_breaker_pb2.CircuitBreakers:
+    t = circuit_breaker_pb2.CircuitBreakers.Thresholds(
+        max_connections=wrappers_pb2.UInt32Value(value=limit),
+        max_pending_requests=wrappers_pb2.UInt32Value(value=limit),
+        max_requests=wrappers_pb2.UInt32Value(value=limit),
+        max_retries=wrappers_pb2.UInt32Value(value=3),
+    )
+    return circuit_breaker_pb2.CircuitBreakers(thresholds=[t])
+
+
+def load_assignment(pool: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    healthy = health_check_pb2.HealthStatus.HEALTHY
+    draining = health_check_pb2.HealthStatus.DRAINING
+    lb_endpoints = [
+        endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address)),
+            health_status=draining if e.draining else healthy,
+        )
+        for e in endpoints
+    ]
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=pool_cluster_name(pool),
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
+    )
+
+
+def pool_cluster(
+    pool: PoolConfig, static_endpoints: Sequence[Endpoint] | None = None
+) -> cluster_pb2.Cluster:
+    """The cluster of one pool. With ``static_endpoints`` it is STATIC, else EDS over ADS."""
+    cluster = cluster_pb2.Cluster(
+        name=pool_cluster_name(pool.name),
+        connect_timeout=_seconds(2.0),
+        load_balancing_policy=_override_host_policy(),
+        # Never route to a non-healthy host just because few are healthy.
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
+            healthy_panic_threshold=percent_pb2.Percent(value=0.0)
+        ),
+        # Slots, not Envoy, bound concurrency: Envoy's 1024 default must never bind first.
+        circuit_breakers=_big_circuit_breakers(1_000_000),
+    )
+    if static_endpoints is not None:
+        cluster.type = cluster_pb2.Cluster.STATIC
+        cluster.load_assignment.CopyFrom(load_assignment(pool.name, static_endpoints))
+    else:
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+    return cluster
+
+
+def control_cluster(cfg: Config) -> cluster_pb2.Cluster:
+    """Envoy's gRPC connection to warmroute (ext_proc and access log)."""
+    address = cfg.control.advertise or cfg.control.grpc
+    http2 = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+                # Every request in flight (or queued) holds one ext_proc stream.
+                max_concurrent_streams=wrappers_pb2.UInt32Value(value=1 << 20)
+            )
+        )
+    )
+    return cluster_pb2.Cluster(
+        name=CONTROL_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=_seconds(1.0),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)
+        },
+        circuit_breakers=_big_circuit_breakers(1_000_000),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=CONTROL_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=socket_address(address)
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
