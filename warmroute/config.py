@@ -70,6 +70,7 @@ class ControlConfig(_Model):
     # Envoy reaches the gRPC services at this address (differs from `grpc` in containers).
     advertise: HostPort | None = None
     expire_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    lease_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
 
 
 class RoutingConfig(_Model):
@@ -125,8 +126,9 @@ class PoolConfig(_Model):
             return [{"address": v} if isinstance(v, str) else v for v in value]
         return value
 
-    def spec(self) -> PoolSpec:
+    def spec(self, lease_grace_seconds: float = 5.0) -> PoolSpec:
         return PoolSpec(
+            lease_grace_seconds=lease_grace_seconds,
             name=self.name,
             models=tuple(self.models),
             max_waiting=self.queue.max_waiting,
@@ -182,7 +184,7 @@ class Config(_Model):
         return self
 
     def specs(self) -> list[PoolSpec]:
-        return [p.spec() for p in self.pools]
+        return [p.spec(self.control.lease_grace_seconds) for p in self.pools]
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:

@@ -60,7 +60,7 @@ class Stack:
         return total
 
     def full_hits(self) -> int:
-        return sum(r.stats.received_while_full for r in self.replicas)
+        return sum(r.stats().received_while_full for r in self.replicas)
 
     async def stop(self) -> None:
         await self.envoy.stop()
@@ -79,6 +79,7 @@ async def start_stack(
     queue_timeout: float = 30.0,
     max_request_seconds: float = 600.0,
     expire_interval: float = 1.0,
+    lease_grace: float = 5.0,
     probe_interval: float = 0.05,
     extra_pool: dict[str, Any] | None = None,
 ) -> Stack:
@@ -111,13 +112,14 @@ async def start_stack(
                 "grpc": f"127.0.0.1:{free_port()}",
                 "admin": f"127.0.0.1:{free_port()}",
                 "expire_interval_seconds": expire_interval,
+                "lease_grace_seconds": lease_grace,
             },
             "pools": pools,
         }
     )
     plane = ControlPlane(cfg)
     await plane.start()
-    envoy = EnvoyProcess(to_json(static_bootstrap(cfg)), cfg.envoy.admin, log_level="info")
+    envoy = EnvoyProcess(to_json(static_bootstrap(cfg)), cfg.envoy.admin, log_level="warning")
     try:
         await envoy.start()
     except BaseException:

@@ -16,5 +16,4 @@ async def test_one_request_reaches_a_warm_replica() -> None:
         assert body["replica"] in [r.address for r in stack.replicas]
         await stack.wait_idle()
     finally:
-        print(stack.envoy.tail_log())
         await stack.stop()

@@ -146,14 +146,16 @@ def test_first_free_policy_packs_work() -> None:
 
 
 def test_grant_sets_lease_fields_and_indexes_it() -> None:
-    env = make_env(PoolSpec("p", ("m",), max_request_seconds=60.0), now=100.0)
+    spec = PoolSpec("p", ("m",), max_request_seconds=60.0, lease_grace_seconds=5.0)
+    env = make_env(spec, now=100.0)
     env.warm("10.0.0.1:8000")
     lease = env.acquire("req-1")
     assert lease.id == "lease-1"
     assert lease.request_id == "req-1"
     assert lease.pool is env.pool()
     assert lease.address == "10.0.0.1:8000"
-    assert (lease.acquired_at, lease.deadline) == (100.0, 160.0)
+    # Envoy's route timeout starts after the grant, so the lease outlives it by the grace.
+    assert (lease.acquired_at, lease.deadline) == (100.0, 165.0)
     assert lease.ended is None
     assert env.registry.lease("lease-1") is lease
     assert env.pool().active_leases() == [lease]
@@ -391,17 +393,21 @@ def test_cancelled_waiter_never_gets_a_lease() -> None:
 
 
 def test_expire_reclaims_leases_at_their_deadline() -> None:
-    env = make_env(PoolSpec("p", ("m",), max_request_seconds=10.0, queue_timeout=100.0))
+    env = make_env(
+        PoolSpec(
+            "p", ("m",), max_request_seconds=10.0, lease_grace_seconds=2.0, queue_timeout=100.0
+        )
+    )
     env.warm("a")
     lease = env.acquire("stuck")
     requester = Requester()
     waiter = env.wait("next", requester)
 
-    env.clock.now = 9.999
+    env.clock.now = 11.999
     assert env.registry.expire() == []
     assert lease.ended is None
 
-    env.clock.now = 10.0
+    env.clock.now = 12.0
     assert env.registry.expire() == [lease]
     assert lease.ended is EndReason.EXPIRED
     assert lease.id not in env.registry.leases
@@ -411,7 +417,7 @@ def test_expire_reclaims_leases_at_their_deadline() -> None:
     # The reclaimed slot went to the waiter, whose lease gets a fresh deadline.
     assert waiter.state is WaitState.GRANTED
     assert waiter.lease is not None
-    assert waiter.lease.deadline == pytest.approx(20.0)
+    assert waiter.lease.deadline == 24.0
     assert lease.replica.in_flight == 1
     assert not lease.release()
     assert env.registry.expire() == []
@@ -775,7 +781,9 @@ def test_expire_times_out_waiters_of_a_dropped_pool() -> None:
     "so a freed slot is handed to a waiter already past its deadline",
 )
 def test_expire_does_not_grant_to_a_waiter_past_its_deadline() -> None:
-    env = make_env(PoolSpec("p", ("m",), queue_timeout=5.0, max_request_seconds=10.0))
+    env = make_env(
+        PoolSpec("p", ("m",), queue_timeout=5.0, max_request_seconds=10.0, lease_grace_seconds=0)
+    )
     env.warm("a")
     env.acquire("stuck")
     requester = Requester()

@@ -30,13 +30,16 @@ logger = logging.getLogger(__name__)
 _SHUTDOWN_GRACE = 1.0  # seconds stop() lets in-flight requests run before cancelling them
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class SimStats:
-    """A point-in-time copy of a replica's counters; ``GET /stats`` returns it as JSON."""
+    """A replica's counters; ``GET /stats`` returns these fields as JSON.
+
+    :meth:`SimReplica.stats` hands out copies: changing one has no effect on the replica.
+    """
 
     slots: int
-    warm: bool
-    healthy: bool
+    warm: bool = False
+    healthy: bool = True
     in_flight: int = 0
     max_in_flight: int = 0
     received: int = 0
@@ -46,25 +49,25 @@ class SimStats:
     cancelled: int = 0
 
 
-_COUNTERS = [f.name for f in dataclasses.fields(SimStats)][3:]
-
-
 class _Slot:
     """A taken slot, like a lease: ``release()`` is idempotent, its first call sets the outcome."""
 
-    def __init__(self, counts: dict[str, int]) -> None:
-        self._counts = counts
+    def __init__(self, stats: SimStats) -> None:
+        self._stats = stats
         self._held = True
-        counts["in_flight"] += 1
-        counts["max_in_flight"] = max(counts["max_in_flight"], counts["in_flight"])
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
 
     def release(self, *, completed: bool) -> bool:
         """Free the slot, counting it ``completed`` or ``cancelled``; False if already freed."""
         if not self._held:
             return False
         self._held = False
-        self._counts["in_flight"] -= 1
-        self._counts["completed" if completed else "cancelled"] += 1
+        self._stats.in_flight -= 1
+        if completed:
+            self._stats.completed += 1
+        else:
+            self._stats.cancelled += 1
         return True
 
 
@@ -74,20 +77,11 @@ def _parse_plan(headers: Mapping[str, str]) -> tuple[float | None, int, int | No
     Raises :class:`ValueError` with a client-facing message on a malformed header.
     """
     ms = _header(headers, "x-sim-service-ms", lambda v: 0 <= v < math.inf, "a number >= 0")
-    status = _header(
-        headers,
-        "x-sim-status",
-        lambda v: v.is_integer() and 200 <= v <= 599,
-        "an integer in 200..599",
-    )
-    chunks = _header(
-        headers,
-        "x-sim-stream-chunks",
-        lambda v: v.is_integer() and 0 <= v <= 100_000,
-        "an integer in 0..100000",
-    )
+    status = _header(headers, "x-sim-status", lambda v: 200 <= v <= 599, "an integer 200..599")
+    chunks = _header(headers, "x-sim-stream-chunks", lambda v: v >= 0, "an integer >= 0")
+    service_s = None if ms is None else ms / 1000.0
     return (
-        None if ms is None else ms / 1000.0,
+        service_s,
         200 if status is None else int(status),
         None if chunks is None else int(chunks),
     )
@@ -99,7 +93,7 @@ def _header(
     if (raw := headers.get(name)) is None:
         return None
     try:
-        value = float(raw)
+        value = float(raw) if "number" in expected else int(raw)
     except ValueError:
         value = math.nan  # fails every check
     if not valid(value):
@@ -117,6 +111,8 @@ class SimReplica:
     Not thread-safe: build, start, query and stop it on one event loop. Counters survive
     ``stop()``/``start()`` (a restart re-enters the loading phase); :meth:`reset` zeroes them.
     Endpoints and ``x-sim-*`` request headers are listed in the package docstring.
+    ``last_headers`` holds the headers of the latest counted inference request (names
+    lower-cased, as Envoy forwards them; repeated headers joined by ", "); treat it as read-only.
     """
 
     def __init__(
@@ -132,51 +128,38 @@ class SimReplica:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if not 0 <= load_seconds < math.inf:
             raise ValueError(f"load_seconds must be a finite number >= 0, got {load_seconds}")
-        self._slots, self._load_seconds, self._service = slots, load_seconds, service
+        self._load_seconds, self._service, self._model = load_seconds, service, model
         self._rng = random.Random(seed)
-        self._model = model
-        self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._healthy = True
-        self._warm = False
+        self._stats = SimStats(slots=slots)
         self._address = "unstarted"
         self._runner: web.AppRunner | None = None
         self._warm_timer: asyncio.TimerHandle | None = None
-        self._last_headers: dict[str, str] = {}
+        self.last_headers: dict[str, str] = {}
 
     @property
     def address(self) -> str:
         """``host:port`` as bound by :meth:`start`; the value of ``x-sim-replica``."""
         return self._address
 
-    @property
-    def warm(self) -> bool:
-        """True once ``load_seconds`` have elapsed since the last :meth:`start`."""
-        return self._warm
-
-    @property
-    def last_headers(self) -> dict[str, str]:
-        """Headers of the latest counted inference request (a copy; names lower-cased)."""
-        return dict(self._last_headers)
-
     def stats(self) -> SimStats:
-        """Snapshot the counters."""
-        return SimStats(self._slots, self._warm, self._healthy, **self._counts)
+        """A copy of the counters; ``warm`` turns True ``load_seconds`` after :meth:`start`."""
+        return dataclasses.replace(self._stats)
 
     def set_healthy(self, healthy: bool) -> None:
         """Force ``GET /health`` to 503 (``False``) or back to normal; inference is unaffected."""
-        self._healthy = healthy
+        self._stats.healthy = healthy
         logger.info(
             "sim replica %s marked %s", self._address, "healthy" if healthy else "unhealthy"
         )
 
     def reset(self) -> None:
-        """Zero every counter but ``in_flight`` (``max_in_flight`` restarts from it); forget
-        ``last_headers``."""
-        in_flight = self._counts["in_flight"]
-        self._counts.update(
-            dict.fromkeys(_COUNTERS, 0), in_flight=in_flight, max_in_flight=in_flight
-        )
-        self._last_headers = {}
+        """Zero every counter but ``in_flight`` (``max_in_flight`` restarts from it) and forget
+        ``last_headers``. In place, so slots held across a reset are released into it."""
+        s = self._stats
+        s.received = s.received_while_full = s.received_while_loading = 0
+        s.completed = s.cancelled = 0
+        s.max_in_flight = s.in_flight
+        self.last_headers = {}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (``port=0`` picks a free one) and return the bound port.
@@ -190,7 +173,7 @@ class SimReplica:
         app.on_response_prepare.append(self._tag_response)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/stats", self._stats)
+        app.router.add_get("/stats", self._stats_json)
         app.router.add_post("/admin/health", self._admin_health)
         app.router.add_post("/admin/reset", self._admin_reset)
         app.router.add_post("/v1/{tail:.*}", self._inference)
@@ -209,20 +192,10 @@ class SimReplica:
         self._runner = runner
         bound: int = runner.addresses[0][1]
         self._address = f"{host}:{bound}"
-        logger.info(
-            "sim replica %s listening (model=%s slots=%d load_seconds=%g %s)",
-            self._address,
-            self._model,
-            self._slots,
-            self._load_seconds,
-            self._service,
-        )
-        self._warm = False
-        if self._load_seconds == 0:
-            self._become_warm()
-        else:
-            loop = asyncio.get_running_loop()
-            self._warm_timer = loop.call_later(self._load_seconds, self._become_warm)
+        logger.info("sim replica %s listening (%s, %s)", self._address, self._model, self._stats)
+        # A zero-delay timer still fires before the first request can be parsed.
+        loop = asyncio.get_running_loop()
+        self._warm_timer = loop.call_later(self._load_seconds, self._become_warm)
         return bound
 
     async def stop(self) -> None:
@@ -232,31 +205,31 @@ class SimReplica:
             self._warm_timer.cancel()
             self._warm_timer = None
         runner, self._runner = self._runner, None
-        self._warm = False
+        self._stats.warm = False
         if runner is not None:
             await runner.cleanup()
             logger.info("sim replica %s stopped", self._address)
 
     def _become_warm(self) -> None:
         self._warm_timer = None
-        self._warm = True
+        self._stats.warm = True
         logger.info("sim replica %s warm after %gs", self._address, self._load_seconds)
 
     async def _tag_response(self, _: web.Request, response: web.StreamResponse) -> None:
         response.headers["x-sim-replica"] = self._address
 
     async def _health(self, _: web.Request) -> web.Response:
-        state = "loading" if not self._warm else "ok" if self._healthy else "unhealthy"
+        s = self._stats
+        state = "loading" if not s.warm else "ok" if s.healthy else "unhealthy"
         return web.json_response({"status": state}, status=200 if state == "ok" else 503)
 
-    async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response(dataclasses.asdict(self.stats()))
+    async def _stats_json(self, _: web.Request) -> web.Response:
+        return web.json_response(dataclasses.asdict(self._stats))
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        text = render_metrics(self._model, self.stats())
-        return web.Response(
-            body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-        )
+        text = render_metrics(self._model, self._stats)
+        content_type = "text/plain; version=0.0.4; charset=utf-8"
+        return web.Response(body=text.encode(), headers={"Content-Type": content_type})
 
     async def _admin_health(self, request: web.Request) -> web.Response:
         try:
@@ -266,11 +239,11 @@ class SimReplica:
         if not isinstance(body, dict) or not isinstance(body.get("healthy"), bool):
             return _error(400, 'expected a JSON body {"healthy": true|false}')
         self.set_healthy(body["healthy"])
-        return web.json_response({"healthy": self._healthy})
+        return web.json_response({"healthy": self._stats.healthy})
 
-    async def _admin_reset(self, _: web.Request) -> web.Response:
+    async def _admin_reset(self, request: web.Request) -> web.Response:
         self.reset()
-        return web.json_response(dataclasses.asdict(self.stats()))
+        return await self._stats_json(request)
 
     async def _inference(self, request: web.Request) -> web.StreamResponse:
         await request.read()  # a real server parses the prompt before admitting the request
@@ -280,29 +253,23 @@ class SimReplica:
         except ValueError as exc:
             logger.warning("sim replica %s request %s: %s", self._address, rid, exc)
             return _error(400, str(exc))
-        self._counts["received"] += 1
-        # Lower-cased names, as Envoy forwards them; repeated headers joined by ", ".
+        stats = self._stats
+        stats.received += 1
         headers = request.headers
-        self._last_headers = {k.lower(): ", ".join(headers.getall(k)) for k in headers}
-        if not self._warm:
-            self._counts["received_while_loading"] += 1
+        self.last_headers = {k.lower(): ", ".join(headers.getall(k)) for k in headers}
+        if not stats.warm:
+            stats.received_while_loading += 1
             logger.debug("sim replica %s request %s: refused, loading", self._address, rid)
             return _error(503, "loading")
-        if self._counts["in_flight"] >= self._slots:
-            self._counts["received_while_full"] += 1
+        if stats.in_flight >= stats.slots:
+            stats.received_while_full += 1
             logger.debug("sim replica %s request %s: refused, full", self._address, rid)
             return _error(503, "replica full")
-        slot = _Slot(self._counts)
+        slot = _Slot(stats)
         try:
             if service_s is None:
                 service_s = self._service.sample(self._rng)
-            logger.debug(
-                "sim replica %s request %s: serving %.1f ms, status %d",
-                self._address,
-                rid,
-                service_s * 1000,
-                status,
-            )
+            logger.debug("sim replica %s request %s: %.1f ms", self._address, rid, service_s * 1e3)
             info = {"replica": self._address, "model": self._model, "request_id": rid}
             if chunks is None or status != 200:
                 await asyncio.sleep(service_s)
@@ -311,26 +278,31 @@ class SimReplica:
                 if status >= 400:
                     body["error"] = f"simulated status {status}"
                 return web.json_response(body, status=status)
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-            )
-            try:
-                await response.prepare(request)
-                for index in range(chunks):
-                    await asyncio.sleep(service_s / chunks)
-                    event = json.dumps({**info, "index": index, "text": f" tok{index}"})
-                    await response.write(f"data: {event}\n\n".encode())
-                if chunks == 0:
-                    await asyncio.sleep(service_s)
-                slot.release(completed=True)
-                await response.write(b"data: [DONE]\n\n")
-                await response.write_eof()
-            except ConnectionResetError:
-                pass  # disconnect seen by a write, not a cancellation: `finally` frees the slot
-            return response
+            return await self._stream(request, slot, service_s, chunks, info)
         finally:
             if slot.release(completed=False):
                 logger.debug("sim replica %s request %s: cancelled", self._address, rid)
+
+    async def _stream(
+        self, request: web.Request, slot: _Slot, service_s: float, chunks: int, info: dict[str, Any]
+    ) -> web.StreamResponse:
+        """SSE: ``chunks`` events spread over ``service_s``, then free ``slot``, then [DONE]."""
+        sse = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        response = web.StreamResponse(headers=sse)
+        try:
+            await response.prepare(request)
+            for index in range(chunks):
+                await asyncio.sleep(service_s / chunks)
+                event = json.dumps({**info, "index": index, "text": f" tok{index}"})
+                await response.write(f"data: {event}\n\n".encode())
+            if chunks == 0:
+                await asyncio.sleep(service_s)
+            slot.release(completed=True)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # disconnect seen by a write, not a cancellation: the caller frees the slot
+        return response
 
 
 def render_metrics(model: str, stats: SimStats) -> str:

@@ -33,6 +33,9 @@ class PoolSpec:
     max_waiting: int = 1000
     queue_timeout: float = 30.0
     max_request_seconds: float = 600.0
+    # Envoy's route timeout (max_request_seconds) starts after the lease is granted, so the
+    # lease lives a little longer: it is never reclaimed while Envoy may still use it.
+    lease_grace_seconds: float = 5.0
     policy: str = "least_loaded"
 
 
@@ -156,7 +159,12 @@ class Pool:
     def _grant(self, replica: Replica, request_id: str) -> Lease:
         now = self._clock()
         lease = Lease(
-            self._new_id(), request_id, self, replica, now, now + self.spec.max_request_seconds
+            self._new_id(),
+            request_id,
+            self,
+            replica,
+            now,
+            now + self.spec.max_request_seconds + self.spec.lease_grace_seconds,
         )
         replica.in_flight += 1
         replica.leased_total += 1
