@@ -7,12 +7,12 @@ async def test_one_request_reaches_a_warm_replica() -> None:
     stack = await start_stack(replicas=2)
     try:
         await stack.wait_warm()
-        async with client() as http:
-            async with http.post(
-                stack.url + "/v1/completions", headers={"x-model": MODEL}, json={}
-            ) as resp:
-                body = await resp.json()
-                assert resp.status == 200, body
+        async with (
+            client() as http,
+            http.post(stack.url + "/v1/completions", headers={"x-model": MODEL}, json={}) as resp,
+        ):
+            body = await resp.json()
+            assert resp.status == 200, body
         assert body["replica"] in [r.address for r in stack.replicas]
         await stack.wait_idle()
     finally:

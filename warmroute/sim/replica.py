@@ -32,10 +32,7 @@ _SHUTDOWN_GRACE = 1.0  # seconds stop() lets in-flight requests run before cance
 
 @dataclasses.dataclass(slots=True)
 class SimStats:
-    """A replica's counters; ``GET /stats`` returns these fields as JSON.
-
-    :meth:`SimReplica.stats` hands out copies: changing one has no effect on the replica.
-    """
+    """A replica's counters, as ``GET /stats`` returns them; :meth:`SimReplica.stats` copies."""
 
     slots: int
     warm: bool = False
@@ -71,38 +68,21 @@ class _Slot:
         return True
 
 
-def _parse_plan(headers: Mapping[str, str]) -> tuple[float | None, int, int | None]:
-    """``(service_s or None to sample, status, stream chunks or None)`` from ``x-sim-*``.
-
-    Raises :class:`ValueError` with a client-facing message on a malformed header.
-    """
-    ms = _header(headers, "x-sim-service-ms", lambda v: 0 <= v < math.inf, "a number >= 0")
-    status = _header(headers, "x-sim-status", lambda v: 200 <= v <= 599, "an integer 200..599")
-    chunks = _header(headers, "x-sim-stream-chunks", lambda v: v >= 0, "an integer >= 0")
-    service_s = None if ms is None else ms / 1000.0
-    return (
-        service_s,
-        200 if status is None else int(status),
-        None if chunks is None else int(chunks),
-    )
-
-
 def _header(
-    headers: Mapping[str, str], name: str, valid: Callable[[float], bool], expected: str
+    headers: Mapping[str, str], name: str, parse: Callable[[str], float], low: float, high: float
 ) -> float | None:
+    """Header ``name`` parsed, or None if absent; a client-facing ValueError unless finite and
+    within ``[low, high]``."""
     if (raw := headers.get(name)) is None:
         return None
     try:
-        value = float(raw) if "number" in expected else int(raw)
+        value = parse(raw)
     except ValueError:
-        value = math.nan  # fails every check
-    if not valid(value):
-        raise ValueError(f"{name} must be {expected}, got {raw!r}")
+        value = math.nan  # fails the check below
+    if not (math.isfinite(value) and low <= value <= high):
+        kind = "an integer" if parse is int else "a number"
+        raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {raw!r}")
     return value
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class SimReplica:
@@ -111,8 +91,6 @@ class SimReplica:
     Not thread-safe: build, start, query and stop it on one event loop. Counters survive
     ``stop()``/``start()`` (a restart re-enters the loading phase); :meth:`reset` zeroes them.
     Endpoints and ``x-sim-*`` request headers are listed in the package docstring.
-    ``last_headers`` holds the headers of the latest counted inference request (names
-    lower-cased, as Envoy forwards them; repeated headers joined by ", "); treat it as read-only.
     """
 
     def __init__(
@@ -134,6 +112,8 @@ class SimReplica:
         self._address = "unstarted"
         self._runner: web.AppRunner | None = None
         self._warm_timer: asyncio.TimerHandle | None = None
+        # Headers of the latest counted inference request, names lower-cased as Envoy sends
+        # them, repeats joined by ", ". Replaced, never mutated: treat it as read-only.
         self.last_headers: dict[str, str] = {}
 
     @property
@@ -148,9 +128,7 @@ class SimReplica:
     def set_healthy(self, healthy: bool) -> None:
         """Force ``GET /health`` to 503 (``False``) or back to normal; inference is unaffected."""
         self._stats.healthy = healthy
-        logger.info(
-            "sim replica %s marked %s", self._address, "healthy" if healthy else "unhealthy"
-        )
+        logger.info("sim replica %s healthy=%s", self._address, healthy)
 
     def reset(self) -> None:
         """Zero every counter but ``in_flight`` (``max_in_flight`` restarts from it) and forget
@@ -162,10 +140,9 @@ class SimReplica:
         self.last_headers = {}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on ``host:port`` (``port=0`` picks a free one) and return the bound port.
+        """Listen (``port=0`` picks a free port), return the bound port; warm in ``load_seconds``.
 
-        Answers ``loading`` for ``load_seconds`` from now. Raises :class:`RuntimeError` if
-        already started and :class:`OSError` if the bind fails.
+        Raises :class:`RuntimeError` if already started and :class:`OSError` if the bind fails.
         """
         if self._runner is not None:
             raise RuntimeError(f"sim replica {self._address} is already started")
@@ -192,8 +169,8 @@ class SimReplica:
         self._runner = runner
         bound: int = runner.addresses[0][1]
         self._address = f"{host}:{bound}"
-        logger.info("sim replica %s listening (%s, %s)", self._address, self._model, self._stats)
-        # A zero-delay timer still fires before the first request can be parsed.
+        logger.info("sim replica %s listening: %s %s", self._address, self._model, self._stats)
+        # Even a zero delay fires before the first request can have been parsed.
         loop = asyncio.get_running_loop()
         self._warm_timer = loop.call_later(self._load_seconds, self._become_warm)
         return bound
@@ -237,7 +214,7 @@ class SimReplica:
         except ValueError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("healthy"), bool):
-            return _error(400, 'expected a JSON body {"healthy": true|false}')
+            return web.json_response({"error": 'expected {"healthy": true|false}'}, status=400)
         self.set_healthy(body["healthy"])
         return web.json_response({"healthy": self._stats.healthy})
 
@@ -247,28 +224,28 @@ class SimReplica:
 
     async def _inference(self, request: web.Request) -> web.StreamResponse:
         await request.read()  # a real server parses the prompt before admitting the request
-        rid = request.headers.get("x-request-id")
+        headers, rid = request.headers, request.headers.get("x-request-id")
         try:
-            service_s, status, chunks = _parse_plan(request.headers)
+            ms = _header(headers, "x-sim-service-ms", float, 0, math.inf)
+            status = int(_header(headers, "x-sim-status", int, 200, 599) or 200)  # None: 200
+            chunks = _header(headers, "x-sim-stream-chunks", int, 0, math.inf)
         except ValueError as exc:
             logger.warning("sim replica %s request %s: %s", self._address, rid, exc)
-            return _error(400, str(exc))
+            return web.json_response({"error": str(exc)}, status=400)
         stats = self._stats
         stats.received += 1
-        headers = request.headers
         self.last_headers = {k.lower(): ", ".join(headers.getall(k)) for k in headers}
         if not stats.warm:
             stats.received_while_loading += 1
             logger.debug("sim replica %s request %s: refused, loading", self._address, rid)
-            return _error(503, "loading")
+            return web.json_response({"error": "loading"}, status=503)
         if stats.in_flight >= stats.slots:
             stats.received_while_full += 1
             logger.debug("sim replica %s request %s: refused, full", self._address, rid)
-            return _error(503, "replica full")
+            return web.json_response({"error": "replica full"}, status=503)
         slot = _Slot(stats)
         try:
-            if service_s is None:
-                service_s = self._service.sample(self._rng)
+            service_s = self._service.sample(self._rng) if ms is None else ms / 1000
             logger.debug("sim replica %s request %s: %.1f ms", self._address, rid, service_s * 1e3)
             info = {"replica": self._address, "model": self._model, "request_id": rid}
             if chunks is None or status != 200:
@@ -278,39 +255,31 @@ class SimReplica:
                 if status >= 400:
                     body["error"] = f"simulated status {status}"
                 return web.json_response(body, status=status)
-            return await self._stream(request, slot, service_s, chunks, info)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            try:
+                await response.prepare(request)
+                for index in range(int(chunks)):
+                    await asyncio.sleep(service_s / chunks)
+                    event = json.dumps({**info, "index": index, "text": f" tok{index}"})
+                    await response.write(f"data: {event}\n\n".encode())
+                if not chunks:
+                    await asyncio.sleep(service_s)
+                slot.release(completed=True)
+                await response.write(b"data: [DONE]\n\n")
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the disconnect surfaced in a write, not as a cancellation
+            return response
         finally:
             if slot.release(completed=False):
                 logger.debug("sim replica %s request %s: cancelled", self._address, rid)
 
-    async def _stream(
-        self, request: web.Request, slot: _Slot, service_s: float, chunks: int, info: dict[str, Any]
-    ) -> web.StreamResponse:
-        """SSE: ``chunks`` events spread over ``service_s``, then free ``slot``, then [DONE]."""
-        sse = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        response = web.StreamResponse(headers=sse)
-        try:
-            await response.prepare(request)
-            for index in range(chunks):
-                await asyncio.sleep(service_s / chunks)
-                event = json.dumps({**info, "index": index, "text": f" tok{index}"})
-                await response.write(f"data: {event}\n\n".encode())
-            if chunks == 0:
-                await asyncio.sleep(service_s)
-            slot.release(completed=True)
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # disconnect seen by a write, not a cancellation: the caller frees the slot
-        return response
-
 
 def render_metrics(model: str, stats: SimStats) -> str:
-    """Prometheus text exposition (format 0.0.4) of ``stats`` under vLLM's metric names.
-
-    Hand-written: prometheus_client's global registry would clash with the control plane's
-    when both run in one process.
-    """
+    """Prometheus text format 0.0.4 of ``stats`` under vLLM's names. Hand-written because
+    prometheus_client's global registry would clash with the control plane's in one process."""
     label = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     samples: list[tuple[str, str, float]] = [
         ("vllm:num_requests_running", "gauge", stats.in_flight),

@@ -1,0 +1,140 @@
+"""The ``warmroute`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+
+from warmroute import config as config_mod
+from warmroute import view
+from warmroute.errors import ConfigError
+
+
+def _load(path: str | None) -> config_mod.Config:
+    return config_mod.load(path) if path else config_mod.default()
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from warmroute import up
+
+    return asyncio.run(up.run(_load(args.config), live=not args.quiet, duration=args.duration))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from warmroute.server import ControlPlane
+
+    cfg = _load(args.config)
+
+    async def serve() -> None:
+        plane = ControlPlane(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await plane.start()
+        try:
+            await stop.wait()
+        finally:
+            await plane.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    url = f"http://{args.admin}/state"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            state = json.load(resp)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"warmroute status: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(state, indent=2) if args.json else view.render(state))
+    return 0
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    from warmroute.xds.bootstrap import static_bootstrap, to_json
+
+    print(to_json(static_bootstrap(_load(args.config), node_id=args.node_id)))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "example":
+        print(config_mod.example(), end="")
+        return 0
+    cfg = config_mod.load(args.file)
+    print(f"{args.file}: valid ({len(cfg.pools)} pools)")
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from warmroute.sim.__main__ import main as sim_main
+
+    sim_main(args.sim_args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warmroute",
+        description="Route every AI inference request through Envoy to a free, warm replica.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="run replicas (simulated), the control plane and Envoy")
+    p.add_argument("-c", "--config", help="YAML config (default: built-in demo)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live replica table")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("serve", help="run only the control plane (your own Envoy)")
+    p.add_argument("-c", "--config", help="YAML config (default: built-in demo)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("status", help="show replicas, slots and queues of a running instance")
+    p.add_argument("--admin", default="127.0.0.1:18001", help="admin address (host:port)")
+    p.add_argument("--json", action="store_true", help="raw JSON from /state")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("bootstrap", help="print the Envoy bootstrap for a config")
+    p.add_argument("-c", "--config", help="YAML config (default: built-in demo)")
+    p.add_argument("--node-id", default="warmroute-envoy")
+    p.set_defaults(func=_cmd_bootstrap)
+
+    p = sub.add_parser("config", help="check a config file or print an example")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = csub.add_parser("check", help="validate a config file")
+    c.add_argument("file")
+    csub.add_parser("example", help="print the annotated built-in config")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("sim", help="run one simulated GPU replica (see `warmroute sim -h`)")
+    p.add_argument("sim_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    if args.command == "serve" and args.verbose == 0:
+        level = logging.INFO
+    if args.command == "up" and args.verbose == 0 and (args.quiet or not sys.stdout.isatty()):
+        level = logging.INFO  # a live table on a terminal would be scrolled away by logs
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(args.func(args))
+    except ConfigError as exc:
+        print(f"warmroute: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,115 @@
+"""``warmroute up``: simulated replicas + the control plane + a real Envoy on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from warmroute import view
+from warmroute.config import Config, PoolConfig
+from warmroute.envoy_process import EnvoyProcess
+from warmroute.server import ControlPlane
+from warmroute.xds.bootstrap import static_bootstrap, to_json
+
+logger = logging.getLogger(__name__)
+
+
+async def _start_simulated(pool: PoolConfig) -> list[asyncio.subprocess.Process]:
+    sim = pool.simulate
+    if sim is None:
+        return []
+    procs = []
+    for i, replica in enumerate(pool.simulated_replicas()):
+        host, _, port = replica.address.rpartition(":")
+        args = [
+            "-m", "warmroute.sim",
+            "--host", host, "--port", port,
+            "--slots", str(pool.replica_slots(replica)),
+            "--load-seconds", str(sim.load_seconds),
+            "--distribution", sim.distribution,
+            "--median-ms", str(sim.median_ms),
+            "--sigma", str(sim.sigma),
+            "--model", pool.models[0],
+        ]  # fmt: skip
+        if sim.seed is not None:
+            args += ["--seed", str(sim.seed + i)]
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, *args, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            )
+        )
+    return procs
+
+
+async def _stop_processes(procs: list[asyncio.subprocess.Process]) -> None:
+    for p in procs:
+        if p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
+    for p in procs:
+        try:
+            await asyncio.wait_for(p.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+
+
+async def run(cfg: Config, *, live: bool = True, duration: float | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or ``duration`` seconds); always stops every child."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sims: list[asyncio.subprocess.Process] = []
+    plane = ControlPlane(cfg)
+    envoy = EnvoyProcess(
+        to_json(static_bootstrap(cfg)),
+        cfg.envoy.admin,
+        binary=cfg.envoy.binary,
+        log_level=cfg.envoy.log_level,
+        concurrency=cfg.envoy.concurrency,
+    )
+    try:
+        for pool in cfg.pools:
+            sims += await _start_simulated(pool)
+        await plane.start()
+        await envoy.start()
+        model = cfg.pools[0].models[0]
+        header = cfg.routing.model_header
+        banner = (
+            f"warmroute is up. Send requests to http://{cfg.envoy.listen}, e.g.\n"
+            f"  curl -s -H '{header}: {model}' http://{cfg.envoy.listen}/v1/completions -d '{{}}'\n"
+            f"metrics: http://{cfg.control.admin}/metrics  state: http://{cfg.control.admin}/state"
+            f"  envoy admin: http://{cfg.envoy.admin}\nCtrl-C stops everything.\n"
+        )
+        print(banner, flush=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration):
+                await _show(plane, stop, live, banner)
+        return 0
+    finally:
+        print("stopping...", flush=True)
+        await envoy.stop()
+        await plane.stop()
+        await _stop_processes(sims)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _show(plane: ControlPlane, stop: asyncio.Event, live: bool, banner: str) -> None:
+    """Redraw the replica table each second on a terminal; every 5 s as plain lines if not."""
+    tty = live and sys.stdout.isatty()
+    interval = 1.0 if tty else 5.0
+    while not stop.is_set():
+        table = view.render(plane.registry.view().to_json())
+        if tty:
+            sys.stdout.write("\x1b[H\x1b[2J" + banner + "\n" + table + "\n")
+        elif live:
+            sys.stdout.write(table + "\n\n")
+        sys.stdout.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

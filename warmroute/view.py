@@ -1,0 +1,32 @@
+"""Human-readable tables of the registry, for ``warmroute up`` and ``warmroute status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def render(state: dict[str, Any]) -> str:
+    """Render a ``RegistryView.to_json()`` document (local or fetched from /state)."""
+    lines: list[str] = []
+    for pool in state["pools"]:
+        replicas = pool["replicas"]
+        used = sum(r["in_flight"] for r in replicas)
+        slots = sum(r["slots"] for r in replicas if r["phase"] == "warm")
+        lines.append(
+            f"pool {pool['name']}  models: {', '.join(pool['models'])}  "
+            f"busy {used}/{slots} warm slots  waiting {pool['waiting']}/{pool['max_waiting']}  "
+            f"served {pool['granted_immediately'] + pool['granted_after_wait']} "
+            f"(waited {pool['granted_after_wait']})  timed out {pool['waits_timed_out']}  "
+            f"queue full {pool['rejected_queue_full']}  expired {pool['expired']}"
+        )
+        lines.append(f"  {'REPLICA':<24}{'PHASE':<10}{'SLOTS':<14}{'LEASED':>8}")
+        for r in replicas:
+            bar = "#" * r["in_flight"] + "." * max(0, r["slots"] - r["in_flight"])
+            extra = f" +{r['external']} ext" if r["external"] else ""
+            lines.append(
+                f"  {r['address']:<24}{r['phase']:<10}{bar[:12] + extra:<14}{r['leased_total']:>8}"
+            )
+        if not replicas:
+            lines.append("  (no replicas)")
+    lines.append(f"leases in flight: {state['leases']}")
+    return "\n".join(lines)
