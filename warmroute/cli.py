@@ -60,9 +60,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
-    from warmroute.xds.bootstrap import static_bootstrap, to_json
+    from warmroute.xds.bootstrap import static_bootstrap, to_json, to_yaml
 
-    print(to_json(static_bootstrap(_load(args.config), node_id=args.node_id)))
+    boot = static_bootstrap(_load(args.config), node_id=args.node_id)
+    print(to_json(boot) if args.format == "json" else to_yaml(boot), end="")
     return 0
 
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bootstrap", help="print the Envoy bootstrap for a config")
     p.add_argument("-c", "--config", help="YAML config (default: built-in demo)")
     p.add_argument("--node-id", default="warmroute-envoy")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=_cmd_bootstrap)
 
     p = sub.add_parser("config", help="check a config file or print an example")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
@@ -33,5 +34,11 @@ def static_bootstrap(cfg: Config, node_id: str = "warmroute-envoy") -> bootstrap
 
 
 def to_json(msg: bootstrap_pb2.Bootstrap) -> str:
-    """JSON Envoy accepts as a ``-c`` file (YAML is a superset)."""
+    """JSON Envoy accepts as a ``-c`` file."""
     return json.dumps(json_format.MessageToDict(msg), indent=2)
+
+
+def to_yaml(msg: bootstrap_pb2.Bootstrap) -> str:
+    """The same document as YAML, for people to read and keep in a ConfigMap."""
+    plain = json.loads(to_json(msg))  # Any fields come back as OrderedDicts yaml cannot dump
+    return yaml.safe_dump(plain, sort_keys=False, width=100)

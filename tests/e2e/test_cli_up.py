@@ -1,0 +1,100 @@
+"""`warmroute up` and `warmroute status` as a user runs them: real processes, real Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.helpers import free_port, wait_for
+
+
+async def _run(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "warmroute", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: Path) -> None:
+    listen, control_admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    base = free_port()
+    cfg = {
+        "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
+        "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": control_admin},
+        "pools": [
+            {
+                "name": "demo",
+                "models": ["sim-model"],
+                "probe": {"interval_seconds": 0.1},
+                "simulate": {
+                    "replicas": 2,
+                    "base_port": base,
+                    "load_seconds": 0.5,
+                    "distribution": "fixed",
+                    "median_ms": 20,
+                },
+            }
+        ],
+    }
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = (tmp_path / "up.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "warmroute", "up", "-c", str(path), "--quiet",
+        stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def two_warm() -> bool:
+                try:
+                    async with http.get(f"http://{control_admin}/state") as r:
+                        state = await r.json()
+                except aiohttp.ClientError:
+                    return False
+                return sum(x["phase"] == "warm" for x in state["pools"][0]["replicas"]) == 2
+
+            await wait_for(two_warm, timeout=30, interval=0.1, what="`up` with 2 warm replicas")
+
+            async def served() -> bool:
+                try:
+                    async with http.post(
+                        f"http://{listen}/v1/completions", headers={"x-model": "sim-model"}
+                    ) as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(served, timeout=15, interval=0.1, what="a request served via Envoy")
+            for _ in range(5):
+                assert await served()
+        code, out = await _run("status", "--admin", control_admin)
+        assert code == 0, out
+        assert "pool demo" in out and "warm" in out
+        code, out = await _run("status", "--admin", control_admin, "--json")
+        assert json.loads(out)["pools"][0]["granted_immediately"] >= 6
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        log.close()
+    # Every child (Envoy and the simulated replicas) is gone: their ports are free again.
+    for port in (base, base + 1, int(listen.rsplit(":", 1)[1])):
+        reader_writer = asyncio.open_connection("127.0.0.1", port)
+        try:
+            _, w = await reader_writer
+        except OSError:
+            continue
+        w.close()
+        raise AssertionError(f"port {port} still open after `warmroute up` stopped")
