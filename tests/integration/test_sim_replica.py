@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ import pytest
 from tests.helpers import wait_for
 from warmroute.sim import ServiceTime, SimReplica, render_metrics
 
+ROOT = Path(__file__).resolve().parents[2]
 Start = Callable[..., Awaitable[tuple[SimReplica, str]]]
 
 
@@ -62,9 +64,11 @@ async def post(
         return resp.status, await resp.json()
 
 
-def in_flight_is(session: aiohttp.ClientSession, base: str, n: int) -> Callable[[], Awaitable[bool]]:
+def in_flight_is(
+    session: aiohttp.ClientSession, base: str, n: int
+) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return (await stats(session, base))["in_flight"] == n
+        return bool((await stats(session, base))["in_flight"] == n)
 
     return check
 
@@ -110,9 +114,12 @@ async def test_slot_limit_refuses_the_second_concurrent_request(
     assert counters["received_while_full"] == 1
     assert (counters["received"], counters["completed"], counters["cancelled"]) == (2, 1, 0)
     assert (counters["in_flight"], counters["max_in_flight"]) == (0, 1)
+    assert replica.stats().received_while_full == 1
 
 
-async def test_slots_bound_concurrency_exactly(start: Start, session: aiohttp.ClientSession) -> None:
+async def test_slots_bound_concurrency_exactly(
+    start: Start, session: aiohttp.ClientSession
+) -> None:
     replica, base = await start(slots=2, service_ms=500.0)
     held = [asyncio.create_task(post(session, f"{base}/v1/chat/completions")) for _ in range(2)]
     await wait_for(in_flight_is(session, base, 2), what="both slots taken")
@@ -182,6 +189,7 @@ async def test_client_disconnect_frees_the_slot(
     await wait_for(in_flight_is(session, base, 0), timeout=1.5, what="slot freed")
     counters = await stats(session, base)
     assert (counters["cancelled"], counters["completed"], counters["received"]) == (1, 0, 1)
+    assert replica.stats().cancelled == 1
     status, _ = await post(session, f"{base}/v1/completions", {"x-sim-service-ms": "1"})
     assert status == 200
 
@@ -337,16 +345,23 @@ async def test_lifecycle_errors_and_restart(start: Start, session: aiohttp.Clien
     with pytest.raises(ValueError, match="load_seconds"):
         SimReplica(1, -1.0, ServiceTime("fixed", 1.0), None)
     replica, base = await start()
+    assert (await post(session, f"{base}/v1/completions"))[0] == 200
     with pytest.raises(RuntimeError, match="already started"):
         await replica.start("127.0.0.1", 0)
     await replica.stop()
     await replica.stop()  # idempotent
     assert replica.stats().warm is False
 
+    port = await replica.start("127.0.0.1", 0)  # a restart; the fixture stops it again
+    await wait_for(lambda: replica.stats().warm, what="warm after restart")
+    status, body = await post(session, f"http://127.0.0.1:{port}/v1/completions")
+    assert status == 200 and body["replica"] == f"127.0.0.1:{port}"
+    assert replica.stats().completed == 2  # counters survive a restart
+
 
 async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     args = ["--port", "0", "--load-seconds", "0.1", "--distribution", "lognormal"]
     args += ["--median-ms", "20", "--sigma", "0.5", "--seed", "1", "--model", "cli-model"]
     proc = await asyncio.create_subprocess_exec(
@@ -359,7 +374,7 @@ async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
             line = (await asyncio.wait_for(proc.stderr.readline(), timeout=10.0)).decode()
             assert line, f"CLI exited early: {lines}"
             lines.append(line)
-        address = next(line for line in lines if " listening" in line).split()[5].rstrip(":")
+        address = next(m[1] for line in lines if (m := re.search(r"replica (\S+) listen", line)))
         async with session.post(f"http://{address}/v1/completions") as resp:
             assert resp.status == 200 and (await resp.json())["model"] == "cli-model"
         proc.send_signal(signal.SIGTERM)
