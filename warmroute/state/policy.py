@@ -1,14 +1,17 @@
-"""Pick policies: plain functions choosing one replica among candidates.
+"""Pick policies: plain functions choosing one replica among a pool's replicas.
 
-A policy sees only replicas that are WARM with at least one free slot and returns one of
-them; it must not mutate them.
+A policy returns a replica that is WARM with a free slot (``Replica.free > 0``), or None
+if there is none; it must not mutate them. It runs on every lease, so it reads the
+replica's fields directly rather than through properties.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from warmroute.state.replica import Replica
+from warmroute.state.replica import Phase, Replica
+
+_WARM = Phase.WARM  # a local: enum member access is a descriptor call in Python 3.11
 
 Policy = Callable[[Iterable[Replica]], Replica | None]
 
@@ -20,18 +23,25 @@ def least_loaded(candidates: Iterable[Replica]) -> Replica | None:
     the LRU tie-break rotates work across equal replicas so none goes cold in caches.
     """
     best: Replica | None = None
-    best_key = (2.0, 0.0)
+    best_load = 2.0
+    best_used = 0.0
     for r in candidates:
-        key = ((r.in_flight + r.external) / r.slots, r.last_used)
-        if key < best_key:
-            best, best_key = r, key
+        if r.phase is not _WARM:
+            continue
+        busy = r.in_flight + r.external
+        if busy >= r.slots:
+            continue
+        load = busy / r.slots
+        if load < best_load or (load == best_load and r.last_used < best_used):
+            best, best_load, best_used = r, load, r.last_used
     return best
 
 
 def first_free(candidates: Iterable[Replica]) -> Replica | None:
-    """The first candidate: packs work onto few replicas (useful before a scale-down)."""
+    """The first replica with a free slot: packs work onto few replicas (before a scale-down)."""
     for r in candidates:
-        return r
+        if r.phase is _WARM and r.in_flight + r.external < r.slots:
+            return r
     return None
 
 

@@ -11,7 +11,7 @@ Invariants (checked by tests/unit/test_state_properties.py after every step):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from warmroute.errors import QueueFull
@@ -93,7 +93,7 @@ class Pool:
         """
         if self.queue:
             return None
-        replica = self._policy(self._free_replicas())
+        replica = self._policy(self.replicas.values())
         if replica is None:
             return None
         self.counters.granted_immediately += 1
@@ -172,9 +172,6 @@ class Pool:
         self._leases[lease.id] = lease
         return lease
 
-    def _free_replicas(self) -> Iterator[Replica]:
-        return (r for r in self.replicas.values() if r.free > 0)
-
     def _dispatch(self) -> None:
         """Give free slots to waiters, oldest first, until one side runs out."""
         if self._dispatching:
@@ -182,7 +179,7 @@ class Pool:
         self._dispatching = True
         try:
             while self.queue:
-                replica = self._policy(self._free_replicas())
+                replica = self._policy(self.replicas.values())
                 if replica is None:
                     return
                 waiter = self.queue.pop()
