@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import wait_for
-from warmroute.sim import ServiceTime, SimReplica, render_metrics
+from warmroute.sim import ServiceTime, SimReplica, SimStats, render_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 Start = Callable[..., Awaitable[tuple[SimReplica, str]]]
@@ -283,8 +283,8 @@ async def test_metrics_use_vllm_names_and_values(
 
 
 def test_metrics_escape_the_model_label() -> None:
-    replica = SimReplica(1, 0.0, ServiceTime("fixed", 1.0), None, 'a"b\\c')
-    assert 'model_name="a\\"b\\\\c"' in render_metrics('a"b\\c', replica.stats())
+    text = render_metrics('a"b\\c', SimStats(slots=1))
+    assert 'vllm:num_requests_running{model_name="a\\"b\\\\c"} 0' in text
 
 
 async def test_health_toggle(start: Start, session: aiohttp.ClientSession) -> None:
