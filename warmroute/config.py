@@ -73,6 +73,24 @@ class ControlConfig(_Model):
     lease_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
 
 
+class RolloutConfig(_Model):
+    """How a new config version reaches a fleet of Envoys."""
+
+    # Nodes that get a new version first; if empty, the first `canary_share` of connected
+    # nodes (sorted by node id, at least one).
+    canary_nodes: list[str] = []
+    canary_share: float = Field(default=0.1, ge=0, le=1)
+    # After every canary ACKed, wait this long without a NACK before promoting.
+    soak_seconds: float = Field(default=10.0, ge=0, le=86_400)
+
+
+class XdsConfig(_Model):
+    # `sotw` (StreamAggregatedResources) or `delta` (DeltaAggregatedResources): what the
+    # generated bootstrap asks Envoy to speak. The server always speaks both.
+    variant: Literal["sotw", "delta"] = "sotw"
+    rollout: RolloutConfig = RolloutConfig()
+
+
 class RoutingConfig(_Model):
     model_header: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "x-model"
 
@@ -156,6 +174,7 @@ class Config(_Model):
     envoy: EnvoyConfig = EnvoyConfig()
     control: ControlConfig = ControlConfig()
     routing: RoutingConfig = RoutingConfig()
+    xds: XdsConfig = XdsConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

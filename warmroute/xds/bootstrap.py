@@ -6,7 +6,7 @@ import json
 
 import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from google.protobuf import json_format
 
 from warmroute.config import Config
@@ -27,6 +27,43 @@ def static_bootstrap(cfg: Config, node_id: str = "warmroute-envoy") -> bootstrap
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
             listeners=[resources.listener(cfg, resources.route_configuration(cfg))],
             clusters=clusters,
+        ),
+    )
+    boot.admin.address.CopyFrom(resources.socket_address(cfg.envoy.admin))
+    return boot
+
+
+def ads_bootstrap(
+    cfg: Config, node_id: str = "warmroute-envoy", variant: str | None = None
+) -> bootstrap_pb2.Bootstrap:
+    """The minimal bootstrap: who this Envoy is, where warmroute is, admin on loopback.
+
+    Listeners, routes, clusters and endpoints all come over ADS; the one static cluster
+    reaches warmroute itself (xDS, ext_proc and the access log share it).
+    """
+    variant = variant or cfg.xds.variant
+    api = config_source_pb2.ApiConfigSource
+    ads = api(
+        api_type=api.DELTA_GRPC if variant == "delta" else api.GRPC,
+        transport_api_version=config_source_pb2.ApiVersion.V3,
+        grpc_services=[
+            grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                    cluster_name=resources.CONTROL_CLUSTER
+                )
+            )
+        ],
+        set_node_on_first_message_only=True,
+    )
+    boot = bootstrap_pb2.Bootstrap(
+        node=base_pb2.Node(id=node_id, cluster="warmroute"),
+        dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
+            ads_config=ads,
+            cds_config=resources.ads_config_source(),
+            lds_config=resources.ads_config_source(),
+        ),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
+            clusters=[resources.control_cluster(cfg)]
         ),
     )
     boot.admin.address.CopyFrom(resources.socket_address(cfg.envoy.admin))
