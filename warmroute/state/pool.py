@@ -125,9 +125,8 @@ class Pool:
 
     def cancel(self, waiter: Waiter) -> bool:
         """Withdraw a waiter. False if it already left the queue (granted or timed out)."""
-        if waiter.state is not WaitState.WAITING:
+        if waiter.state is not WaitState.WAITING or not self.queue.remove(waiter):
             return False
-        self.queue.remove(waiter)
         waiter.state = WaitState.CANCELLED
         self.counters.waits_cancelled += 1
         return True
@@ -218,9 +217,8 @@ class Pool:
 
     def mark_timed_out(self, waiter: Waiter) -> bool:
         """The adapter's precise timer fired for this waiter. False if it already left."""
-        if waiter.state is not WaitState.WAITING:
+        if waiter.state is not WaitState.WAITING or not self.queue.remove(waiter):
             return False
-        self.queue.remove(waiter)
         waiter.state = WaitState.TIMED_OUT
         self.counters.waits_timed_out += 1
         return True
@@ -258,6 +256,11 @@ class Pool:
     def _forget(self, replica: Replica) -> None:
         if self.replicas.get(replica.address) is replica:
             del self.replicas[replica.address]
+
+    @property
+    def idle(self) -> bool:
+        """No waiter and no lease: nothing would be lost by forgetting this pool."""
+        return not self.queue and not any(r.in_flight for r in self.replicas.values())
 
     def active_leases(self) -> list[Lease]:
         return [lease for lease in self._leases.values() if lease.pool is self]

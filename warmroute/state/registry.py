@@ -31,6 +31,7 @@ class Registry:
         self.leases: dict[str, Lease] = {}
         self.pools: dict[str, Pool] = {}
         self._by_model: dict[str, Pool] = {}
+        self._retired: list[Pool] = []
 
     @property
     def clock(self) -> Clock:
@@ -45,7 +46,8 @@ class Registry:
         wanted = {s.name: s for s in specs}
         for name in list(self.pools):
             if name not in wanted:
-                del self.pools[name]
+                # Retired pools keep serving their waiters' timeouts until they are empty.
+                self._retired.append(self.pools.pop(name))
         for name, spec in wanted.items():
             pool = self.pools.get(name)
             if pool is None:
@@ -82,11 +84,13 @@ class Registry:
     def expire(self) -> list[Lease]:
         """Reclaim every lease past its deadline and time out overdue waiters."""
         now = self._clock()
+        # Waiters first: a slot freed by an expired lease must not go to an overdue waiter.
+        for pool in [*self.pools.values(), *self._retired]:
+            pool.expire_waiters(now)
         overdue = [lease for lease in self.leases.values() if lease.deadline <= now]
         for lease in overdue:
             lease.release(EndReason.EXPIRED)
-        for pool in self.pools.values():
-            pool.expire_waiters(now)
+        self._retired = [p for p in self._retired if not p.idle]
         return overdue
 
     def view(self) -> RegistryView:
