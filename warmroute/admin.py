@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -12,16 +13,22 @@ from warmroute.state import RegistryView
 
 class AdminServer:
     def __init__(
-        self, metrics: Metrics, view: Callable[[], RegistryView], ready: Callable[[], bool]
+        self,
+        metrics: Metrics,
+        view: Callable[[], RegistryView],
+        ready: Callable[[], bool],
+        xds_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._metrics = metrics
         self._view = view
         self._ready = ready
+        self._xds_status = xds_status
         app = web.Application()
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/state", self._get_state)
         app.router.add_get("/healthz", self._get_health)
         app.router.add_get("/readyz", self._get_ready)
+        app.router.add_get("/xds", self._get_xds)
         self._runner = web.AppRunner(app, access_log=None)
         self.port = 0
 
@@ -48,6 +55,10 @@ class AdminServer:
 
     async def _get_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _get_xds(self, request: web.Request) -> web.Response:
+        """Rollout stage and, per Envoy node, ACKed and pending versions and the last NACK."""
+        return web.json_response(self._xds_status() if self._xds_status else {})
 
     async def _get_ready(self, request: web.Request) -> web.Response:
         ok = self._ready()

@@ -23,7 +23,14 @@ def _load(path: str | None) -> config_mod.Config:
 def _cmd_up(args: argparse.Namespace) -> int:
     from warmroute import up
 
-    return asyncio.run(up.run(_load(args.config), live=not args.quiet, duration=args.duration))
+    return asyncio.run(
+        up.run(
+            _load(args.config),
+            config_path=args.config,
+            live=not args.quiet,
+            duration=args.duration,
+        )
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -32,11 +39,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
 
     async def serve() -> None:
-        plane = ControlPlane(cfg)
+        plane = ControlPlane(cfg, config_path=args.config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(plane.reload_from_file()))
         await plane.start()
         try:
             await stop.wait()
@@ -60,9 +68,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
-    from warmroute.xds.bootstrap import static_bootstrap, to_json, to_yaml
+    from warmroute.xds.bootstrap import ads_bootstrap, static_bootstrap, to_json, to_yaml
 
-    boot = static_bootstrap(_load(args.config), node_id=args.node_id)
+    cfg = _load(args.config)
+    if args.static:
+        boot = static_bootstrap(cfg, node_id=args.node_id)
+    else:
+        boot = ads_bootstrap(cfg, node_id=args.node_id, variant=args.variant)
     print(to_json(boot) if args.format == "json" else to_yaml(boot), end="")
     return 0
 
@@ -106,10 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="raw JSON from /state")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("bootstrap", help="print the Envoy bootstrap for a config")
+    p = sub.add_parser(
+        "bootstrap", help="print the minimal Envoy bootstrap (ADS pointing at warmroute)"
+    )
     p.add_argument("-c", "--config", help="YAML config (default: built-in demo)")
     p.add_argument("--node-id", default="warmroute-envoy")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.add_argument(
+        "--variant", choices=["sotw", "delta"], help="ADS variant (default: xds.variant)"
+    )
+    p.add_argument(
+        "--static", action="store_true", help="everything inline instead of ADS (no xDS)"
+    )
     p.set_defaults(func=_cmd_bootstrap)
 
     p = sub.add_parser("config", help="check a config file or print an example")

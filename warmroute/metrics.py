@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from warmroute.state import Phase, RegistryView
+from warmroute.xds.cache import StreamEvent
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -70,7 +71,50 @@ class Metrics:
         self.access_log_entries = Counter(
             "warmroute_access_log_entries", "Access-log entries received from Envoy.", registry=r
         )
+        self.xds_pushes = Counter(
+            "warmroute_xds_pushes", "xDS responses sent, by type.", ["type"], registry=r
+        )
+        self.xds_acks = Counter("warmroute_xds_acks", "xDS ACKs, by type.", ["type"], registry=r)
+        self.xds_nacks = Counter(
+            "warmroute_xds_nacks", "xDS NACKs (Envoy rejected a config), by type.", ["type"],
+            registry=r,
+        )  # fmt: skip
+        self.xds_push_latency = Histogram(
+            "warmroute_xds_push_latency_seconds",
+            "Time from an xDS push to Envoy's ACK or NACK.",
+            ["type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.xds_streams = Gauge(
+            "warmroute_xds_streams", "Open ADS streams (connected Envoys).", registry=r
+        )
+        self.endpoint_ready = Histogram(
+            "warmroute_endpoint_ready_seconds",
+            "Time from a replica turning warm to every connected Envoy ACKing it in EDS.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "warmroute_config_reloads", "Config reloads, by result (applied, invalid).",
+            ["result"], registry=r,
+        )  # fmt: skip
         r.register(_RegistryCollector(view))
+
+    def on_stream_event(self, event: StreamEvent) -> None:
+        """Count xDS stream events (an ADS StreamObserver)."""
+        kind = event.kind
+        short = event.type_url.rsplit(".", 1)[-1]
+        if kind == "push":
+            self.xds_pushes.labels(short).inc()
+        elif kind in ("ack", "nack"):
+            (self.xds_acks if kind == "ack" else self.xds_nacks).labels(short).inc()
+            if event.push_latency is not None:
+                self.xds_push_latency.labels(short).observe(event.push_latency)
+        elif kind == "connect":
+            self.xds_streams.inc()
+        elif kind == "disconnect":
+            self.xds_streams.dec()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

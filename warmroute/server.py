@@ -1,23 +1,38 @@
-"""The control plane process: registry + gRPC services + admin + discovery, on one loop."""
+"""The control plane process: registry + gRPC services + admin + discovery, on one loop.
+
+One gRPC port serves Envoy everything it asks warmroute: ADS (config and endpoints),
+ext_proc (which replica?) and the access log (request finished).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
+from warmroute import config as config_mod
 from warmroute.admin import AdminServer
 from warmroute.config import Config
 from warmroute.discovery.static import StaticDiscovery
+from warmroute.errors import ConfigError
 from warmroute.extproc.accesslog import AccessLogService
 from warmroute.extproc.processor import ExternalProcessor
 from warmroute.metrics import Metrics
 from warmroute.state import Registry
+from warmroute.xds.ads import AdsServer
+from warmroute.xds.builder import config_snapshot
+from warmroute.xds.cache import SnapshotCache, StreamEvent, StreamObserver
+from warmroute.xds.endpoints import EndpointPublisher
+from warmroute.xds.rollout import Rollout, Stage
+from warmroute.xds.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -29,20 +44,56 @@ _GRPC_OPTIONS = [
 ]
 
 
-class ControlPlane:
-    """Owns every server task. ``start()`` binds; ``stop()`` releases everything."""
+class _Fanout:
+    def __init__(self, *observers: StreamObserver) -> None:
+        self._observers = observers
 
-    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def on_stream_event(self, event: StreamEvent) -> None:
+        for o in self._observers:
+            o.on_stream_event(event)
+
+
+class ControlPlane:
+    """Owns every server task. ``start()`` binds; ``stop()`` releases everything.
+
+    ``config_path``, if given, is re-read on ``reload_from_file()`` (SIGHUP, file change).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = cfg
+        self.config_path = Path(config_path) if config_path else None
         self.registry = Registry(clock=clock)
         self.registry.configure(cfg.specs())
         self.metrics = Metrics(self.registry.view)
         self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
         self.access_log = AccessLogService(self.registry, self.metrics)
-        self.discovery = StaticDiscovery(self.registry.apply)
-        self.admin = AdminServer(self.metrics, self.registry.view, lambda: self.processor.serving)
+        self.cache = SnapshotCache()
+        self.publisher = EndpointPublisher(
+            self.registry,
+            self.cache,
+            on_routable=lambda pool, addr, s: self.metrics.endpoint_ready.observe(s),
+        )
+        self.rollout = Rollout(self.cache, cfg.xds.rollout)
+        self.rollout.on_change = self._on_rollout_change
+        self.ads = AdsServer(self.cache, _Fanout(self.publisher, self.rollout, self.metrics))
+        self.discovery = StaticDiscovery(self.publisher.emit)
+        self.admin = AdminServer(
+            self.metrics,
+            self.registry.view,
+            lambda: self.processor.serving,
+            xds_status=self.rollout.status,
+        )
+        self._configs: dict[str, Config] = {}
+        self._generation = 0
         self._grpc: grpc.aio.Server | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._file_stamp: tuple[float, int] | None = None
         self.grpc_port = 0
 
     async def start(self) -> None:
@@ -50,36 +101,89 @@ class ControlPlane:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
         ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, server)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
         self.grpc_port = server.add_insecure_port(cfg.control.grpc)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {cfg.control.grpc}")
+        self.rollout.propose(self._snapshot(cfg))
+        self.publisher.publish()
         await server.start()
         self._grpc = server
         host, _, port = cfg.control.admin.rpartition(":")
         await self.admin.start(host, int(port))
         await self.discovery.update(cfg)
-        self._expiry = asyncio.create_task(self._expire_loop(), name="lease expiry")
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.config_path is not None:
+            self._file_stamp = self._stamp()
+            self._tasks.append(asyncio.create_task(self._watch_file(), name="config watch"))
         logger.info(
-            "control plane up: gRPC %s, admin http://%s:%d",
+            "control plane up: gRPC (ADS, ext_proc, access log) %s, admin http://%s:%d",
             cfg.control.grpc, host, self.admin.port,
         )  # fmt: skip
 
-    async def reload(self, cfg: Config) -> None:
-        """Adopt a validated config: pools, models, replicas. Envoy's side is xDS's job."""
-        self.registry.configure(cfg.specs())
-        await self.discovery.update(cfg)
+    def _snapshot(self, cfg: Config) -> Snapshot:
+        self._generation += 1
+        digest = hashlib.blake2b(cfg.model_dump_json().encode(), digest_size=4).hexdigest()
+        label = f"v{self._generation}-{digest}"
+        self._configs[label] = cfg
+        return config_snapshot(cfg, label)
+
+    async def reload(self, cfg: Config) -> str:
+        """Adopt a validated config; roll it out to Envoys. Returns its version label."""
+        snapshot = self._snapshot(cfg)
+        # Envoys still on the old version may route to pools the new one drops: keep them
+        # until the rollout settles (see _on_rollout_change).
+        old = {s.name: s for s in self.config.specs()}
+        new = cfg.specs()
+        keep = [s for name, s in old.items() if name not in {n.name for n in new}]
+        self.registry.configure([*new, *keep])
         self.config = cfg
+        self.rollout.policy = cfg.xds.rollout
+        await self.discovery.update(cfg)
+        self.rollout.propose(snapshot)
+        self.publisher.publish()
+        self.metrics.config_reloads.labels("applied").inc()
+        return snapshot.label
+
+    async def reload_from_file(self) -> bool:
+        """Re-read ``config_path``. An invalid file changes nothing; the error is logged."""
+        if self.config_path is None:
+            return False
+        try:
+            cfg = await asyncio.to_thread(config_mod.load, self.config_path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("invalid").inc()
+            logger.error("config reload rejected, keeping the running config: %s", exc)
+            return False
+        label = await self.reload(cfg)
+        logger.info("config %s loaded from %s", label, self.config_path)
+        return True
+
+    def _on_rollout_change(self, rollout: Rollout) -> None:
+        if rollout.stage is Stage.STABLE and rollout.stable is not None:
+            stable = self._configs.get(rollout.stable.label)
+            if stable is not None:
+                self.registry.configure(stable.specs())
+                self.publisher.publish()
+        elif rollout.stage is Stage.HALTED and rollout.stable is not None:
+            # Everyone is back on the last good version: the registry follows it.
+            stable = self._configs.get(rollout.stable.label)
+            if stable is not None:
+                self.config = stable
+                self.registry.configure(stable.specs())
+                self.publisher.publish()
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            await asyncio.gather(self._expiry, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         await self.discovery.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         await self.admin.stop()
 
-    async def _expire_loop(self) -> None:
+    async def _housekeeping(self) -> None:
         interval = self.config.control.expire_interval_seconds
         while True:
             await asyncio.sleep(interval)
@@ -88,3 +192,25 @@ class ControlPlane:
                     "lease %s of request %s on %s expired: its end was never reported",
                     lease.id[:8], lease.request_id, lease.address,
                 )  # fmt: skip
+            # Replicas whose last request ended leave EDS; soak periods end.
+            self.publisher.publish()
+            self.rollout.tick()
+
+    def _stamp(self) -> tuple[float, int] | None:
+        assert self.config_path is not None
+        try:
+            st = self.config_path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    async def _watch_file(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            stamp = await asyncio.to_thread(self._stamp)
+            if stamp is not None and stamp != self._file_stamp:
+                self._file_stamp = stamp
+                try:
+                    await self.reload_from_file()
+                except Exception:  # the watcher must survive anything a reload throws
+                    logger.exception("config reload from %s failed", self.config_path)

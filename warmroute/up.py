@@ -12,7 +12,7 @@ from warmroute import view
 from warmroute.config import Config, PoolConfig
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.server import ControlPlane
-from warmroute.xds.bootstrap import static_bootstrap, to_json
+from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +58,26 @@ async def _stop_processes(procs: list[asyncio.subprocess.Process]) -> None:
             await p.wait()
 
 
-async def run(cfg: Config, *, live: bool = True, duration: float | None = None) -> int:
-    """Run until SIGINT/SIGTERM (or ``duration`` seconds); always stops every child."""
+async def run(
+    cfg: Config,
+    *,
+    config_path: str | None = None,
+    live: bool = True,
+    duration: float | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM (or ``duration`` seconds); always stops every child.
+
+    SIGHUP (or editing ``config_path``) reloads the config; Envoy gets it over ADS.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    plane = ControlPlane(cfg, config_path=config_path)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(plane.reload_from_file()))
     sims: list[asyncio.subprocess.Process] = []
-    plane = ControlPlane(cfg)
     envoy = EnvoyProcess(
-        to_json(static_bootstrap(cfg)),
+        to_json(ads_bootstrap(cfg)),
         cfg.envoy.admin,
         binary=cfg.envoy.binary,
         log_level=cfg.envoy.log_level,
@@ -96,7 +106,7 @@ async def run(cfg: Config, *, live: bool = True, duration: float | None = None) 
         await envoy.stop()
         await plane.stop()
         await _stop_processes(sims)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

@@ -14,7 +14,7 @@ from warmroute.envoy_process import EnvoyProcess
 from warmroute.server import ControlPlane
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import ServiceTime
-from warmroute.xds.bootstrap import static_bootstrap, to_json
+from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 MODEL = "sim-model"
 
@@ -82,6 +82,8 @@ async def start_stack(
     lease_grace: float = 5.0,
     probe_interval: float = 0.05,
     extra_pool: dict[str, Any] | None = None,
+    variant: str = "sotw",
+    node_id: str = "envoy-0",
 ) -> Stack:
     sims = [
         SimReplica(slots, load_seconds, ServiceTime("fixed", service_ms), seed=i, model=MODEL)
@@ -119,7 +121,8 @@ async def start_stack(
     )
     plane = ControlPlane(cfg)
     await plane.start()
-    envoy = EnvoyProcess(to_json(static_bootstrap(cfg)), cfg.envoy.admin, log_level="warning")
+    boot = ads_bootstrap(cfg, node_id=node_id, variant=variant)
+    envoy = EnvoyProcess(to_json(boot), cfg.envoy.admin, log_level="warning")
     try:
         await envoy.start()
     except BaseException:
