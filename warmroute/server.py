@@ -149,6 +149,8 @@ class ControlPlane:
         """Re-read ``config_path``. An invalid file changes nothing; the error is logged."""
         if self.config_path is None:
             return False
+        # What we read now is what the watcher must not read again.
+        self._file_stamp = await asyncio.to_thread(self._stamp)
         try:
             cfg = await asyncio.to_thread(config_mod.load, self.config_path)
         except ConfigError as exc:
@@ -209,7 +211,6 @@ class ControlPlane:
             await asyncio.sleep(1.0)
             stamp = await asyncio.to_thread(self._stamp)
             if stamp is not None and stamp != self._file_stamp:
-                self._file_stamp = stamp
                 try:
                     await self.reload_from_file()
                 except Exception:  # the watcher must survive anything a reload throws

@@ -30,6 +30,7 @@ async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: P
     cfg = {
         "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
         "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": control_admin},
+        "xds": {"rollout": {"soak_seconds": 0}},
         "pools": [
             {
                 "name": "demo",
@@ -77,11 +78,24 @@ async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: P
             await wait_for(served, timeout=15, interval=0.1, what="a request served via Envoy")
             for _ in range(5):
                 assert await served()
+            # An edited file is reloaded (on SIGHUP, or by the watcher within 1 s) and Envoy
+            # gets the new route over ADS.
+            cfg["pools"][0]["models"].append("renamed-model")
+            path.write_text(yaml.safe_dump(cfg))
+            proc.send_signal(signal.SIGHUP)
+
+            async def new_model_served() -> bool:
+                async with http.post(
+                    f"http://{listen}/v1/completions", headers={"x-model": "renamed-model"}
+                ) as r:
+                    return r.status == 200
+
+            await wait_for(new_model_served, timeout=15, interval=0.1, what="reloaded model")
         code, out = await _run("status", "--admin", control_admin)
         assert code == 0, out
         assert "pool demo" in out and "warm" in out
         code, out = await _run("status", "--admin", control_admin, "--json")
-        assert json.loads(out)["pools"][0]["granted_immediately"] >= 6
+        assert json.loads(out)["pools"][0]["granted_immediately"] >= 7
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
