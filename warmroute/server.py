@@ -181,6 +181,9 @@ class ControlPlane:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.discovery.close()
+        # End ADS streams first: Envoy then reconnects with backoff instead of hanging on a
+        # stream the server no longer serves.
+        await self.ads.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         await self.admin.stop()
