@@ -125,6 +125,47 @@ class SimulateConfig(_Model):
     seed: int | None = None
 
 
+class ScaleTarget(_Model):
+    kind: Literal["Deployment", "StatefulSet"] = "Deployment"
+    name: Name
+
+
+class KubernetesPoolConfig(_Model):
+    """Discover this pool's replicas as Pods (list + watch) instead of a static list."""
+
+    namespace: Name = "default"
+    selector: dict[str, str] = Field(min_length=1)  # matchLabels of the model-server pods
+    port: int | str = 8000  # container port (number, or the name of a declared port)
+    target: ScaleTarget | None = None  # what autoscaling scales (scale subresource)
+
+
+class AutoscaleConfig(_Model):
+    """Request-time scaling: queued demand asks for replicas at once, idle pools shrink."""
+
+    min_replicas: int = Field(default=0, ge=0, le=10_000)
+    max_replicas: int = Field(default=8, ge=1, le=10_000)
+    # At most one scale-up decision per this interval (each can add several replicas).
+    scale_up_interval_seconds: float = Field(default=1.0, ge=0, le=3600)
+    # A pool with no request for this long scales down to min_replicas.
+    idle_seconds: float = Field(default=300.0, gt=0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ScrapeConfig(_Model):
+    """Read the model server's own metrics (vLLM, SGLang, Triton names) to spot traffic
+    warmroute did not lease."""
+
+    path: Annotated[str, Field(pattern=r"^/")] = "/metrics"
+    interval_seconds: float = Field(default=2.0, gt=0, le=3600)
+
+
 class PoolConfig(_Model):
     name: Name
     models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
@@ -135,6 +176,17 @@ class PoolConfig(_Model):
     probe: ProbeConfig | None = ProbeConfig()
     replicas: list[ReplicaConfig] = []
     simulate: SimulateConfig | None = None
+    kubernetes: KubernetesPoolConfig | None = None
+    autoscale: AutoscaleConfig | None = None
+    metrics: ScrapeConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PoolConfig:
+        if self.kubernetes is not None and (self.replicas or self.simulate):
+            raise ValueError(
+                "a pool gets replicas from `kubernetes` or from `replicas`/`simulate`, not both"
+            )
+        return self
 
     @field_validator("replicas", mode="before")
     @classmethod
@@ -170,11 +222,33 @@ class PoolConfig(_Model):
         return [*self.replicas, *self.simulated_replicas()]
 
 
+class LeaderElectionConfig(_Model):
+    """One instance leases requests; the others serve xDS and stand by."""
+
+    enabled: bool = False
+    namespace: Name = "default"
+    lease_name: Name = "warmroute-leader"
+    identity: str | None = None  # default: hostname-pid
+    lease_seconds: float = Field(default=15.0, gt=0, le=3600)
+    renew_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # A new leader treats every slot as taken until the replica's metrics show otherwise,
+    # or this long has passed (the old leader's requests may still be running).
+    takeover_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
+
+
+class KubernetesConfig(_Model):
+    kubeconfig: str | None = None  # default: in-cluster config, else ~/.kube/config
+    # Tests and local API servers: talk to this URL with no credentials.
+    api_url: str | None = None
+    leader_election: LeaderElectionConfig = LeaderElectionConfig()
+
+
 class Config(_Model):
     envoy: EnvoyConfig = EnvoyConfig()
     control: ControlConfig = ControlConfig()
     routing: RoutingConfig = RoutingConfig()
     xds: XdsConfig = XdsConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -212,13 +212,15 @@ class _Stream(Generic[_Req, _Resp]):
             why = f"stream failed: {exc!r}"
             raise
         finally:
-            for task in (reader, watcher):
-                task.cancel()
-            await asyncio.gather(reader, watcher, return_exceptions=True)
+            # Bookkeeping first and without awaiting: grpc may cancel this task again
+            # while it waits below.
+            reader.cancel()
+            watcher.cancel()
             if stream is not None:
                 server._disconnected(stream.node_id, self._variant, why)
             server._streams.discard(self)
             self.ended.set()
+            await asyncio.gather(reader, watcher, return_exceptions=True)
 
     async def _connect(
         self, first: Any, context: grpc.aio.ServicerContext

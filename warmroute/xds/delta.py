@@ -12,9 +12,10 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#incremental-xd
 - ``initial_resource_versions`` (first request of a type on a stream, after a reconnect)
   says what the client already has: only resources whose version differs are sent.
 - Only added or changed resources are sent; a resource the client has that left the
-  snapshot is named in ``removed_resources``. Subscribing again to a name resends it
-  (a re-created cluster only warms on a fresh ClusterLoadAssignment); a name that does
-  not exist is not answered (Envoy waits for it, then times out).
+  snapshot is named in ``removed_resources``. A name that does not exist is not answered
+  (Envoy waits for it, then times out). Subscribing again to a name resends it, and so
+  does a CDS update for its cluster: Envoy re-creates a changed cluster, which warms
+  only on a fresh ClusterLoadAssignment, and over delta it does not ask for one.
 - ``response_nonce`` equal to the response in flight answers it: ACK, or NACK when
   ``error_detail`` is set. Versions are recorded when sent, so rejected resources are not
   sent again until they change.
@@ -32,8 +33,8 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 
 from warmroute.xds.cache import StreamEvent
-from warmroute.xds.snapshot import ORDER, Resource, Resources, Snapshot
-from warmroute.xds.subscription import Subscription, TypeState, push_event
+from warmroute.xds.snapshot import CLUSTER, ENDPOINT, ORDER, Resource, Resources, Snapshot
+from warmroute.xds.subscription import Subscription, TypeState, eds_names, push_event
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,12 @@ class DeltaStream:
         for r in updates:
             st.versions[r.name] = r.version
         _forget(st.versions, removed)
+        eds = self._types.get(ENDPOINT)
+        if type_url == CLUSTER and updates and eds is not None:
+            # Changed clusters warm only on a fresh ClusterLoadAssignment: resend theirs
+            # (EDS follows CDS in ORDER, so in this same round).
+            _forget(eds.versions, eds_names(updates))
+            eds.synced = None
         nonce = st.launch(version, now)
         resp = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,

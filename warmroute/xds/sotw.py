@@ -16,8 +16,9 @@ protocol doc (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol)
 - CDS/LDS responses carry every resource the client should have (absent = deleted);
   EDS/RDS responses carry the subscribed resources that exist (absent = not yet known,
   Envoy waits). EDS/RDS are resent when the client asks for names it was not sent, or
-  re-subscribes to the same names (Envoy re-creates a cluster on a CDS update and the new
-  one only warms on a fresh ClusterLoadAssignment); not when the set merely shrinks.
+  re-subscribes to the same names, and EDS right after a CDS update that changes one of
+  its clusters (Envoy re-creates a changed cluster, which warms only on a fresh
+  ClusterLoadAssignment); not when the set merely shrinks.
 - Make-before-break: types go out in ``ORDER`` (CDS, EDS, LDS, RDS); a type whose update
   is held back by an unanswered response holds back the types after it. A CDS/LDS update
   that deletes resources is sent in two steps: first the union of what the client holds
@@ -34,8 +35,16 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 
 from warmroute.xds.cache import StreamEvent
-from warmroute.xds.snapshot import ORDER, WILDCARD_TYPES, Resource, Resources, Snapshot
-from warmroute.xds.subscription import Subscription, TypeState, push_event
+from warmroute.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    ORDER,
+    WILDCARD_TYPES,
+    Resource,
+    Resources,
+    Snapshot,
+)
+from warmroute.xds.subscription import Subscription, TypeState, eds_names, push_event
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +233,19 @@ class SotwStream:
         return _Sent(resources.version, resources.version, key[1], target)
 
     def _send(self, type_url: str, st: _State, plan: _Sent, now: float) -> Outgoing:
+        eds = self._types.get(ENDPOINT)
+        if type_url == CLUSTER and eds is not None and eds.requested:
+            # Changed clusters warm only on a fresh ClusterLoadAssignment: resend EDS
+            # (after CDS in ORDER, so in this same round). Envoy's own re-request for them
+            # then carries a stale nonce and is ignored.
+            held = st.held.resources if st.held is not None else {}
+            changed = [
+                r
+                for n, r in plan.resources.items()
+                if n not in held or held[n].version != r.version
+            ]
+            if changed and any(eds.sub.wants(n) for n in eds_names(changed)):
+                eds.resend = True
         st.sent = plan
         st.resend = False
         nonce = st.launch(plan.version, now)

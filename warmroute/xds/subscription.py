@@ -23,6 +23,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from envoy.config.cluster.v3 import cluster_pb2
+
 from warmroute.xds.cache import StreamEvent
 from warmroute.xds.snapshot import WILDCARD_TYPES, Resource, Resources
 
@@ -152,3 +154,19 @@ class TypeState:
 
 def push_event(node_id: str, type_url: str, version: str) -> StreamEvent:
     return StreamEvent(node_id, type_url, version, "push")
+
+
+def eds_names(clusters: Iterable[Resource]) -> set[str]:
+    """The EDS resource names these clusters take their endpoints from.
+
+    Envoy re-creates a cluster that changes, and the new one warms only on a *fresh*
+    ClusterLoadAssignment, even an unchanged one; over delta ADS it does not ask again, so
+    the server must resend it (https://www.envoyproxy.io/docs/envoy/latest/api-docs/
+    xds_protocol#resource-warming). Parses the packed clusters: call for changed ones only.
+    """
+    names = set()
+    for r in clusters:
+        c = cluster_pb2.Cluster.FromString(r.packed.value)
+        if c.type == cluster_pb2.Cluster.EDS:
+            names.add(c.eds_cluster_config.service_name or c.name)
+    return names

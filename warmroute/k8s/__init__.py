@@ -1,0 +1,1 @@
+"""Kubernetes adapters (official ``kubernetes`` client): pods, scale, leader election."""
