@@ -211,8 +211,9 @@ class PoolConfig(_Model):
         return replica.slots if replica.slots is not None else self.slots
 
     def simulated_replicas(self) -> list[ReplicaConfig]:
+        """Simulated replicas started up front (an autoscaled pool starts its own)."""
         sim = self.simulate
-        if sim is None:
+        if sim is None or self.autoscale is not None:
             return []
         return [
             ReplicaConfig(address=f"{sim.host}:{sim.base_port + i}") for i in range(sim.replicas)

@@ -99,6 +99,10 @@ class Metrics:
             "warmroute_config_reloads", "Config reloads, by result (applied, invalid).",
             ["result"], registry=r,
         )  # fmt: skip
+        self.scale_events = Counter(
+            "warmroute_scale_decisions", "Autoscaling decisions, by pool and direction.",
+            ["pool", "direction"], registry=r,
+        )  # fmt: skip
         r.register(_RegistryCollector(view))
 
     def on_stream_event(self, event: StreamEvent) -> None:

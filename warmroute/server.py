@@ -17,16 +17,24 @@ import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from kubernetes import client as k8s
 
 from warmroute import config as config_mod
 from warmroute.admin import AdminServer
-from warmroute.config import Config
+from warmroute.autoscale.controller import Autoscaler, Scaler
+from warmroute.autoscale.local import LocalScaler
+from warmroute.config import Config, PoolConfig
+from warmroute.discovery.kubernetes import KubernetesDiscovery
+from warmroute.discovery.scrape import MetricsScraper
 from warmroute.discovery.static import StaticDiscovery
 from warmroute.errors import ConfigError
 from warmroute.extproc.accesslog import AccessLogService
 from warmroute.extproc.processor import ExternalProcessor
+from warmroute.k8s.client import api_client
+from warmroute.k8s.leader import LeaderElector
+from warmroute.k8s.scale import KubernetesScaler
 from warmroute.metrics import Metrics
-from warmroute.state import Registry
+from warmroute.state import Registry, ReplicaExternalLoad
 from warmroute.xds.ads import AdsServer
 from warmroute.xds.builder import config_snapshot
 from warmroute.xds.cache import SnapshotCache, StreamEvent, StreamObserver
@@ -51,6 +59,38 @@ class _Fanout:
     def on_stream_event(self, event: StreamEvent) -> None:
         for o in self._observers:
             o.on_stream_event(event)
+
+
+def _kube_api(cfg: Config) -> k8s.ApiClient | None:
+    if any(p.kubernetes is not None for p in cfg.pools) or (cfg.kubernetes.leader_election.enabled):
+        return api_client(cfg.kubernetes)
+    return None
+
+
+class _PoolScaler:
+    """Scales each pool where its replicas come from: Kubernetes or local processes."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+        self._kube: KubernetesScaler | None = None
+
+    def _for(self, pool: PoolConfig) -> Scaler:
+        if pool.kubernetes is None:
+            return self._plane.local_scaler
+        if self._kube is None:
+            plane = self._plane
+            assert plane.kube_api is not None and plane.kube_discovery is not None
+            self._kube = KubernetesScaler(plane.kube_api, plane.kube_discovery.pod_name)
+        return self._kube
+
+    async def get_replicas(self, pool: PoolConfig) -> int:
+        return await self._for(pool).get_replicas(pool)
+
+    async def set_replicas(self, pool: PoolConfig, replicas: int) -> None:
+        await self._for(pool).set_replicas(pool, replicas)
+
+    async def mark_deletion_costs(self, pool: PoolConfig, costs: dict[str, int]) -> None:
+        await self._for(pool).mark_deletion_costs(pool, costs)
 
 
 class ControlPlane:
@@ -83,6 +123,32 @@ class ControlPlane:
         self.rollout.on_change = self._on_rollout_change
         self.ads = AdsServer(self.cache, _Fanout(self.publisher, self.rollout, self.metrics))
         self.discovery = StaticDiscovery(self.publisher.emit)
+        self.kube_api = _kube_api(cfg)
+        self.kube_discovery = (
+            KubernetesDiscovery(self.kube_api, self.publisher.emit)
+            if self.kube_api is not None
+            else None
+        )
+        self.local_scaler = LocalScaler(self.discovery.prober)
+        self.autoscaler = Autoscaler(
+            self.registry,
+            _PoolScaler(self),
+            cfg,
+            on_scale=lambda pool, old, new, why: self.metrics.scale_events.labels(
+                pool, "up" if new > old else "down"
+            ).inc(),
+        )
+        self.processor.on_queued = self.autoscaler.poke
+        self.scraper = MetricsScraper(self.registry, self.publisher.emit)
+        self.scraper.configure(cfg)
+        self.elector: LeaderElector | None = None
+        if cfg.kubernetes.leader_election.enabled:
+            if self.kube_api is None:
+                raise ValueError("leader election needs Kubernetes API access")
+            self.processor.serving = False  # a standby until elected
+            self.elector = LeaderElector(
+                self.kube_api, cfg.kubernetes.leader_election, self._on_leadership
+            )
         self.admin = AdminServer(
             self.metrics,
             self.registry.view,
@@ -112,7 +178,15 @@ class ControlPlane:
         host, _, port = cfg.control.admin.rpartition(":")
         await self.admin.start(host, int(port))
         await self.discovery.update(cfg)
+        if self.kube_discovery is not None:
+            await self.kube_discovery.update(cfg)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if any(p.autoscale is not None for p in cfg.pools):
+            self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
+        if any(p.metrics is not None for p in cfg.pools):
+            self._tasks.append(asyncio.create_task(self.scraper.run(), name="metrics scrape"))
+        if self.elector is not None:
+            self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))
         if self.config_path is not None:
             self._file_stamp = self._stamp()
             self._tasks.append(asyncio.create_task(self._watch_file(), name="config watch"))
@@ -140,6 +214,10 @@ class ControlPlane:
         self.config = cfg
         self.rollout.policy = cfg.xds.rollout
         await self.discovery.update(cfg)
+        if self.kube_discovery is not None:
+            await self.kube_discovery.update(cfg)
+        self.autoscaler.configure(cfg)
+        self.scraper.configure(cfg)
         self.rollout.propose(snapshot)
         self.publisher.publish()
         self.metrics.config_reloads.labels("applied").inc()
@@ -181,12 +259,40 @@ class ControlPlane:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.discovery.close()
+        if self.kube_discovery is not None:
+            await self.kube_discovery.close()
+        await self.local_scaler.close()
         # End ADS streams first: Envoy then reconnects with backoff instead of hanging on a
         # stream the server no longer serves.
         await self.ads.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         await self.admin.stop()
+
+    def _on_leadership(self, leader: bool) -> None:
+        self.processor.serving = leader
+        if not leader:
+            return
+        # The previous leader's requests may still run on any replica: count every slot
+        # as taken until a metrics scrape shows the truth or the grace period ends.
+        grace = self.config.kubernetes.leader_election.takeover_grace_seconds
+        fenced = []
+        for name, pool in self.registry.pools.items():
+            for address, replica in pool.replicas.items():
+                self.registry.apply(ReplicaExternalLoad(name, address, replica.slots))
+                fenced.append((name, address))
+        started = time.monotonic()
+
+        def lift() -> None:
+            for name, address in fenced:
+                if self.scraper.last_scrape.get((name, address), 0.0) < started:
+                    self.registry.apply(ReplicaExternalLoad(name, address, 0))
+
+        asyncio.get_running_loop().call_later(grace, lift)
+        logger.info(
+            "leading: %d replicas fenced for up to %gs until their load is known",
+            len(fenced), grace,
+        )  # fmt: skip
 
     async def _housekeeping(self) -> None:
         interval = self.config.control.expire_interval_seconds

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -42,6 +42,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._metrics = metrics
         self._model_header = model_header
         self.serving = True
+        # Called with the pool name when a request has to wait: demand for the autoscaler.
+        self.on_queued: Callable[[str], None] | None = None
 
     async def Process(
         self,
@@ -70,6 +72,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             lease = pool.try_acquire(request_id)
             waited = 0.0
             if lease is None:
+                if self.on_queued is not None:
+                    self.on_queued(pool.name)
                 wait_start = time.perf_counter()
                 lease = await acquire(pool, request_id)
                 waited = time.perf_counter() - wait_start

@@ -1,0 +1,87 @@
+"""Read model servers' own metrics to see traffic warmroute did not lease.
+
+If a replica reports more running requests than warmroute leased to it (someone calls it
+directly, or a previous leader's requests are still running), the difference counts as
+busy slots. Known names (summed over label sets):
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from warmroute.config import Config
+from warmroute.state import Phase, Registry, ReplicaEvent, ReplicaExternalLoad
+
+logger = logging.getLogger(__name__)
+
+RUNNING_METRICS = (
+    "vllm:num_requests_running",  # vLLM
+    "sglang:num_running_reqs",  # SGLang
+    "tgi_batch_current_size",  # Text Generation Inference
+    "nv_inference_pending_request_count",  # Triton (in-flight requests per model)
+)
+
+
+def running_requests(text: str) -> int | None:
+    """Running requests a model server reports, or None if it reports none we know."""
+    total: float | None = None
+    for family in text_string_to_metric_families(text):
+        if family.name in RUNNING_METRICS:
+            total = (total or 0.0) + sum(s.value for s in family.samples)
+    return None if total is None else int(total)
+
+
+class MetricsScraper:
+    """Scrapes every non-gone replica of pools with ``metrics`` configured."""
+
+    def __init__(self, registry: Registry, emit: Callable[[ReplicaEvent], None]) -> None:
+        self._registry = registry
+        self._emit = emit
+        self._pools: dict[str, tuple[str, float]] = {}
+        self.last_scrape: dict[tuple[str, str], float] = {}
+
+    def configure(self, cfg: Config) -> None:
+        self._pools = {
+            p.name: (p.metrics.path, p.metrics.interval_seconds)
+            for p in cfg.pools
+            if p.metrics is not None
+        }
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            next_at: dict[str, float] = {}
+            while True:
+                now = time.monotonic()
+                for name, (path, interval) in list(self._pools.items()):
+                    if next_at.get(name, 0.0) <= now:
+                        next_at[name] = now + interval
+                        await self._scrape_pool(session, name, path)
+                await asyncio.sleep(0.1)
+
+    async def _scrape_pool(self, session: aiohttp.ClientSession, name: str, path: str) -> None:
+        pool = self._registry.pools.get(name)
+        if pool is None:
+            return
+        addresses = [a for a, r in pool.replicas.items() if r.phase is not Phase.GONE]
+        results = await asyncio.gather(
+            *(self._fetch(session, f"http://{a}{path}") for a in addresses)
+        )
+        for address, running in zip(addresses, results, strict=True):
+            if running is not None:
+                self.last_scrape[(name, address)] = time.monotonic()
+                self._emit(ReplicaExternalLoad(name, address, running))
+
+    async def _fetch(self, session: aiohttp.ClientSession, url: str) -> int | None:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status != 200:
+                    return None
+                return running_requests(await resp.text())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
