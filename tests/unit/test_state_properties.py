@@ -121,6 +121,11 @@ class RegistryMachine(RuleBasedStateMachine):
     def _pool(self, i: int) -> Pool:
         return self.registry.pools[self.names[i % len(self.names)]]
 
+    def _replicas(self) -> list[tuple[Pool, str]]:
+        """Every known replica, in a stable order, so rules can target one that exists."""
+        pools = [self.registry.pools[name] for name in self.names]
+        return [(p, address) for p in pools for address in sorted(p.replicas)]
+
     def _check_grant(self, lease: Lease) -> None:
         """At the moment of a grant: a warm replica, within its slots, indexed."""
         r = lease.replica
@@ -199,6 +204,12 @@ class RegistryMachine(RuleBasedStateMachine):
         assert queued < p.spec.max_waiting
         self.tracked.append(t)
 
+    @rule(pool=indexes, n=st.integers(min_value=2, max_value=6), alive=st.booleans())
+    def burst(self, pool: int, n: int, alive: bool) -> None:
+        """Several requests at once: fills replicas and queues faster than single steps."""
+        for _ in range(n):
+            self.acquire(pool, alive, skip_try=False, timeout=None)
+
     @precondition(lambda self: bool(self.active))
     @rule(
         i=indexes,
@@ -250,9 +261,12 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0]))
     def tick(self, dt: float) -> None:
-        self.clock.now += dt
-        now = self.clock.now
+        self._advance_to(self.clock.now + dt)
+
+    def _advance_to(self, now: float) -> None:
+        self.clock.now = now
         before = set(self.active)
+        waiting = [t for t in self.tracked if t.w.state is WaitState.WAITING]
         overdue = self.registry.expire()
         assert len({lease.id for lease in overdue}) == len(overdue)
         for lease in overdue:
@@ -261,9 +275,19 @@ class RegistryMachine(RuleBasedStateMachine):
             assert lease.ended is EndReason.EXPIRED
             self._ended(lease)
         assert all(lease.deadline > now for lease in self.active.values())
-        for t in self.tracked:
-            if t.w.state is WaitState.WAITING:
-                assert t.w.deadline > now, f"{t.w} overdue after expire()"
+        for t in waiting:
+            if t.w.deadline <= now:
+                # Overdue waiters time out; a slot freed by expiry never goes to one.
+                assert t.w.state is WaitState.TIMED_OUT, f"{t.w} overdue after expire()"
+
+    @precondition(lambda self: bool(self.active) or bool(self.tracked))
+    @rule(past=st.booleans())
+    def tick_to_next_deadline(self, past: bool) -> None:
+        """Jump exactly to (or just past) the next lease or waiter deadline."""
+        deadlines = [lease.deadline for lease in self.active.values()]
+        deadlines += [t.w.deadline for t in self.tracked if t.w.state is WaitState.WAITING]
+        if deadlines:
+            self._advance_to(max(self.clock.now, min(deadlines) + (0.5 if past else 0.0)))
 
     @rule(pool=indexes, address=st.sampled_from(ADDRESSES), slots=slot_counts)
     def add_warm(self, pool: int, address: str, slots: int) -> None:
@@ -284,27 +308,41 @@ class RegistryMachine(RuleBasedStateMachine):
         r = p.replicas[address]
         assert (r.slots, r.phase) == (slots, phase)
 
-    @rule(pool=indexes, address=st.sampled_from(ADDRESSES))
-    def remove(self, pool: int, address: str) -> None:
-        p = self._pool(pool)
-        existed = address in p.replicas
-        self.registry.apply(ReplicaRemoved(p.name, address))
-        if existed:
-            self.removed.add((p.name, address))
+    @precondition(lambda self: bool(self._replicas()))
+    @rule(i=indexes, slots=slot_counts, phase=st.sampled_from(list(Phase)))
+    def change_phase(self, i: int, slots: int, phase: Phase) -> None:
+        replicas = self._replicas()
+        p, address = replicas[i % len(replicas)]
+        self.upsert(self.names.index(p.name), address, slots, phase)
 
-    @rule(
-        pool=indexes,
-        address=st.sampled_from(ADDRESSES),
-        running=st.integers(min_value=0, max_value=4),
-    )
-    def external_load(self, pool: int, address: str, running: int) -> None:
-        p = self._pool(pool)
-        r = p.replicas.get(address)
-        ours = r.in_flight if r is not None else 0
+    @precondition(lambda self: bool(self._replicas()))
+    @rule(i=indexes)
+    def remove(self, i: int) -> None:
+        replicas = self._replicas()
+        p, address = replicas[i % len(replicas)]
+        self.registry.apply(ReplicaRemoved(p.name, address))
+        self.removed.add((p.name, address))
+
+    @precondition(lambda self: any(p.replicas[a].external for p, a in self._replicas()))
+    @rule(i=indexes)
+    def external_load_ends(self, i: int) -> None:
+        """A replica's outside traffic finishes: its slots must go to waiters at once."""
+        loaded = [(p, a) for p, a in self._replicas() if p.replicas[a].external]
+        p, address = loaded[i % len(loaded)]
+        r = p.replicas[address]
+        self.registry.apply(ReplicaExternalLoad(p.name, address, r.in_flight))
+        assert r.external == 0
+
+    @precondition(lambda self: bool(self._replicas()))
+    @rule(i=indexes, running=st.integers(min_value=0, max_value=4))
+    def external_load(self, i: int, running: int) -> None:
+        replicas = self._replicas()
+        p, address = replicas[i % len(replicas)]
+        r = p.replicas[address]
+        ours = r.in_flight
         self.registry.apply(ReplicaExternalLoad(p.name, address, running))
-        if r is not None:
-            # ``running`` counts the replica's whole load, our own leases included.
-            assert r.external == max(0, running - ours)
+        # ``running`` counts the replica's whole load, our own leases included.
+        assert r.external == max(0, running - ours)
 
     @rule(params=st.lists(pool_params, min_size=2, max_size=2))
     def reconfigure(self, params: list[tuple[int, float, float, str]]) -> None:

@@ -27,7 +27,9 @@ class ReplicaRemoved:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaExternalLoad:
-    """The replica reports this many running requests that warmroute did not lease."""
+    """The replica reports this many running requests in total (from its own metrics).
+
+    Whatever exceeds the leases warmroute holds on it counts as busy slots."""
 
     pool: str
     address: str

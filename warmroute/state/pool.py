@@ -182,8 +182,13 @@ class Pool:
                 if replica is None:
                     return
                 waiter = self.queue.pop()
+                last_used = replica.last_used
                 lease = self._grant(replica, waiter.request_id)
-                if waiter.on_grant(lease):
+                try:
+                    accepted = waiter.on_grant(lease)
+                except Exception:  # a broken callback refuses; it must not leak the slot
+                    accepted = False
+                if accepted:
                     waiter.state = WaitState.GRANTED
                     waiter.lease = lease
                     self.counters.granted_after_wait += 1
@@ -192,6 +197,7 @@ class Pool:
                     waiter.state = WaitState.CANCELLED
                     self.counters.waits_cancelled += 1
                     self._undo(lease)
+                    replica.last_used = last_used
         finally:
             self._dispatching = False
 
