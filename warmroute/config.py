@@ -67,8 +67,12 @@ class EnvoyConfig(_Model):
 class ControlConfig(_Model):
     grpc: HostPort = "127.0.0.1:18000"
     admin: HostPort = "127.0.0.1:18001"
-    # Envoy reaches the gRPC services at this address (differs from `grpc` in containers).
+    # Envoy reaches ext_proc and the access log here (default: `grpc`). A DNS name makes
+    # Envoy resolve it (STRICT_DNS), e.g. a headless Service selecting only the leader.
     advertise: HostPort | None = None
+    # Envoy reaches ADS here (default: `advertise`), e.g. a Service selecting every
+    # instance, leader or not.
+    advertise_xds: HostPort | None = None
     expire_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     lease_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
 

@@ -42,6 +42,10 @@ def ads_bootstrap(
     reaches warmroute itself (xDS, ext_proc and the access log share it).
     """
     variant = variant or cfg.xds.variant
+    clusters = [resources.control_cluster(cfg)]
+    xds = resources.xds_cluster(cfg)
+    if xds is not None:
+        clusters.append(xds)
     api = config_source_pb2.ApiConfigSource
     ads = api(
         api_type=api.DELTA_GRPC if variant == "delta" else api.GRPC,
@@ -49,7 +53,7 @@ def ads_bootstrap(
         grpc_services=[
             grpc_service_pb2.GrpcService(
                 envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
-                    cluster_name=resources.CONTROL_CLUSTER
+                    cluster_name=xds.name if xds is not None else resources.CONTROL_CLUSTER
                 )
             )
         ],
@@ -62,9 +66,7 @@ def ads_bootstrap(
             cds_config=resources.ads_config_source(),
             lds_config=resources.ads_config_source(),
         ),
-        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            clusters=[resources.control_cluster(cfg)]
-        ),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=clusters),
     )
     boot.admin.address.CopyFrom(resources.socket_address(cfg.envoy.admin))
     return boot

@@ -12,6 +12,7 @@ Data path built here (see DESIGN.md, "Facts measured here"):
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ from warmroute.config import Config, PoolConfig
 LISTENER_NAME = "warmroute_ingress"
 ROUTE_CONFIG_NAME = "warmroute_routes"
 CONTROL_CLUSTER = "warmroute_control"
+XDS_CLUSTER = "warmroute_xds"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 # Where override_host reads the chosen endpoint: the Gateway API Inference Extension's key.
 LB_NAMESPACE = "envoy.lb"
@@ -341,8 +343,19 @@ def pool_cluster(
 
 
 def control_cluster(cfg: Config) -> cluster_pb2.Cluster:
-    """Envoy's gRPC connection to warmroute (ext_proc and access log)."""
-    address = cfg.control.advertise or cfg.control.grpc
+    """Envoy's gRPC connection to warmroute for ext_proc and the access log (and ADS,
+    unless ``control.advertise_xds`` names another address)."""
+    return _grpc_cluster(CONTROL_CLUSTER, cfg.control.advertise or cfg.control.grpc)
+
+
+def xds_cluster(cfg: Config) -> cluster_pb2.Cluster | None:
+    """A separate cluster for ADS when ``control.advertise_xds`` is set."""
+    if cfg.control.advertise_xds is None:
+        return None
+    return _grpc_cluster(XDS_CLUSTER, cfg.control.advertise_xds)
+
+
+def _grpc_cluster(name: str, address: str) -> cluster_pb2.Cluster:
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
@@ -351,16 +364,22 @@ def control_cluster(cfg: Config) -> cluster_pb2.Cluster:
             )
         )
     )
-    return cluster_pb2.Cluster(
-        name=CONTROL_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC,
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        kind = cluster_pb2.Cluster.STATIC
+    except ValueError:
+        kind = cluster_pb2.Cluster.STRICT_DNS  # e.g. a Kubernetes Service name
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=kind,
         connect_timeout=_seconds(1.0),
         typed_extension_protocol_options={
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(http2)
         },
         circuit_breakers=_big_circuit_breakers(1_000_000),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=CONTROL_CLUSTER,
+            cluster_name=name,
             endpoints=[
                 endpoint_components_pb2.LocalityLbEndpoints(
                     lb_endpoints=[
@@ -374,3 +393,6 @@ def control_cluster(cfg: Config) -> cluster_pb2.Cluster:
             ],
         ),
     )
+    if kind == cluster_pb2.Cluster.STRICT_DNS:
+        cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+    return cluster
