@@ -148,8 +148,9 @@ class AutoscaleConfig(_Model):
 
     min_replicas: int = Field(default=0, ge=0, le=10_000)
     max_replicas: int = Field(default=8, ge=1, le=10_000)
-    # At most one scale-up decision per this interval (each can add several replicas).
-    scale_up_interval_seconds: float = Field(default=1.0, ge=0, le=3600)
+    # At least this long between scale-ups. 0 is safe: each decision counts the capacity
+    # already on its way (loading, or asked for and not yet discovered).
+    scale_up_interval_seconds: float = Field(default=0.0, ge=0, le=3600)
     # A pool with no request for this long scales down to min_replicas.
     idle_seconds: float = Field(default=300.0, gt=0, le=7 * 86_400)
 
@@ -168,6 +169,9 @@ class ScrapeConfig(_Model):
 
     path: Annotated[str, Field(pattern=r"^/")] = "/metrics"
     interval_seconds: float = Field(default=2.0, gt=0, le=3600)
+    # A replica reporting fewer requests than warmroute leased it has lost some ends of
+    # requests (e.g. the access-log stream broke): leases older than this are reclaimed.
+    reconcile_after_seconds: float = Field(default=5.0, gt=0, le=86_400)
 
 
 class PoolConfig(_Model):
@@ -203,6 +207,7 @@ class PoolConfig(_Model):
     def spec(self, lease_grace_seconds: float = 5.0) -> PoolSpec:
         return PoolSpec(
             lease_grace_seconds=lease_grace_seconds,
+            reconcile_after_seconds=(self.metrics.reconcile_after_seconds if self.metrics else 5.0),
             name=self.name,
             models=tuple(self.models),
             max_waiting=self.queue.max_waiting,

@@ -145,6 +145,10 @@ class _RegistryCollector(Collector):
             "warmroute_requests_waiting", "Requests waiting for a slot.", labels=["pool"]
         )
         expired = _counter("warmroute_leases_expired", "Leases reclaimed at their deadline.")
+        reconciled = _counter(
+            "warmroute_leases_reconciled",
+            "Leases reclaimed because the replica's metrics showed their request gone.",
+        )
         granted = _counter(
             "warmroute_leases_granted", "Leases granted, by whether the request waited.", "waited"
         )
@@ -160,9 +164,10 @@ class _RegistryCollector(Collector):
             leases.add_metric([pool.name], pool.in_flight)
             waiting.add_metric([pool.name], pool.waiting)
             expired.add_metric([pool.name], pool.expired)
+            reconciled.add_metric([pool.name], pool.reconciled)
             granted.add_metric([pool.name, "false"], pool.granted_immediately)
             granted.add_metric([pool.name, "true"], pool.granted_after_wait)
-        yield from (replicas, slots, leases, waiting, expired, granted)
+        yield from (replicas, slots, leases, waiting, expired, reconciled, granted)
 
 
 def _counter(name: str, doc: str, *extra: str) -> CounterMetricFamily:

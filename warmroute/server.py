@@ -272,6 +272,8 @@ class ControlPlane:
     def _on_leadership(self, leader: bool) -> None:
         self.processor.serving = leader
         if not leader:
+            # Envoy must report request ends to the new leader, not here.
+            self.access_log.close_streams()
             return
         # The previous leader's requests may still run on any replica: count every slot
         # as taken until a metrics scrape shows the truth or the grace period ends.

@@ -20,16 +20,20 @@ from warmroute.state import Phase, Registry, ReplicaEvent, ReplicaExternalLoad
 
 logger = logging.getLogger(__name__)
 
+# Requests a model server holds, running or queued inside it.
 RUNNING_METRICS = (
     "vllm:num_requests_running",  # vLLM
+    "vllm:num_requests_waiting",
     "sglang:num_running_reqs",  # SGLang
+    "sglang:num_queue_reqs",
     "tgi_batch_current_size",  # Text Generation Inference
+    "tgi_queue_size",
     "nv_inference_pending_request_count",  # Triton (in-flight requests per model)
 )
 
 
 def running_requests(text: str) -> int | None:
-    """Running requests a model server reports, or None if it reports none we know."""
+    """Requests a model server reports holding, or None if it reports none we know."""
     total: float | None = None
     for family in text_string_to_metric_families(text):
         if family.name in RUNNING_METRICS:
@@ -75,7 +79,7 @@ class MetricsScraper:
         for address, running in zip(addresses, results, strict=True):
             if running is not None:
                 self.last_scrape[(name, address)] = time.monotonic()
-                self._emit(ReplicaExternalLoad(name, address, running))
+                self._emit(ReplicaExternalLoad(name, address, running, reconcile=True))
 
     async def _fetch(self, session: aiohttp.ClientSession, url: str) -> int | None:
         try:

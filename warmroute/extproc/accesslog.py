@@ -7,6 +7,7 @@ id. That id is the only thing that releases a lease; no header can.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,13 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
     def __init__(self, registry: Registry, metrics: Metrics) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._streams: set[asyncio.Task[object]] = set()
+
+    def close_streams(self) -> None:
+        """End every open stream, so Envoy reconnects (to whoever leads now). Entries for
+        leases this instance no longer holds must not be sent here."""
+        for task in list(self._streams):
+            task.cancel()
 
     async def StreamAccessLogs(
         self,
@@ -35,6 +43,18 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
         context: grpc.aio.ServicerContext,
     ) -> empty_pb2.Empty:
         node = ""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            await self._consume(request_iterator, node)
+        finally:
+            self._streams.discard(task)
+        return empty_pb2.Empty()
+
+    async def _consume(
+        self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], node: str
+    ) -> None:
         async for message in request_iterator:
             if message.HasField("identifier"):
                 node = message.identifier.node.id
@@ -42,7 +62,6 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
             for entry in message.http_logs.log_entry:
                 self.finish(entry)
         logger.info("access-log stream from Envoy node %r ended", node)
-        return empty_pb2.Empty()
 
     def finish(self, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:
         """Release the lease an entry names and record how the request ended."""

@@ -34,6 +34,9 @@ class ReplicaExternalLoad:
     pool: str
     address: str
     running: int
+    # True when ``running`` is the replica's own report (metrics), so leases it no longer
+    # has (their end was lost) may be reclaimed; False for a synthetic value (a fence).
+    reconcile: bool = False
 
 
 ReplicaEvent = ReplicaUpsert | ReplicaRemoved | ReplicaExternalLoad

@@ -16,6 +16,7 @@ class EndReason(enum.Enum):
     FINISHED = "finished"  # Envoy logged the request's end (success, error or disconnect)
     CANCELLED = "cancelled"  # granted but never used (client went away before routing)
     EXPIRED = "expired"  # its end was never reported; reclaimed at its deadline
+    RECONCILED = "reconciled"  # the replica's own metrics say the request is no longer there
     REVOKED = "revoked"  # the pool went away
 
 

@@ -36,6 +36,9 @@ class PoolSpec:
     # Envoy's route timeout (max_request_seconds) starts after the lease is granted, so the
     # lease lives a little longer: it is never reclaimed while Envoy may still use it.
     lease_grace_seconds: float = 5.0
+    # A lease younger than this is never reclaimed by reconciliation: its request may not
+    # have reached the replica (or its metrics) yet.
+    reconcile_after_seconds: float = 5.0
     policy: str = "least_loaded"
 
 
@@ -47,6 +50,7 @@ class PoolCounters:
     granted_after_wait: int = 0
     released: int = 0
     expired: int = 0
+    reconciled: int = 0
     cancelled_leases: int = 0
     waits_cancelled: int = 0
     waits_timed_out: int = 0
@@ -251,13 +255,35 @@ class Pool:
         if replica.in_flight == 0:
             self._forget(replica)
 
-    def set_external(self, address: str, running: int) -> None:
-        """Record requests the replica runs that we did not lease (from its metrics)."""
+    def set_external(self, address: str, running: int, *, reconcile: bool = False) -> list[Lease]:
+        """Record how many requests the replica reports running in total.
+
+        Beyond our leases they count as busy slots. With ``reconcile``, leases the replica
+        no longer has are reclaimed: if it runs fewer requests than we leased, the oldest
+        leases older than ``reconcile_after_seconds`` (so not still on their way to it)
+        end as RECONCILED. Returns those leases.
+        """
         replica = self.replicas.get(address)
         if replica is None:
-            return
+            return []
+        reclaimed: list[Lease] = []
+        if reconcile and running < replica.in_flight:
+            cutoff = self._clock() - self.spec.reconcile_after_seconds
+            stale = sorted(
+                (
+                    lease
+                    for lease in self._leases.values()
+                    if lease.replica is replica and lease.acquired_at <= cutoff
+                ),
+                key=lambda lease: lease.acquired_at,
+            )
+            for lease in stale[: replica.in_flight - running]:
+                self._end(lease, EndReason.RECONCILED)
+                reclaimed.append(lease)
+            self.counters.reconciled += len(reclaimed)
         replica.external = max(0, running - replica.in_flight)
         self._dispatch()
+        return reclaimed
 
     def _forget(self, replica: Replica) -> None:
         if self.replicas.get(replica.address) is replica:

@@ -76,7 +76,7 @@ class Registry:
         elif isinstance(event, ReplicaRemoved):
             pool.remove(event.address)
         elif isinstance(event, ReplicaExternalLoad):
-            pool.set_external(event.address, event.running)
+            pool.set_external(event.address, event.running, reconcile=event.reconcile)
 
     def lease(self, lease_id: str) -> Lease | None:
         return self.leases.get(lease_id)
@@ -114,6 +114,7 @@ class Registry:
                     granted_immediately=c.granted_immediately,
                     granted_after_wait=c.granted_after_wait,
                     expired=c.expired,
+                    reconciled=c.reconciled,
                     rejected_queue_full=c.rejected_queue_full,
                     waits_timed_out=c.waits_timed_out,
                     waits_cancelled=c.waits_cancelled,

@@ -26,6 +26,7 @@ class PoolView:
     granted_immediately: int
     granted_after_wait: int
     expired: int
+    reconciled: int
     rejected_queue_full: int
     waits_timed_out: int
     waits_cancelled: int

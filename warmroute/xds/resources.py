@@ -41,7 +41,7 @@ from envoy.extensions.load_balancing_policies.override_host.v3 import override_h
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.metadata.v3 import metadata_pb2
-from envoy.type.v3 import percent_pb2
+from envoy.type.v3 import http_status_pb2, percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from warmroute.config import Config, PoolConfig
@@ -126,6 +126,10 @@ def ext_proc_filter(cfg: Config) -> ext_proc_pb2.ExternalProcessor:
             )
         ),
         stat_prefix="warmroute",
+        # warmroute unreachable (restarting, failing over): a retryable 503, not a 500.
+        status_on_error=http_status_pb2.HttpStatus(
+            code=http_status_pb2.StatusCode.ServiceUnavailable
+        ),
     )
 
 
