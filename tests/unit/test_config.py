@@ -91,3 +91,9 @@ def test_any_document_either_validates_or_raises_config_error(doc: object) -> No
         config.parse(text, "fuzz.yaml")
     except ConfigError as exc:
         assert "fuzz.yaml" in str(exc)
+
+
+def test_examples_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples"
+    for path in sorted(root.glob("*.yaml")):
+        assert config.load(path).pools
