@@ -64,6 +64,32 @@ class EnvoyConfig(_Model):
     concurrency: int = Field(default=2, ge=1, le=256)
 
 
+class EnvoyClientTls(_Model):
+    """How Envoy connects to warmroute's gRPC port (files as Envoy sees them)."""
+
+    ca_file: str  # verifies warmroute's certificate
+    cert_file: str | None = None  # Envoy's client certificate (mutual TLS)
+    key_file: str | None = None
+    server_name: str | None = None  # SNI and the name expected in warmroute's certificate
+
+
+class GrpcTlsConfig(_Model):
+    """TLS (and, with client_ca_file, mutual TLS) for ADS, ext_proc and the access log."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # require and verify client certificates
+    envoy: EnvoyClientTls
+
+    @model_validator(mode="after")
+    def _pairs(self) -> GrpcTlsConfig:
+        if (self.envoy.cert_file is None) != (self.envoy.key_file is None):
+            raise ValueError("envoy.cert_file and envoy.key_file go together")
+        if self.client_ca_file and self.envoy.cert_file is None:
+            raise ValueError("client_ca_file requires client certificates: set envoy.cert_file")
+        return self
+
+
 class ControlConfig(_Model):
     grpc: HostPort = "127.0.0.1:18000"
     admin: HostPort = "127.0.0.1:18001"
@@ -73,6 +99,7 @@ class ControlConfig(_Model):
     # Envoy reaches ADS here (default: `advertise`), e.g. a Service selecting every
     # instance, leader or not.
     advertise_xds: HostPort | None = None
+    tls: GrpcTlsConfig | None = None
     expire_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     lease_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
 

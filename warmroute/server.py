@@ -23,7 +23,7 @@ from warmroute import config as config_mod
 from warmroute.admin import AdminServer
 from warmroute.autoscale.controller import Autoscaler, Scaler
 from warmroute.autoscale.local import LocalScaler
-from warmroute.config import Config, PoolConfig
+from warmroute.config import Config, GrpcTlsConfig, PoolConfig
 from warmroute.discovery.kubernetes import KubernetesDiscovery
 from warmroute.discovery.scrape import MetricsScraper
 from warmroute.discovery.static import StaticDiscovery
@@ -59,6 +59,18 @@ class _Fanout:
     def on_stream_event(self, event: StreamEvent) -> None:
         for o in self._observers:
             o.on_stream_event(event)
+
+
+def _server_credentials(tls: GrpcTlsConfig) -> grpc.ServerCredentials:
+    def read(path: str) -> bytes:
+        return Path(path).read_bytes()
+
+    ca = read(tls.client_ca_file) if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(read(tls.key_file), read(tls.cert_file))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 def _kube_api(cfg: Config) -> k8s.ApiClient | None:
@@ -168,7 +180,11 @@ class ControlPlane:
         ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, server)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
-        self.grpc_port = server.add_insecure_port(cfg.control.grpc)
+        tls = cfg.control.tls
+        if tls is None:
+            self.grpc_port = server.add_insecure_port(cfg.control.grpc)
+        else:
+            self.grpc_port = server.add_secure_port(cfg.control.grpc, _server_credentials(tls))
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {cfg.control.grpc}")
         self.rollout.propose(self._snapshot(cfg))

@@ -84,6 +84,7 @@ async def start_stack(
     extra_pool: dict[str, Any] | None = None,
     variant: str = "sotw",
     node_id: str = "envoy-0",
+    control_extra: dict[str, Any] | None = None,
 ) -> Stack:
     sims = [
         SimReplica(slots, load_seconds, ServiceTime("fixed", service_ms), seed=i, model=MODEL)
@@ -115,6 +116,7 @@ async def start_stack(
                 "admin": f"127.0.0.1:{free_port()}",
                 "expire_interval_seconds": expire_interval,
                 "lease_grace_seconds": lease_grace,
+                **(control_extra or {}),
             },
             "pools": pools,
         }

@@ -38,13 +38,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import http_status_pb2, percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
-from warmroute.config import Config, PoolConfig
+from warmroute.config import Config, EnvoyClientTls, PoolConfig
 
 LISTENER_NAME = "warmroute_ingress"
 ROUTE_CONFIG_NAME = "warmroute_routes"
@@ -349,17 +350,17 @@ def pool_cluster(
 def control_cluster(cfg: Config) -> cluster_pb2.Cluster:
     """Envoy's gRPC connection to warmroute for ext_proc and the access log (and ADS,
     unless ``control.advertise_xds`` names another address)."""
-    return _grpc_cluster(CONTROL_CLUSTER, cfg.control.advertise or cfg.control.grpc)
+    return _grpc_cluster(CONTROL_CLUSTER, cfg.control.advertise or cfg.control.grpc, cfg)
 
 
 def xds_cluster(cfg: Config) -> cluster_pb2.Cluster | None:
     """A separate cluster for ADS when ``control.advertise_xds`` is set."""
     if cfg.control.advertise_xds is None:
         return None
-    return _grpc_cluster(XDS_CLUSTER, cfg.control.advertise_xds)
+    return _grpc_cluster(XDS_CLUSTER, cfg.control.advertise_xds, cfg)
 
 
-def _grpc_cluster(name: str, address: str) -> cluster_pb2.Cluster:
+def _grpc_cluster(name: str, address: str, cfg: Config) -> cluster_pb2.Cluster:
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
@@ -399,4 +400,23 @@ def _grpc_cluster(name: str, address: str) -> cluster_pb2.Cluster:
     )
     if kind == cluster_pb2.Cluster.STRICT_DNS:
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+    if cfg.control.tls is not None:
+        cluster.transport_socket.name = "envoy.transport_sockets.tls"
+        cluster.transport_socket.typed_config.Pack(_upstream_tls(cfg.control.tls.envoy))
     return cluster
+
+
+def _upstream_tls(tls: EnvoyClientTls) -> tls_pb2.UpstreamTlsContext:
+    ctx = tls_pb2.UpstreamTlsContext(sni=tls.server_name or "")
+    common = ctx.common_tls_context
+    common.alpn_protocols.append("h2")  # gRPC
+    common.validation_context.trusted_ca.filename = tls.ca_file
+    if tls.server_name:
+        san = common.validation_context.match_typed_subject_alt_names.add()
+        san.san_type = common_pb2.SubjectAltNameMatcher.DNS
+        san.matcher.exact = tls.server_name
+    if tls.cert_file and tls.key_file:
+        cert = common.tls_certificates.add()
+        cert.certificate_chain.filename = tls.cert_file
+        cert.private_key.filename = tls.key_file
+    return ctx
