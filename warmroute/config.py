@@ -124,6 +124,10 @@ class XdsConfig(_Model):
 
 class RoutingConfig(_Model):
     model_header: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "x-model"
+    # When warmroute cannot be reached: false (default) answers 503, so no request lands
+    # on a busy replica; true lets Envoy route without a lease (its fallback policy,
+    # least-request), trading the slot guarantee for availability.
+    failure_mode_allow: bool = False
 
 
 class QueueConfig(_Model):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
 import tempfile
@@ -51,14 +50,19 @@ class EnvoyProcess:
         self._log_level = log_level
         self._concurrency = concurrency
         self._log_path = log_path
-        self._dir = tempfile.TemporaryDirectory(prefix="warmroute-envoy-")
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def log_file(self) -> Path:
-        return Path(self._log_path or os.path.join(self._dir.name, "envoy.log"))
+        if self._log_path:
+            return Path(self._log_path)
+        return Path(self._dir.name if self._dir else tempfile.gettempdir(), "envoy.log")
 
     async def start(self, ready_timeout: float = 30.0) -> None:
+        """Start (or restart, after ``stop``) and wait until Envoy's admin says ready."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="warmroute-envoy-")
         config = Path(self._dir.name, "bootstrap.json")
         await asyncio.to_thread(config.write_text, self._bootstrap)
         log = await asyncio.to_thread(self.log_file.open, "ab")
@@ -113,4 +117,6 @@ class EnvoyProcess:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None

@@ -82,7 +82,7 @@ async def start_kube_stack(
     api: KubeApiServer | None = None, *, pool: dict[str, Any] | None = None
 ) -> KubeStack:
     api = api or KubeApiServer(bookmark_interval=0.2)
-    if api._runner is None:
+    if not api.running:
         await api.start()
     listen = f"127.0.0.1:{free_port()}"
     cfg = Config.model_validate(

@@ -85,6 +85,7 @@ async def start_stack(
     variant: str = "sotw",
     node_id: str = "envoy-0",
     control_extra: dict[str, Any] | None = None,
+    pool_extra: dict[str, Any] | None = None,
 ) -> Stack:
     sims = [
         SimReplica(slots, load_seconds, ServiceTime("fixed", service_ms), seed=i, model=MODEL)
@@ -103,6 +104,7 @@ async def start_stack(
             "queue": {"max_waiting": max_waiting, "timeout_seconds": queue_timeout},
             "probe": {"path": "/health", "interval_seconds": probe_interval},
             "replicas": addresses,
+            **(pool_extra or {}),
         }
     ]
     if extra_pool:

@@ -25,7 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    # The client sends datetimes with isoformat(), which drops the fraction when it is
+    # zero; the API server requires MicroTime's six digits. Never let it be zero.
+    return now if now.microsecond else now.replace(microsecond=1)
 
 
 def _fmt(t: dt.datetime) -> str:

@@ -109,7 +109,7 @@ def ext_proc_filter(cfg: Config) -> ext_proc_pb2.ExternalProcessor:
     mode = processing_mode_pb2.ProcessingMode
     return ext_proc_pb2.ExternalProcessor(
         grpc_service=_control_grpc_service(),
-        failure_mode_allow=False,
+        failure_mode_allow=cfg.routing.failure_mode_allow,
         processing_mode=mode(
             request_header_mode=mode.SEND,
             response_header_mode=mode.SKIP,
