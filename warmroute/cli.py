@@ -88,6 +88,12 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from warmroute.soak import soak
+
+    return asyncio.run(soak(args.duration, args.replicas, args.clients, args.seed))
+
+
 def _cmd_sim(args: argparse.Namespace) -> int:
     from warmroute.sim.__main__ import main as sim_main
 
@@ -138,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     csub.add_parser("example", help="print the annotated built-in config")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("soak", help="traffic under random faults; check nothing is lost")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=_cmd_soak)
 
     p = sub.add_parser("sim", help="run one simulated GPU replica (see `warmroute sim -h`)")
     p.add_argument("sim_args", nargs=argparse.REMAINDER)
