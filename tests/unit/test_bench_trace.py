@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -86,7 +87,7 @@ def test_quality_phases_rates_and_counts() -> None:
 
 def test_poisson_arrivals_have_the_asked_rate() -> None:
     arrivals = trace.poisson_arrivals(20.0, 50_001, random.Random(2))
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert statistics.fmean(gaps) == pytest.approx(1 / 20.0, rel=0.02)
     # Exponential gaps: standard deviation equals the mean.
     assert statistics.pstdev(gaps) == pytest.approx(1 / 20.0, rel=0.03)
