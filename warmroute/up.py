@@ -44,6 +44,11 @@ async def _start_simulated(pool: PoolConfig) -> list[asyncio.subprocess.Process]
     return procs
 
 
+async def _report_exit(proc: asyncio.subprocess.Process) -> None:
+    code = await proc.wait()
+    logger.error("simulated replica (pid %d) exited with status %d", proc.pid, code)
+
+
 async def _stop_processes(procs: list[asyncio.subprocess.Process]) -> None:
     for p in procs:
         if p.returncode is None:
@@ -76,6 +81,7 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(plane.reload_from_file()))
     sims: list[asyncio.subprocess.Process] = []
+    watchers: list[asyncio.Task[None]] = []  # log a simulated replica that dies early
     envoy = EnvoyProcess(
         to_json(ads_bootstrap(cfg)),
         cfg.envoy.admin,
@@ -86,6 +92,7 @@ async def run(
     try:
         for pool in cfg.pools:
             sims += await _start_simulated(pool)
+        watchers += [asyncio.create_task(_report_exit(p)) for p in sims]
         await plane.start()
         await envoy.start()
         model = cfg.pools[0].models[0]
@@ -103,6 +110,8 @@ async def run(
         return 0
     finally:
         print("stopping...", flush=True)
+        for w in watchers:
+            w.cancel()
         await envoy.stop()
         await plane.stop()
         await _stop_processes(sims)

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, free_ports, wait_for
 
 
 async def _run(*args: str) -> tuple[int, str]:
@@ -26,7 +26,7 @@ async def _run(*args: str) -> tuple[int, str]:
 
 async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: Path) -> None:
     listen, control_admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    base = free_port()
+    base = free_ports(2)
     cfg = {
         "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
         "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": control_admin},

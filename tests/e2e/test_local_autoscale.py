@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 from tests.e2e.stack import MODEL, client
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, free_ports, wait_for
 from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.server import ControlPlane
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
-
-
-def _free_pair() -> int:
-    for _ in range(50):
-        base = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no two consecutive free ports")
 
 
 async def test_burst_at_zero_starts_replicas_and_every_request_is_served() -> None:
@@ -38,7 +25,7 @@ async def test_burst_at_zero_starts_replicas_and_every_request_is_served() -> No
                     "models": [MODEL],
                     "probe": {"interval_seconds": 0.05},
                     "simulate": {
-                        "base_port": _free_pair(), "load_seconds": 0.5,
+                        "base_port": free_ports(2), "load_seconds": 0.5,
                         "distribution": "fixed", "median_ms": 50,
                     },
                     "autoscale": {"min_replicas": 0, "max_replicas": 2, "idle_seconds": 600},
