@@ -12,36 +12,17 @@ from warmroute import view
 from warmroute.config import Config, PoolConfig
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.server import ControlPlane
+from warmroute.sim import process
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 logger = logging.getLogger(__name__)
 
 
 async def _start_simulated(pool: PoolConfig) -> list[asyncio.subprocess.Process]:
-    sim = pool.simulate
-    if sim is None:
-        return []
-    procs = []
-    for i, replica in enumerate(pool.simulated_replicas()):
-        host, _, port = replica.address.rpartition(":")
-        args = [
-            "-m", "warmroute.sim",
-            "--host", host, "--port", port,
-            "--slots", str(pool.replica_slots(replica)),
-            "--load-seconds", str(sim.load_seconds),
-            "--distribution", sim.distribution,
-            "--median-ms", str(sim.median_ms),
-            "--sigma", str(sim.sigma),
-            "--model", pool.models[0],
-        ]  # fmt: skip
-        if sim.seed is not None:
-            args += ["--seed", str(sim.seed + i)]
-        procs.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable, *args, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
-            )
-        )
-    return procs
+    return [
+        await process.spawn(pool, i, pool.replica_slots(replica))
+        for i, replica in enumerate(pool.simulated_replicas())
+    ]
 
 
 async def _report_exit(proc: asyncio.subprocess.Process) -> None:
@@ -50,17 +31,7 @@ async def _report_exit(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _stop_processes(procs: list[asyncio.subprocess.Process]) -> None:
-    for p in procs:
-        if p.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
-    for p in procs:
-        try:
-            await asyncio.wait_for(p.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            await p.wait()
+    await asyncio.gather(*(process.stop(p) for p in procs))
 
 
 async def run(

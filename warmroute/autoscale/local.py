@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sys
 
 from warmroute.config import PoolConfig
 from warmroute.discovery.probe import Prober, Readiness, Target
+from warmroute.sim import process
 
 logger = logging.getLogger(__name__)
 
@@ -34,52 +33,25 @@ class LocalScaler:
         while len(procs) < replicas:
             while index in procs:
                 index += 1
-            procs[index] = await self._spawn(pool, index)
+            logger.info("starting simulated replica %s", self._address(pool, index))
+            procs[index] = await process.spawn(pool, index, pool.slots)
             address = f"{sim.host}:{sim.base_port + index}"
             self._prober.set(Target(pool.name, address, pool.slots, pool.probe), Readiness.READY)
         costs = self._costs.get(pool.name, {})
         while len(procs) > replicas:
             index = min(procs, key=lambda i: (costs.get(self._address(pool, i), 0), -i))
             self._prober.remove(pool.name, self._address(pool, index))
-            await _stop(procs.pop(index))
+            await process.stop(procs.pop(index))
 
     async def mark_deletion_costs(self, pool: PoolConfig, costs: dict[str, int]) -> None:
         self._costs[pool.name] = dict(costs)
 
     async def close(self) -> None:
         for procs in self._procs.values():
-            await asyncio.gather(*(_stop(p) for p in procs.values()))
+            await asyncio.gather(*(process.stop(p) for p in procs.values()))
         self._procs.clear()
 
     @staticmethod
     def _address(pool: PoolConfig, index: int) -> str:
         assert pool.simulate is not None
         return f"{pool.simulate.host}:{pool.simulate.base_port + index}"
-
-    async def _spawn(self, pool: PoolConfig, index: int) -> asyncio.subprocess.Process:
-        sim = pool.simulate
-        assert sim is not None
-        args = [
-            "-m", "warmroute.sim", "--host", sim.host, "--port", str(sim.base_port + index),
-            "--slots", str(pool.slots), "--load-seconds", str(sim.load_seconds),
-            "--distribution", sim.distribution, "--median-ms", str(sim.median_ms),
-            "--sigma", str(sim.sigma), "--model", pool.models[0],
-        ]  # fmt: skip
-        if sim.seed is not None:
-            args += ["--seed", str(sim.seed + index)]
-        logger.info("starting simulated replica %s", self._address(pool, index))
-        return await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
-        )
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), 5)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()

@@ -1,0 +1,40 @@
+"""Simulated replicas as child processes (``warmroute up`` and the local scaler)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+from warmroute.config import PoolConfig
+
+
+async def spawn(pool: PoolConfig, index: int, slots: int) -> asyncio.subprocess.Process:
+    """Start replica ``index`` of ``pool`` on ``simulate.base_port + index``."""
+    sim = pool.simulate
+    if sim is None:
+        raise ValueError(f"pool {pool.name} has no `simulate` section")
+    args = [
+        "-m", "warmroute.sim", "--host", sim.host, "--port", str(sim.base_port + index),
+        "--slots", str(slots), "--load-seconds", str(sim.load_seconds),
+        "--distribution", sim.distribution, "--median-ms", str(sim.median_ms),
+        "--sigma", str(sim.sigma), "--model", pool.models[0],
+    ]  # fmt: skip
+    if sim.seed is not None:
+        args += ["--seed", str(sim.seed + index)]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+    )
+
+
+async def stop(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaps."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
