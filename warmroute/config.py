@@ -62,6 +62,9 @@ class EnvoyConfig(_Model):
     binary: str | None = None
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = "warning"
     concurrency: int = Field(default=2, ge=1, le=256)
+    # A client must finish sending its request headers within this time (slow clients
+    # cannot hold connections; no slot is leased before the headers are complete).
+    request_headers_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
 
 
 class EnvoyClientTls(_Model):

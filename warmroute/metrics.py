@@ -104,6 +104,15 @@ class Metrics:
             ["pool", "direction"], registry=r,
         )  # fmt: skip
         r.register(_RegistryCollector(view))
+        self._pools: dict[str, PoolMetrics] = {}
+
+    def pool(self, name: str) -> PoolMetrics:
+        """The per-request metrics of one pool (``"none"`` for requests no pool took)."""
+        try:
+            return self._pools[name]
+        except KeyError:
+            pm = self._pools[name] = PoolMetrics(self, name)
+            return pm
 
     def on_stream_event(self, event: StreamEvent) -> None:
         """Count xDS stream events (an ADS StreamObserver)."""
@@ -122,6 +131,50 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PoolMetrics:
+    """One pool's labelled series on the per-request path, looked up once.
+
+    ``labels()`` costs a lock and a tuple-keyed lookup per call; the request path calls
+    these several times per request. Series appear on first use, as with ``labels()``.
+    Use from the event loop thread.
+    """
+
+    __slots__ = ("_duration", "_m", "_outcomes", "_timings", "name")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._m = metrics
+        self.name = name
+        self._timings: tuple[Histogram, Histogram] | None = None
+        self._duration: Histogram | None = None
+        self._outcomes: dict[str, Counter] = {}
+
+    def decided(self, waited: float, decision: float) -> None:
+        """A request got its replica after ``waited`` s in the queue and ``decision`` s of
+        our own work."""
+        timings = self._timings
+        if timings is None:
+            m, name = self._m, self.name
+            timings = self._timings = (m.queue_wait.labels(name), m.decision.labels(name))
+        timings[0].observe(waited)
+        timings[1].observe(decision)
+
+    def count(self, outcome: str) -> None:
+        """One request ended (or was rejected) with ``outcome``."""
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = self._m.requests.labels(self.name, outcome)
+        counter.inc()
+
+    def finished(self, outcome: str, duration: float) -> None:
+        """A leased request ended; ``duration`` is Envoy's, 0 when it reported none."""
+        self.count(outcome)
+        if duration:
+            hist = self._duration
+            if hist is None:
+                hist = self._duration = self._m.request_duration.labels(self.name)
+            hist.observe(duration)
 
 
 class _RegistryCollector(Collector):

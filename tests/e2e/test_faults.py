@@ -222,3 +222,31 @@ async def test_bad_headers_get_clear_errors_and_lease_nothing() -> None:
         assert stack.metric("warmroute_upstream_mismatch_total") == 0
     finally:
         await stack.stop()
+
+
+async def test_slow_client_is_cut_before_any_lease() -> None:
+    stack = await start_stack(replicas=1)
+    try:
+        doc = stack.config.model_dump()
+        doc["envoy"]["request_headers_timeout_seconds"] = 0.5
+        doc["xds"]["rollout"]["soak_seconds"] = 0
+        from warmroute.config import Config
+
+        stack.config = Config.model_validate(doc)
+        label = await stack.plane.reload(stack.config)
+        await wait_for(lambda: stack.plane.rollout.status()["stable"] == label, what="reload")
+        await wait_for(
+            lambda: stack.plane.rollout.status()["nodes"]["envoy-0"]["config"] == label,
+            what="Envoy has the new listener",
+        )
+        host, port = stack.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/x HTTP/1.1\r\nhost: x\r\nx-model: " + MODEL.encode() + b"\r\n")
+        await writer.drain()  # ...and the headers never finish
+        answer = await asyncio.wait_for(reader.read(), 10)  # Envoy answers and closes
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:40]
+        assert stack.replicas[0].stats().received == 0
+        assert stack.plane.registry.view().pools[0].granted_immediately == 0
+    finally:
+        await stack.stop()

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from google.protobuf import empty_pb2
 
 from warmroute.metrics import Metrics
@@ -29,6 +28,7 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
     def __init__(self, registry: Registry, metrics: Metrics) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._entries = metrics.access_log_entries
         self._streams: set[asyncio.Task[object]] = set()
 
     def close_streams(self) -> None:
@@ -38,24 +38,22 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
             task.cancel()
 
     async def StreamAccessLogs(
-        self,
-        request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
-        context: grpc.aio.ServicerContext,
+        self, request_iterator: object, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        node = ""
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
         try:
-            await self._consume(request_iterator, node)
+            await self._consume(context)
         finally:
             self._streams.discard(task)
         return empty_pb2.Empty()
 
-    async def _consume(
-        self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], node: str
-    ) -> None:
-        async for message in request_iterator:
+    async def _consume(self, context: grpc.aio.ServicerContext) -> None:
+        # context.read() rather than ``async for`` over the request iterator: one layer
+        # of async generator less per entry.
+        node = ""
+        while (message := await context.read()) is not grpc.aio.EOF:
             if message.HasField("identifier"):
                 node = message.identifier.node.id
                 logger.info("access-log stream opened by Envoy node %r", node)
@@ -68,7 +66,7 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
         common = entry.common_properties
         if common.intermediate_log_entry or common.access_log_type not in _FINAL:
             return
-        self._metrics.access_log_entries.inc()
+        self._entries.inc()
         ours = common.metadata.filter_metadata.get(METADATA_NAMESPACE)
         if ours is None:
             return  # never leased: rejected or answered before routing
@@ -92,11 +90,8 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
         lease.release(EndReason.FINISHED)
         code = entry.response.response_code.value
         outcome = _outcome(code, common.response_flags)
-        m = self._metrics
-        m.requests.labels(pool, outcome).inc()
         duration = common.time_to_last_downstream_tx_byte
-        if duration.seconds or duration.nanos:
-            m.request_duration.labels(pool).observe(duration.seconds + duration.nanos * 1e-9)
+        self._metrics.pool(pool).finished(outcome, duration.seconds + duration.nanos * 1e-9)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "request %s ended on %s: %s %d, lease %s released",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -47,17 +47,22 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     async def Process(
         self,
-        request_iterator: AsyncIterator[ep.ProcessingRequest],
+        request_iterator: object,
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[ep.ProcessingResponse]:
+    ) -> None:
+        # The reader/writer form (context.read/write, not an async generator over
+        # ``request_iterator``): no generator layers between gRPC and this coroutine.
         routed_pool = _pool_marker(context)
-        async for request in request_iterator:
+        while (request := await context.read()) is not grpc.aio.EOF:
             if request.HasField("request_headers"):
-                yield await self._decide(request.request_headers, routed_pool)
-            else:
-                # Only request headers are configured; answer anything else unchanged so a
-                # misconfigured Envoy degrades to pass-through instead of hanging.
-                yield _passthrough(request)
+                await context.write(await self._decide(request.request_headers, routed_pool))
+                # Request headers are the only phase configured: return at once, so our
+                # status goes out with no wait for Envoy's half-close. Were more phases
+                # sent anyway, the closed stream tells Envoy to pass them through.
+                return
+            # Only request headers are configured; answer anything else unchanged so a
+            # misconfigured Envoy degrades to pass-through instead of hanging.
+            await context.write(_passthrough(request))
 
     async def _decide(
         self, headers: ep.HttpHeaders, routed_pool: str | None
@@ -70,24 +75,23 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 raise NotServing("this warmroute instance is not leasing requests now")
             pool = self._resolve(routed_pool, model)
             lease = pool.try_acquire(request_id)
-            waited = 0.0
             if lease is None:
                 if self.on_queued is not None:
                     self.on_queued(pool.name)
                 wait_start = time.perf_counter()
                 lease = await acquire(pool, request_id)
                 waited = time.perf_counter() - wait_start
+            else:
+                waited = 0.0
         except RequestRejected as exc:
             pool_name = pool.name if pool is not None else "none"
-            self._metrics.requests.labels(pool_name, f"rejected_{exc.code}").inc()
+            self._metrics.pool(pool_name).count(f"rejected_{exc.code}")
             logger.info("request %s rejected: %s (%s)", request_id, exc.code, exc.message)
             return responses.rejected(exc, request_id)
         except asyncio.CancelledError:
             logger.debug("request %s left while waiting in pool %s", request_id, pool)
             raise
-        m = self._metrics
-        m.queue_wait.labels(pool.name).observe(waited)
-        m.decision.labels(pool.name).observe(time.perf_counter() - started - waited)
+        self._metrics.pool(pool.name).decided(waited, time.perf_counter() - started - waited)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "request %s -> %s lease %s (waited %.1f ms)",

@@ -19,12 +19,15 @@ from warmroute.xds.resources import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAME
 # not configured to read them, and we strip them so no replica or later hop trusts them.
 _STRIPPED = [DESTINATION_KEY, "x-warmroute-lease", "x-warmroute-pool", "x-warmroute-replica"]
 
+# The constant part of every routing decision, copied into each (never sent itself).
+_ROUTED = ep.ProcessingResponse()
+_ROUTED.request_headers.response.header_mutation.remove_headers.extend(_STRIPPED)
+
 
 def routed(lease: Lease) -> ep.ProcessingResponse:
     """Pin the request to the leased replica and tag the stream with the lease id."""
     resp = ep.ProcessingResponse()
-    mutation = resp.request_headers.response.header_mutation
-    mutation.remove_headers.extend(_STRIPPED)
+    resp.CopyFrom(_ROUTED)
     fields = resp.dynamic_metadata.fields
     fields[LB_NAMESPACE].struct_value.fields[DESTINATION_KEY].string_value = lease.replica.address
     ours = fields[METADATA_NAMESPACE].struct_value.fields

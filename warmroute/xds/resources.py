@@ -161,6 +161,7 @@ def http_connection_manager(
         # Treat every client as external: Envoy then regenerates x-request-id and ignores
         # client-sent x-envoy-* control headers, so a client cannot impersonate a request.
         use_remote_address=wrappers_pb2.BoolValue(value=True),
+        request_headers_timeout=_seconds(cfg.envoy.request_headers_timeout_seconds),
         http_filters=[
             hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=_any(ext_proc_filter(cfg))),
             hcm_pb2.HttpFilter(
