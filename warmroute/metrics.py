@@ -7,6 +7,7 @@ can run in one process.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,7 +26,11 @@ _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900
 class Metrics:
     """All of warmroute's metrics. Safe to use from the event loop thread."""
 
-    def __init__(self, view: Callable[[], RegistryView]) -> None:
+    def __init__(
+        self,
+        view: Callable[[], RegistryView],
+        xds_status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -104,6 +109,8 @@ class Metrics:
             ["pool", "direction"], registry=r,
         )  # fmt: skip
         r.register(_RegistryCollector(view))
+        if xds_status is not None:
+            r.register(_XdsNodeCollector(xds_status))
         self._pools: dict[str, PoolMetrics] = {}
 
     def pool(self, name: str) -> PoolMetrics:
@@ -180,7 +187,11 @@ class PoolMetrics:
 class _RegistryCollector(Collector):
     """Gauges and counters read from the registry's snapshot at scrape time."""
 
-    def __init__(self, view: Callable[[], RegistryView]) -> None:
+    def __init__(
+        self,
+        view: Callable[[], RegistryView],
+        xds_status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._view = view
 
     def collect(self) -> Iterator[Metric]:
@@ -221,6 +232,34 @@ class _RegistryCollector(Collector):
             granted.add_metric([pool.name, "false"], pool.granted_immediately)
             granted.add_metric([pool.name, "true"], pool.granted_after_wait)
         yield from (replicas, slots, leases, waiting, expired, reconciled, granted)
+
+
+class _XdsNodeCollector(Collector):
+    """Per Envoy node: the config version it has ACKed, the one pending, the last NACK."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        node_config = GaugeMetricFamily(
+            "warmroute_xds_node_config_info",
+            "1 per Envoy node: the config version it fully ACKed and the one pending.",
+            labels=["node", "acked", "pending", "connected"],
+        )
+        nacks = GaugeMetricFamily(
+            "warmroute_xds_node_last_nack_info",
+            "1 per Envoy node that has NACKed: the type and message of its last NACK.",
+            labels=["node", "type", "message"],
+        )
+        for node, n in status.get("nodes", {}).items():
+            node_config.add_metric(
+                [node, n["config"] or "", n["pending"] or "", str(n["connected"]).lower()], 1
+            )
+            if n["last_nack"]:
+                nacks.add_metric([node, n["last_nack_type"], n["last_nack"][:200]], 1)
+        yield node_config
+        yield nacks
 
 
 def _counter(name: str, doc: str, *extra: str) -> CounterMetricFamily:

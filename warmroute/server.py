@@ -122,16 +122,16 @@ class ControlPlane:
         self.config_path = Path(config_path) if config_path else None
         self.registry = Registry(clock=clock)
         self.registry.configure(cfg.specs())
-        self.metrics = Metrics(self.registry.view)
+        self.cache = SnapshotCache()
+        self.rollout = Rollout(self.cache, cfg.xds.rollout)
+        self.metrics = Metrics(self.registry.view, self.rollout.status)
         self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
         self.access_log = AccessLogService(self.registry, self.metrics)
-        self.cache = SnapshotCache()
         self.publisher = EndpointPublisher(
             self.registry,
             self.cache,
             on_routable=lambda pool, addr, s: self.metrics.endpoint_ready.observe(s),
         )
-        self.rollout = Rollout(self.cache, cfg.xds.rollout)
         self.rollout.on_change = self._on_rollout_change
         self.ads = AdsServer(self.cache, _Fanout(self.publisher, self.rollout, self.metrics))
         self.discovery = StaticDiscovery(self.publisher.emit)

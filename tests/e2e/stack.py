@@ -27,6 +27,7 @@ class Stack:
     replicas: list[SimReplica]
     url: str
     extra: list[SimReplica] = field(default_factory=list)
+    more_envoys: list[EnvoyProcess] = field(default_factory=list)
 
     async def wait_warm(self, count: int | None = None, timeout: float = 10.0) -> None:
         want = len(self.replicas) if count is None else count
@@ -62,7 +63,19 @@ class Stack:
     def full_hits(self) -> int:
         return sum(r.stats().received_while_full for r in self.replicas)
 
+    async def add_envoy(self, node_id: str, variant: str = "sotw") -> EnvoyProcess:
+        """Another Envoy of the fleet (same listener port, SO_REUSEPORT; own admin)."""
+        admin = f"127.0.0.1:{free_port()}"
+        boot = ads_bootstrap(self.config, node_id=node_id, variant=variant)
+        boot.admin.address.socket_address.port_value = int(admin.rsplit(":", 1)[1])
+        envoy = EnvoyProcess(to_json(boot), admin, log_level="warning")
+        await envoy.start()
+        self.more_envoys.append(envoy)
+        return envoy
+
     async def stop(self) -> None:
+        for envoy in self.more_envoys:
+            await envoy.stop()
         await self.envoy.stop()
         await self.plane.stop()
         for r in self.replicas + self.extra:

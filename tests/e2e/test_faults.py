@@ -250,3 +250,19 @@ async def test_slow_client_is_cut_before_any_lease() -> None:
         assert stack.plane.registry.view().pools[0].granted_immediately == 0
     finally:
         await stack.stop()
+
+
+async def test_malformed_request_is_refused_by_envoy_before_any_lease() -> None:
+    stack = await start_stack(replicas=1)
+    try:
+        await stack.wait_warm()
+        host, port = stack.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/x HTTP/1.1\r\nx-model " + MODEL.encode() + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:40]
+        assert stack.replicas[0].stats().received == 0
+        assert stack.plane.registry.view().leases == 0
+    finally:
+        await stack.stop()

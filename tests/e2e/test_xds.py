@@ -76,6 +76,8 @@ async def test_config_change_rolls_out_with_no_failed_request(variant: str) -> N
     stack = await start_stack(replicas=2, service_ms=20, variant=variant)
     try:
         await stack.wait_warm()
+        second = await stack.add_envoy("envoy-1", variant)
+        await wait_for(lambda: len(stack.plane.rollout.connected()) == 2, what="two Envoys")
         admin = stack.config.envoy.admin
         statuses: list[int] = []
         stop = asyncio.Event()
@@ -94,30 +96,46 @@ async def test_config_change_rolls_out_with_no_failed_request(variant: str) -> N
         )
         async with client() as http:
             workers = [asyncio.create_task(load(http)) for _ in range(4)]
-            await wait_for(lambda: len(statuses) >= 20, what="traffic flowing")
-            label = await stack.plane.reload(Config.model_validate(doc))
-            await wait_for(
-                lambda: stack.plane.rollout.status()["stable"] == label, what="rollout promoted"
-            )
-
-            async def has_model() -> bool:
-                return "other-model" in await envoy_admin.route_models(admin)
-
-            await wait_for(has_model, what="new route in Envoy")
-            await wait_for(lambda: _routable(stack, "second"), what="new pool's replica routable")
-            async with http.post(stack.url + "/v1/x", headers={"x-model": "other-model"}) as r:
-                assert r.status == 200
-                assert (await r.json())["replica"] == new_sim
-            count = len(statuses)
-            await wait_for(lambda: len(statuses) >= count + 20, what="traffic after the change")
-            stop.set()
-            await asyncio.gather(*workers)
+            try:
+                await _change_config_under_load(stack, doc, statuses, http, second.admin)
+            finally:
+                stop.set()
+                await asyncio.gather(*workers, return_exceptions=True)
         assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
         dump = await envoy_admin.get_json(admin, "/config_dump?resource=dynamic_route_configs")
         assert '"120s"' in str(dump).replace("'", '"')
         assert stack.metric("warmroute_xds_nacks_total") == 0
     finally:
         await stack.stop()
+
+
+async def _change_config_under_load(
+    stack: Any,
+    doc: dict[str, Any],
+    statuses: list[int],
+    http: aiohttp.ClientSession,
+    second_admin: str,
+) -> None:
+    """Reload a config with a new pool and a changed timeout while traffic flows."""
+    admin = stack.config.envoy.admin
+    new_sim = doc["pools"][1]["replicas"][0]
+    await wait_for(lambda: len(statuses) >= 20, what="traffic flowing")
+    label = await stack.plane.reload(Config.model_validate(doc))
+    await wait_for(lambda: stack.plane.rollout.status()["stable"] == label, what="rollout promoted")
+
+    async def has_model() -> bool:
+        for a in (admin, second_admin):
+            if "other-model" not in await envoy_admin.route_models(a):
+                return False
+        return True
+
+    await wait_for(has_model, what="new route in every Envoy")
+    await wait_for(lambda: _routable(stack, "second"), what="new pool's replica routable")
+    async with http.post(stack.url + "/v1/x", headers={"x-model": "other-model"}) as r:
+        assert r.status == 200
+        assert (await r.json())["replica"] == new_sim
+    count = len(statuses)
+    await wait_for(lambda: len(statuses) >= count + 20, what="traffic after the change")
 
 
 def _routable(stack: Any, pool: str) -> bool:
@@ -167,6 +185,8 @@ async def test_nacked_config_halts_at_the_canary_and_keeps_the_last_good(variant
         assert status["nodes"]["envoy-1"]["last_nack"] == ""  # never got the bad version
         assert status["nodes"]["envoy-1"]["config"] == good
         assert stack.metric("warmroute_xds_nacks_total") >= 1
+        assert stack.metric("warmroute_xds_node_last_nack_info", node="envoy-0") == 1
+        assert stack.metric("warmroute_xds_node_config_info", node="envoy-1", acked=good) == 1
         # Both Envoys still serve on the last good listener.
         async with client() as http:
             for _ in range(4):
