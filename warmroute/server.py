@@ -197,10 +197,9 @@ class ControlPlane:
         if self.kube_discovery is not None:
             await self.kube_discovery.update(cfg)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        if any(p.autoscale is not None for p in cfg.pools):
-            self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
-        if any(p.metrics is not None for p in cfg.pools):
-            self._tasks.append(asyncio.create_task(self.scraper.run(), name="metrics scrape"))
+        # Always running (idle without work), so a reload can turn either on.
+        self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
+        self._tasks.append(asyncio.create_task(self.scraper.run(), name="metrics scrape"))
         if self.elector is not None:
             self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))
         if self.config_path is not None:
@@ -255,19 +254,23 @@ class ControlPlane:
         logger.info("config %s loaded from %s", label, self.config_path)
         return True
 
+    def _forget_configs(self) -> None:
+        """Keep only the configs a node can still be on."""
+        live = {s.label for s in (self.rollout.stable, self.rollout.candidate) if s is not None}
+        self._configs = {k: v for k, v in self._configs.items() if k in live}
+
     def _on_rollout_change(self, rollout: Rollout) -> None:
-        if rollout.stage is Stage.STABLE and rollout.stable is not None:
-            stable = self._configs.get(rollout.stable.label)
-            if stable is not None:
-                self.registry.configure(stable.specs())
-                self.publisher.publish()
-        elif rollout.stage is Stage.HALTED and rollout.stable is not None:
-            # Everyone is back on the last good version: the registry follows it.
-            stable = self._configs.get(rollout.stable.label)
-            if stable is not None:
+        """Settled (promoted, or halted and rolled back): the registry follows the version
+        every node is on, and configs no node can be on any more are dropped."""
+        if rollout.stage not in (Stage.STABLE, Stage.HALTED) or rollout.stable is None:
+            return
+        stable = self._configs.get(rollout.stable.label)
+        if stable is not None:
+            if rollout.stage is Stage.HALTED:
                 self.config = stable
-                self.registry.configure(stable.specs())
-                self.publisher.publish()
+            self.registry.configure(stable.specs())
+            self.publisher.publish()
+        self._forget_configs()
 
     async def stop(self, grace: float = 1.0) -> None:
         for t in self._tasks:
