@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from warmroute.children import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,6 +83,7 @@ class EnvoyProcess:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )  # fmt: skip
         log.close()
         await self._wait_ready(ready_timeout)

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -112,3 +113,44 @@ async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: P
             continue
         w.close()
         raise AssertionError(f"port {port} still open after `warmroute up` stopped")
+
+
+async def test_children_die_with_a_killed_up(tmp_path: Path) -> None:
+    control_admin, base = f"127.0.0.1:{free_port()}", free_ports(2)
+    cfg = {
+        "envoy": {"listen": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+        "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": control_admin},
+        "pools": [{"name": "demo", "models": ["m"], "probe": {"interval_seconds": 0.1},
+                   "simulate": {"replicas": 2, "base_port": base, "load_seconds": 0}}],
+    }  # fmt: skip
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "warmroute", "up", "-c", str(path), "--quiet",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+    async def port_open(port: int) -> bool:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        w.close()
+        return True
+
+    try:
+        await wait_for(lambda: port_open(base + 1), timeout=30, what="replicas up")
+    finally:
+        proc.kill()  # SIGKILL: `up` runs no cleanup at all
+        await proc.wait()
+    # The parent-death signal still takes the replicas (and Envoy) down.
+    await wait_for(
+        lambda: _all_closed(port_open, (base, base + 1)), timeout=10, what="children gone"
+    )
+
+
+async def _all_closed(port_open: Any, ports: tuple[int, ...]) -> bool:
+    for port in ports:
+        if await port_open(port):
+            return False
+    return True

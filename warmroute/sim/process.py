@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 
+from warmroute.children import die_with_parent
 from warmroute.config import PoolConfig
 
 
@@ -23,7 +24,11 @@ async def spawn(pool: PoolConfig, index: int, slots: int) -> asyncio.subprocess.
     if sim.seed is not None:
         args += ["--seed", str(sim.seed + index)]
     return await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        sys.executable,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent(),
     )
 
 
