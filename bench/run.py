@@ -3,6 +3,8 @@
     python bench/run.py quality  [--quick] [--seed N] [--contenders envoy-rr,warmroute,...]
     python bench/run.py overhead [--quick] [--seed N]
     python bench/run.py dispatch [--quick] [--seed N]
+    python bench/run.py coldstart [--quick] [--seed N]
+    python bench/run.py config   [--quick]
 
 Needs the bench extras: ``bash bench/setup.sh`` (matplotlib, Celery, redis-server, wrk).
 Progress goes to stderr; the results page is printed when done. Everything listens and
@@ -19,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SCENARIOS = ("quality", "overhead", "dispatch")
+SCENARIOS = ("quality", "overhead", "dispatch", "coldstart", "config")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +49,8 @@ NEEDS = {
     "quality": ("celery", "redis-server"),
     "overhead": ("wrk",),
     "dispatch": ("celery", "redis-server"),
+    "coldstart": (),
+    "config": (),
 }
 
 
