@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from warmroute.children import die_with_parent
+from warmroute.children import wrap
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class EnvoyProcess:
         await asyncio.to_thread(config.write_text, self._bootstrap)
         log = await asyncio.to_thread(self.log_file.open, "ab")
         self.proc = await asyncio.create_subprocess_exec(
-            self._binary,
+            *wrap([self._binary]),
             "-c", str(config),
             "--log-level", self._log_level,
             "--concurrency", str(self._concurrency),
@@ -83,7 +83,6 @@ class EnvoyProcess:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            preexec_fn=die_with_parent(),
         )  # fmt: skip
         log.close()
         await self._wait_ready(ready_timeout)

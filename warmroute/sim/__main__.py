@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 
+from warmroute.children import adopt_parent_death
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import DISTRIBUTIONS, parse_service_time
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     Bad arguments exit with status 2 and a usage message, as argparse does; a failed bind
     raises :class:`OSError`. Configures logging only if the root logger has no handler yet.
     """
+    adopt_parent_death()  # started by `warmroute up` or the local scaler: die with it
     parser = _parser(prog)
     args = parser.parse_args(argv)
     try:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 
-from warmroute.children import die_with_parent
+from warmroute.children import child_env
 from warmroute.config import PoolConfig
 
 
@@ -28,7 +28,7 @@ async def spawn(pool: PoolConfig, index: int, slots: int) -> asyncio.subprocess.
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=die_with_parent(),
+        env=child_env(),
     )
 
 
