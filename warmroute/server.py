@@ -172,6 +172,7 @@ class ControlPlane:
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._file_stamp: tuple[float, int] | None = None
+        self._stopped = False
         self.grpc_port = 0
 
     async def start(self) -> None:
@@ -273,6 +274,10 @@ class ControlPlane:
         self._forget_configs()
 
     async def stop(self, grace: float = 1.0) -> None:
+        """Stop everything; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

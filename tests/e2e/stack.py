@@ -149,4 +149,8 @@ async def start_stack(
 
 
 def client(limit: int = 0) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, force_close=False))
+    # No test request may wait longer than this (a hang fails the test, it does not stall).
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=60),
+    )

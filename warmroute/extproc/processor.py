@@ -6,7 +6,9 @@ Per stream (= per HTTP request), in order:
      model header (a request no route matched: answered 400 or 404 here);
   3. lease a slot, waiting in the pool's FIFO if none is free;
   4. reply with ``envoy.lb`` metadata pinning the replica and our lease id in the
-     ``warmroute`` namespace. The access log returns that id when the request ends.
+     ``warmroute`` namespace. The access log returns that id when the request ends;
+  5. end the stream with an OK status at once (Envoy needs nothing more from us), so no
+     wake-up is spent on Envoy's half-close.
 If the stream is reset while waiting (client gone), the wait is withdrawn.
 """
 
@@ -45,20 +47,16 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # Called with the pool name when a request has to wait: demand for the autoscaler.
         self.on_queued: Callable[[str], None] | None = None
 
-    async def Process(
-        self,
-        request_iterator: object,
-        context: grpc.aio.ServicerContext,
-    ) -> None:
-        # The reader/writer form (context.read/write, not an async generator over
-        # ``request_iterator``): no generator layers between gRPC and this coroutine.
+    async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        # The reader/writer form (context.read/write; ``request_iterator`` is unused): no
+        # async-generator layers between gRPC and this coroutine.
         routed_pool = _pool_marker(context)
         while (request := await context.read()) is not grpc.aio.EOF:
             if request.HasField("request_headers"):
                 await context.write(await self._decide(request.request_headers, routed_pool))
                 # Request headers are the only phase configured: return at once, so our
-                # status goes out with no wait for Envoy's half-close. Were more phases
-                # sent anyway, the closed stream tells Envoy to pass them through.
+                # status goes out without waiting for Envoy's half-close. Were later phases
+                # sent anyway, Envoy takes the closed stream as "no more processing".
                 return
             # Only request headers are configured; answer anything else unchanged so a
             # misconfigured Envoy degrades to pass-through instead of hanging.
