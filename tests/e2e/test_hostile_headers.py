@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from tests.e2e.stack import MODEL, client, start_stack
 from tests.helpers import wait_for
@@ -57,5 +60,24 @@ async def test_client_cannot_release_another_lease() -> None:
         await stack.wait_idle()
         assert replica.stats().max_in_flight == 1
         assert "x-warmroute-lease" not in replica.last_headers
+    finally:
+        await stack.stop()
+
+
+async def test_no_secret_or_body_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    stack = await start_stack(replicas=1)
+    try:
+        await stack.wait_warm()
+        with caplog.at_level(logging.DEBUG, logger="warmroute"):
+            async with client() as http:
+                headers = {"x-model": MODEL, "authorization": "Bearer tok-s3cr3t"}
+                async with http.post(stack.url + "/v1/x", headers=headers, data="body-s3cr3t") as r:
+                    assert r.status == 200
+                async with http.post(stack.url + "/v1/x", headers={
+                    "x-model": "nope", "authorization": "Bearer tok-s3cr3t"}) as r:  # fmt: skip
+                    assert r.status == 404
+            await stack.wait_idle()
+        assert "request" in caplog.text  # DEBUG logging did record these requests
+        assert "s3cr3t" not in caplog.text
     finally:
         await stack.stop()

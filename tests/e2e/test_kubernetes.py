@@ -195,6 +195,16 @@ async def test_api_errors_keep_the_last_known_state() -> None:
         assert stack.phase("pod-a") is Phase.WARM  # unreachable API removes nothing
         async with client() as http:
             assert await _post(http, stack) == 200
+        # Unreachable altogether (connections refused) for a while: same.
+        await api.set_unreachable()
+        api.close_watches()
+        errors = sum(s.errors for s in stack.plane.kube_discovery.stats().values())
+        await wait_for(
+            lambda: sum(s.errors for s in stack.plane.kube_discovery.stats().values()) > errors,
+            what="unreachable API reported",
+        )  # fmt: skip
+        assert stack.phase("pod-a") is Phase.WARM
+        await api.set_reachable()
         await stack.add_pod("pod-b")  # after the outage, events flow again
         await stack.wait_phase("pod-b", Phase.WARM, timeout=15)
     finally:
