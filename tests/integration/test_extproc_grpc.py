@@ -74,10 +74,10 @@ async def test_lease_metadata_and_release_by_access_log(plane: ControlPlane) -> 
         assert DESTINATION_KEY in removed
         assert plane.registry.lease(lease_id) is not None
 
-        # An access-log entry without our metadata (e.g. forged elsewhere) releases nothing.
+        # An entry of another request, without our metadata, releases nothing.
         als = als_pb2_grpc.AccessLogServiceStub(ch)
         entry = accesslog_pb2.HTTPAccessLogEntry()
-        entry.request.request_id = "r1"
+        entry.request.request_id = "r0"
         entry.response.response_code.value = 200
         msg = als_pb2.StreamAccessLogsMessage()
         msg.identifier.node.id = "test-node"
@@ -140,4 +140,37 @@ async def test_stream_reset_while_waiting_withdraws_the_waiter(plane: ControlPla
         await wait_for(lambda: len(pool.queue) == 0, what="queue empty")
         (lease,) = plane.registry.leases.values()
         lease.release()
+        assert plane.registry.view().leases == 0
+
+
+async def test_entry_without_our_metadata_releases_the_lease_of_its_request(
+    plane: ControlPlane,
+) -> None:
+    """The client left after warmroute answered but before Envoy applied the answer: the
+    entry carries no metadata, but Envoy's request id still names the lease."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as ch:
+        resp = await _process(ep_grpc.ExternalProcessorStub(ch), _headers("envoy-rid-7"))
+        lease_id = (
+            resp.dynamic_metadata.fields[METADATA_NAMESPACE]
+            .struct_value.fields["lease"]
+            .string_value
+        )
+        assert plane.registry.lease(lease_id) is not None
+        other = accesslog_pb2.HTTPAccessLogEntry()
+        other.request.request_id = "some-other-request"
+        orphan = accesslog_pb2.HTTPAccessLogEntry()
+        orphan.request.request_id = "envoy-rid-7"
+        msg = als_pb2.StreamAccessLogsMessage()
+        msg.identifier.node.id = "test-node"
+        msg.http_logs.log_entry.extend([other])
+
+        async def send() -> AsyncIterator[als_pb2.StreamAccessLogsMessage]:
+            yield msg
+            assert plane.registry.lease(lease_id) is not None  # another request's end
+            last = als_pb2.StreamAccessLogsMessage()
+            last.http_logs.log_entry.append(orphan)
+            yield last
+
+        await als_pb2_grpc.AccessLogServiceStub(ch).StreamAccessLogs(send())
+        assert plane.registry.lease(lease_id) is None
         assert plane.registry.view().leases == 0

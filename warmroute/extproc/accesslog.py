@@ -69,7 +69,17 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
         self._entries.inc()
         ours = common.metadata.filter_metadata.get(METADATA_NAMESPACE)
         if ours is None:
-            return  # never leased: rejected or answered before routing
+            # Rejected or answered before routing; or leased, but the client left before
+            # Envoy applied our answer. Envoy makes every request id (use_remote_address),
+            # so the id names that lease and no client can forge it.
+            orphan = self._registry.lease_for_request(entry.request.request_id)
+            if orphan is not None:
+                orphan.release(EndReason.CANCELLED)
+                logger.info(
+                    "request %s ended before Envoy applied lease %s; released",
+                    orphan.request_id, orphan.id[:8],
+                )  # fmt: skip
+            return
         lease_id = ours.fields["lease"].string_value
         lease = self._registry.lease(lease_id)
         if lease is None:

@@ -72,12 +72,14 @@ class Pool:
         clock: Clock,
         new_id: IdFactory,
         leases: dict[str, Lease],
+        by_request: dict[str, Lease] | None = None,
         policy: Policy = least_loaded,
     ) -> None:
         self.spec = spec
         self._clock = clock
         self._new_id = new_id
         self._leases = leases
+        self._by_request = by_request if by_request is not None else {}
         self._policy = policy
         self.replicas: dict[str, Replica] = {}
         self.queue = WaitQueue()
@@ -146,6 +148,7 @@ class Pool:
     def _end(self, lease: Lease, reason: EndReason) -> None:
         lease.ended = reason
         self._leases.pop(lease.id, None)
+        self._unindex(lease)
         replica = lease.replica
         replica.in_flight -= 1
         replica.last_used = self._clock()
@@ -158,6 +161,10 @@ class Pool:
             c.cancelled_leases += 1
         if replica.phase is Phase.GONE and replica.in_flight == 0:
             self._forget(replica)
+
+    def _unindex(self, lease: Lease) -> None:
+        if self._by_request.get(lease.request_id) is lease:
+            del self._by_request[lease.request_id]
 
     def _grant(self, replica: Replica, request_id: str) -> Lease:
         now = self._clock()
@@ -173,6 +180,8 @@ class Pool:
         replica.leased_total += 1
         replica.last_used = now
         self._leases[lease.id] = lease
+        if request_id:
+            self._by_request[request_id] = lease
         return lease
 
     def _dispatch(self) -> None:
@@ -208,6 +217,7 @@ class Pool:
     def _undo(self, lease: Lease) -> None:
         lease.ended = EndReason.CANCELLED
         self._leases.pop(lease.id, None)
+        self._unindex(lease)
         lease.replica.in_flight -= 1
         lease.replica.leased_total -= 1
 

@@ -29,6 +29,8 @@ class Registry:
         self._clock = clock
         self._new_id = new_id
         self.leases: dict[str, Lease] = {}
+        # Envoy's request id -> lease, for an end-of-request entry that lacks our metadata.
+        self._by_request: dict[str, Lease] = {}
         self.pools: dict[str, Pool] = {}
         self._by_model: dict[str, Pool] = {}
         self._retired: list[Pool] = []
@@ -56,6 +58,7 @@ class Registry:
                     clock=self._clock,
                     new_id=self._new_id,
                     leases=self.leases,
+                    by_request=self._by_request,
                     policy=POLICIES[spec.policy],
                 )
             else:
@@ -80,6 +83,10 @@ class Registry:
 
     def lease(self, lease_id: str) -> Lease | None:
         return self.leases.get(lease_id)
+
+    def lease_for_request(self, request_id: str) -> Lease | None:
+        """The active lease granted to Envoy's request ``request_id`` (ids Envoy made)."""
+        return self._by_request.get(request_id) if request_id else None
 
     def expire(self) -> list[Lease]:
         """Reclaim every lease past its deadline and time out overdue waiters."""
