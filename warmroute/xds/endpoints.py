@@ -131,6 +131,3 @@ class EndpointPublisher:
     def _replica(self, key: _Key) -> Replica | None:
         pool = self._registry.pools.get(key[0])
         return None if pool is None else pool.replicas.get(key[1])
-
-    def node_versions(self) -> dict[str, str]:
-        return dict(self._acked)
