@@ -131,6 +131,9 @@ class RoutingConfig(_Model):
     # on a busy replica; true lets Envoy route without a lease (its fallback policy,
     # least-request), trading the slot guarantee for availability.
     failure_mode_allow: bool = False
+    # Requests whose model is in the JSON body are buffered whole by Envoy before routing;
+    # a body over this size is answered 413 (it would not fit Envoy's buffer).
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
 
 
 class QueueConfig(_Model):

@@ -3,10 +3,14 @@
 Tree:
     WarmrouteError                 base; ``code`` is stable, ``http_status`` is what a client sees
     ├── RequestRejected            a request cannot be routed
-    │   ├── MissingModel           400: no model header and no pool chosen by the route
+    │   ├── MissingModel           400: no model in the header, the body or the route
+    │   ├── InvalidBody            400: the body is not the JSON object the API expects
+    │   ├── ModelMismatch          400: the model header and the body's model disagree
+    │   ├── BodyTooLarge           413: the body is over ``routing.max_body_bytes``
     │   ├── UnknownModel           404: the model names no pool
     │   ├── QueueFull              429: the pool's wait queue is at its bound
     │   ├── QueueTimeout           503 + Retry-After: waited longer than the pool allows
+    │   ├── NoEligibleEndpoint     503 + Retry-After: EPP subset hint names nothing servable
     │   └── NotServing             503 + Retry-After: this instance does not lease requests now
     └── ConfigError                a config file is invalid (file, key path, expectation)
 
@@ -37,6 +41,29 @@ class RequestRejected(WarmrouteError):
 class MissingModel(RequestRejected):
     code = "missing_model"
     http_status = 400
+
+
+class InvalidBody(RequestRejected):
+    code = "invalid_body"
+    http_status = 400
+
+
+class ModelMismatch(RequestRejected):
+    code = "model_mismatch"
+    http_status = 400
+
+
+class BodyTooLarge(RequestRejected):
+    code = "body_too_large"
+    http_status = 413
+
+
+class NoEligibleEndpoint(RequestRejected):
+    """EPP mode: no endpoint (within the gateway's subset hint) can ever serve this."""
+
+    code = "no_eligible_endpoint"
+    http_status = 503
+    retry_after = 1.0
 
 
 class UnknownModel(RequestRejected):
