@@ -1,9 +1,12 @@
 """The ext_proc service: Envoy asks "which replica?" once per request.
 
 Per stream (= per HTTP request), in order:
-  1. read the request headers (the only phase configured);
-  2. resolve the pool: the one the route marked on the stream's gRPC metadata, else the
-     model header (a request no route matched: answered 400 or 404 here);
+  1. read the request headers (the only phase configured) and the body's ``model`` that
+     Envoy's json_to_metadata filter forwarded with them (``warmroute.body`` metadata);
+     ``GET /v1/models`` is answered here from the registry, with no slot;
+  2. choose the model (header wins, must agree with the body; see ``request_model``) and
+     resolve the pool: the one the route marked on the stream's gRPC metadata, else the
+     body's model, whose pool route Envoy takes after we set the model header;
   3. lease a slot, waiting in the pool's FIFO if none is free;
   4. reply with ``envoy.lb`` metadata pinning the replica and our lease id in the
      ``warmroute`` namespace. The access log returns that id when the request ends;
@@ -18,22 +21,30 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import unquote
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from warmroute.errors import MissingModel, NotServing, RequestRejected, UnknownModel
-from warmroute.extproc import responses
+from warmroute.errors import NotServing, RequestRejected, UnknownModel
+from warmroute.extproc import models_api, responses
+from warmroute.extproc.request_model import (
+    MAX_MODEL_LEN,
+    MODELS_PATH,
+    NO_BODY,
+    BodyModel,
+    BodyState,
+    choose_model,
+)
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Lease, Pool, Registry
-from warmroute.xds.resources import POOL_METADATA_KEY
+from warmroute.xds.resources import BODY_NAMESPACE, POOL_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
-# The largest header value we read; a longer model name is certainly not a model name.
-_MAX_MODEL_LEN = 256
+_MODELS_PREFIX = MODELS_PATH + "/"
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -53,7 +64,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         routed_pool = _pool_marker(context)
         while (request := await context.read()) is not grpc.aio.EOF:
             if request.HasField("request_headers"):
-                await context.write(await self._decide(request.request_headers, routed_pool))
+                await context.write(await self._decide(request, routed_pool))
                 # Request headers are the only phase configured: return at once, so our
                 # status goes out without waiting for Envoy's half-close. Were later phases
                 # sent anyway, Envoy takes the closed stream as "no more processing".
@@ -63,15 +74,21 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             await context.write(_passthrough(request))
 
     async def _decide(
-        self, headers: ep.HttpHeaders, routed_pool: str | None
+        self, request: ep.ProcessingRequest, routed_pool: str | None
     ) -> ep.ProcessingResponse:
         started = time.perf_counter()
-        request_id, model = _read_headers(headers, self._model_header)
+        request_id, header_model, path = _read_headers(request.request_headers, self._model_header)
+        if path.startswith(MODELS_PATH) and _is_models_path(path):
+            return self._answer_models(path, request_id)
         pool: Pool | None = None
+        set_header: tuple[str, str] | None = None
         try:
             if not self.serving:
                 raise NotServing("this warmroute instance is not leasing requests now")
-            pool = self._resolve(routed_pool, model)
+            model = choose_model(header_model, _body_model(request), self._model_header)
+            pool = self._resolve(routed_pool, model, from_header=bool(header_model))
+            if not header_model:
+                set_header = (self._model_header, model)
             lease = pool.try_acquire(request_id)
             if lease is None:
                 if self.on_queued is not None:
@@ -95,16 +112,16 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 "request %s -> %s lease %s (waited %.1f ms)",
                 request_id, lease.address, lease.id[:8], waited * 1e3,
             )  # fmt: skip
-        return self._hand_over(lease)
+        return self._hand_over(lease, set_header)
 
-    def _hand_over(self, lease: Lease) -> ep.ProcessingResponse:
+    def _hand_over(self, lease: Lease, set_header: tuple[str, str] | None) -> ep.ProcessingResponse:
         try:
-            return responses.routed(lease)
+            return responses.routed(lease, set_header)
         except BaseException:
             lease.release(EndReason.CANCELLED)
             raise
 
-    def _resolve(self, routed_pool: str | None, model: str | None) -> Pool:
+    def _resolve(self, routed_pool: str | None, model: str, *, from_header: bool) -> Pool:
         registry = self._registry
         if routed_pool is not None:
             pool = registry.pools.get(routed_pool)
@@ -112,14 +129,26 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 return pool
             # Envoy's routes name a pool we no longer have (config rollout in progress).
             raise UnknownModel(f"pool {routed_pool!r} is not configured")
-        if not model:
-            raise MissingModel(f"set the {self._model_header!r} header to a served model")
         pool = registry.pool_for_model(model)
         if pool is None:
-            raise UnknownModel(f"model {model[:_MAX_MODEL_LEN]!r} is not served here")
-        # A known model that no route matched means Envoy's routes are stale or the header
-        # was not matchable (e.g. sent twice): refuse rather than guess.
-        raise UnknownModel(f"model {model[:_MAX_MODEL_LEN]!r} is not routable right now")
+            raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served here")
+        if not from_header:
+            # From the body: we set the model header and Envoy re-matches the pool's route.
+            return pool
+        # A known model in a header that no route matched means Envoy's routes are stale or
+        # the header was not matchable (e.g. sent twice): refuse rather than guess.
+        raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not routable right now")
+
+    def _answer_models(self, path: str, request_id: str) -> ep.ProcessingResponse:
+        view = self._registry.view()
+        if len(path) <= len(_MODELS_PREFIX):
+            return responses.answer(200, models_api.model_list(view), request_id)
+        model = unquote(path[len(_MODELS_PREFIX) :])
+        body = models_api.model_object(view, model)
+        if body is None:
+            error = UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served here")
+            return responses.rejected(error, request_id)
+        return responses.answer(200, body, request_id)
 
 
 def _pool_marker(context: grpc.aio.ServicerContext) -> str | None:
@@ -129,16 +158,39 @@ def _pool_marker(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str | None]:
+def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str | None, str]:
+    """(request id, model header, path without the query)."""
     request_id = ""
     model: str | None = None
+    path = ""
     for h in headers.headers.headers:
         key = h.key
         if key == "x-request-id":
             request_id = _value(h)
         elif key == model_header:
             model = _value(h)
-    return request_id, model
+        elif key == ":path":
+            path = _value(h).partition("?")[0]
+    return request_id, model, path
+
+
+def _is_models_path(path: str) -> bool:
+    path = path.rstrip("/")
+    return path == MODELS_PATH or path.startswith(_MODELS_PREFIX)
+
+
+def _body_model(request: ep.ProcessingRequest) -> BodyModel:
+    """What json_to_metadata read from the body (it runs before ext_proc on every request)."""
+    found = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
+    if found is None:
+        return NO_BODY
+    fields = found.fields
+    stream = fields["stream"].string_value == "true" if "stream" in fields else False
+    if "model" in fields:
+        return BodyModel(BodyState.MODEL, fields["model"].string_value, stream)
+    if "body" in fields and fields["body"].string_value == "invalid":
+        return BodyModel(BodyState.INVALID)
+    return BodyModel(BodyState.NO_MODEL, stream=stream)
 
 
 def _value(h: object) -> str:

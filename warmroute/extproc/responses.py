@@ -9,7 +9,6 @@ import json
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from envoy.type.v3 import http_status_pb2
 
 from warmroute.errors import RequestRejected
 from warmroute.state import Lease
@@ -24,10 +23,19 @@ _ROUTED = ep.ProcessingResponse()
 _ROUTED.request_headers.response.header_mutation.remove_headers.extend(_STRIPPED)
 
 
-def routed(lease: Lease) -> ep.ProcessingResponse:
-    """Pin the request to the leased replica and tag the stream with the lease id."""
+def routed(lease: Lease, set_header: tuple[str, str] | None = None) -> ep.ProcessingResponse:
+    """Pin the request to the leased replica and tag the stream with the lease id.
+
+    ``set_header`` (the model header, when the model came from the body) is written into
+    the request and Envoy re-matches its route on it, so the request takes the pool's
+    route (cluster, timeout) like a request that carried the header.
+    """
     resp = ep.ProcessingResponse()
     resp.CopyFrom(_ROUTED)
+    if set_header is not None:
+        common = resp.request_headers.response
+        common.header_mutation.set_headers.append(_header(*set_header))
+        common.clear_route_cache = True
     fields = resp.dynamic_metadata.fields
     fields[LB_NAMESPACE].struct_value.fields[DESTINATION_KEY].string_value = lease.replica.address
     ours = fields[METADATA_NAMESPACE].struct_value.fields
@@ -47,10 +55,24 @@ def rejected(error: RequestRejected, request_id: str) -> ep.ProcessingResponse:
         headers.append(_header("retry-after", str(max(1, round(error.retry_after)))))
     resp = ep.ProcessingResponse()
     imm = resp.immediate_response
-    imm.status.code = http_status_pb2.StatusCode.Value(_STATUS_NAMES[error.http_status])
+    # envoy.type.v3.StatusCode's values are the HTTP codes themselves.
+    imm.status.code = error.http_status
     imm.headers.set_headers.extend(headers)
     imm.body = (json.dumps({"error": body}) + "\n").encode()
     imm.details = f"warmroute_{error.code}"
+    return resp
+
+
+def answer(status: int, body: bytes, request_id: str = "") -> ep.ProcessingResponse:
+    """A JSON answer warmroute gives itself (``GET /v1/models``): no replica, no slot."""
+    resp = ep.ProcessingResponse()
+    imm = resp.immediate_response
+    imm.status.code = status
+    imm.headers.set_headers.append(_header("content-type", "application/json"))
+    if request_id:
+        imm.headers.set_headers.append(_header("x-request-id", request_id))
+    imm.body = body
+    imm.details = "warmroute_answered"
     return resp
 
 
@@ -59,12 +81,3 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
         header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
         append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
-
-
-_STATUS_NAMES = {
-    400: "BadRequest",
-    404: "NotFound",
-    429: "TooManyRequests",
-    500: "InternalServerError",
-    503: "ServiceUnavailable",
-}

@@ -4,8 +4,10 @@ The same builders feed a static bootstrap (``warmroute.xds.bootstrap``) and, lat
 ADS server. Names are stable so resources can be diffed across versions.
 
 Data path built here (see DESIGN.md, "Facts measured here"):
-  listener -> HCM -> ext_proc (request headers only; writes ``envoy.lb`` and ``warmroute``
-  dynamic metadata) -> router -> pool cluster whose LB policy is ``override_host`` reading
+  listener -> HCM -> json_to_metadata (reads the JSON body's ``model`` and ``stream`` into
+  ``warmroute.body`` metadata, in C++, before ext_proc sees the request) -> ext_proc
+  (request headers only, with that metadata; writes ``envoy.lb`` and ``warmroute`` dynamic
+  metadata) -> router -> pool cluster whose LB policy is ``override_host`` reading
   ``envoy.lb/x-gateway-destination-endpoint``; a gRPC access logger reports every finished
   request, with that metadata, back to warmroute.
 """
@@ -26,12 +28,14 @@ from envoy.config.core.v3 import (
     grpc_service_pb2,
     health_check_pb2,
     protocol_pb2,
+    substitution_format_string_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -40,10 +44,10 @@ from envoy.extensions.load_balancing_policies.least_request.v3 import least_requ
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import http_status_pb2, percent_pb2
-from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
 
 from warmroute.config import Config, EnvoyClientTls, PoolConfig
 
@@ -57,6 +61,12 @@ LB_NAMESPACE = "envoy.lb"
 DESTINATION_KEY = "x-gateway-destination-endpoint"
 # Our own dynamic-metadata namespace: lease id and pool. Clients can never write it.
 METADATA_NAMESPACE = "warmroute"
+# What Envoy's json_to_metadata filter read from the request body, forwarded to ext_proc:
+# ``model`` and ``stream`` when present, ``body`` = "no_model" / "invalid" otherwise.
+BODY_NAMESPACE = "warmroute.body"
+JSON_TO_METADATA_FILTER = "envoy.filters.http.json_to_metadata"
+# Paths that answer the gateway's own health without ext_proc and without a slot.
+HEALTH_PATHS = ("/health", "/healthz", "/readyz", "/livez")
 # gRPC initial metadata a route attaches to its ext_proc stream: the pool Envoy routed to.
 POOL_METADATA_KEY = "x-warmroute-pool"
 ACCESS_LOG_NAME = "warmroute"
@@ -124,7 +134,12 @@ def ext_proc_filter(cfg: Config) -> ext_proc_pb2.ExternalProcessor:
         metadata_options=ext_proc_pb2.MetadataOptions(
             receiving_namespaces=ext_proc_pb2.MetadataOptions.MetadataNamespaces(
                 untyped=[LB_NAMESPACE, METADATA_NAMESPACE]
-            )
+            ),
+            # The body's model, read by json_to_metadata, arrives with the request headers:
+            # no body crosses the gRPC stream and routing stays one round trip.
+            forwarding_namespaces=ext_proc_pb2.MetadataOptions.MetadataNamespaces(
+                untyped=[BODY_NAMESPACE]
+            ),
         ),
         stat_prefix="warmroute",
         # warmroute unreachable (restarting, failing over): a retryable 503, not a 500.
@@ -132,6 +147,47 @@ def ext_proc_filter(cfg: Config) -> ext_proc_pb2.ExternalProcessor:
             code=http_status_pb2.StatusCode.ServiceUnavailable
         ),
     )
+
+
+# Bodies the filter parses: JSON (any parameters) and curl's default for ``-d``. Anything
+# else (multipart audio, binary) streams through unbuffered and must carry the model header.
+_JSON_CONTENT_TYPES = r"(?i)^\s*application/(json|x-www-form-urlencoded)\s*(;.*)?$"
+
+
+def json_to_metadata_filter() -> json_to_metadata_pb2.JsonToMetadata:
+    """Read ``model`` and ``stream`` from the JSON request body into ``warmroute.body``.
+
+    The filter holds the request until its body is complete (bounded by the route's
+    ``request_body_buffer_limit``: 413 above it), so ext_proc sees the body's model with
+    the request headers and a slot is leased only once the whole request has arrived.
+    """
+    j = json_to_metadata_pb2.JsonToMetadata
+    kv = j.KeyValuePair
+
+    def flag(value: str) -> json_to_metadata_pb2.JsonToMetadata.KeyValuePair:
+        return kv(
+            metadata_namespace=BODY_NAMESPACE,
+            key="body",
+            value=struct_pb2.Value(string_value=value),
+        )
+
+    rules = j.MatchRules(
+        rules=[
+            j.Rule(
+                selectors=[j.Selector(key="model")],
+                on_present=kv(metadata_namespace=BODY_NAMESPACE, key="model", type=j.STRING),
+                on_missing=flag("no_model"),
+                on_error=flag("invalid"),
+            ),
+            j.Rule(
+                selectors=[j.Selector(key="stream")],
+                on_present=kv(metadata_namespace=BODY_NAMESPACE, key="stream", type=j.STRING),
+            ),
+        ],
+        allow_content_types_regex=regex_pb2.RegexMatcher(regex=_JSON_CONTENT_TYPES),
+        allow_empty_content_type=True,
+    )
+    return j(request_rules=rules)
 
 
 def access_log(cfg: Config) -> accesslog_pb2.AccessLog:
@@ -163,12 +219,16 @@ def http_connection_manager(
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         request_headers_timeout=_seconds(cfg.envoy.request_headers_timeout_seconds),
         http_filters=[
+            hcm_pb2.HttpFilter(
+                name=JSON_TO_METADATA_FILTER, typed_config=_any(json_to_metadata_filter())
+            ),
             hcm_pb2.HttpFilter(name=EXT_PROC_FILTER, typed_config=_any(ext_proc_filter(cfg))),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
             ),
         ],
         access_log=[access_log(cfg)],
+        local_reply_config=_local_replies(cfg.routing.max_body_bytes),
     )
     if route_config is not None:
         hcm.route_config.CopyFrom(route_config)
@@ -176,6 +236,40 @@ def http_connection_manager(
         hcm.rds.route_config_name = ROUTE_CONFIG_NAME
         hcm.rds.config_source.CopyFrom(ads_config_source())
     return hcm
+
+
+def _local_replies(max_body_bytes: int) -> hcm_pb2.LocalReplyConfig:
+    """Envoy's own 413 (body over ``routing.max_body_bytes``) in warmroute's JSON error shape."""
+    too_large = hcm_pb2.ResponseMapper(
+        filter=accesslog_pb2.AccessLogFilter(
+            status_code_filter=accesslog_pb2.StatusCodeFilter(
+                comparison=accesslog_pb2.ComparisonFilter(
+                    op=accesslog_pb2.ComparisonFilter.EQ,
+                    value=base_pb2.RuntimeUInt32(default_value=413, runtime_key="unused"),
+                )
+            )
+        ),
+        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
+            json_format=_struct(
+                {
+                    "error": {
+                        "code": "body_too_large",
+                        "message": f"the request body is over this gateway's limit of "
+                        f"{max_body_bytes} bytes (routing.max_body_bytes)",
+                        "request_id": "%REQ(X-REQUEST-ID)%",
+                    }
+                }
+            ),
+            content_type="application/json",
+        ),
+    )
+    return hcm_pb2.LocalReplyConfig(mappers=[too_large])
+
+
+def _struct(value: dict[str, object]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
@@ -220,7 +314,7 @@ def _pool_marker(pool: str) -> dict[str, any_pb2.Any]:
 def route_configuration(cfg: Config) -> route_pb2.RouteConfiguration:
     """One route per (pool, model) on the model header; anything else reaches ext_proc
     without a pool and is answered there (400 missing model / 404 unknown model)."""
-    routes = []
+    routes = [_health_route(path) for path in HEALTH_PATHS]
     header = cfg.routing.model_header
     for pool in cfg.pools:
         action = route_components_pb2.RouteAction(
@@ -256,8 +350,27 @@ def route_configuration(cfg: Config) -> route_pb2.RouteConfiguration:
             ),
         )
     )
-    vhost = route_components_pb2.VirtualHost(name="warmroute", domains=["*"], routes=routes)
+    vhost = route_components_pb2.VirtualHost(
+        name="warmroute",
+        domains=["*"],
+        routes=routes,
+        # The most a body may hold while json_to_metadata buffers it: Envoy answers 413.
+        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=cfg.routing.max_body_bytes),
+    )
     return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=[vhost])
+
+
+def _health_route(path: str) -> route_components_pb2.Route:
+    """The gateway's own health: answered by Envoy, no ext_proc call, never a slot."""
+    off = ext_proc_pb2.ExtProcPerRoute(disabled=True)
+    return route_components_pb2.Route(
+        name=f"health{path}",
+        match=route_components_pb2.RouteMatch(path=path),
+        direct_response=route_components_pb2.DirectResponseAction(
+            status=200, body=base_pb2.DataSource(inline_string='{"status":"ok"}\n')
+        ),
+        typed_per_filter_config={EXT_PROC_FILTER: _any(off)},
+    )
 
 
 # -- clusters and endpoints ----------------------------------------------------------------
