@@ -6,13 +6,14 @@ can run in one process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from warmroute import errors
 from warmroute.state import Phase, RegistryView
 from warmroute.xds.cache import StreamEvent
 
@@ -20,6 +21,15 @@ _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+# Every value of warmroute_requests_total's ``outcome`` label.
+OUTCOMES = (
+    "success",
+    "client_error",
+    "upstream_error",
+    "upstream_timeout",
+    "client_disconnect",
+    *(f"rejected_{cls.code}" for cls in errors.RequestRejected.__subclasses__()),
+)
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -112,6 +122,17 @@ class Metrics:
         if xds_status is not None:
             r.register(_XdsNodeCollector(xds_status))
         self._pools: dict[str, PoolMetrics] = {}
+
+    def declare(self, pools: Iterable[str]) -> None:
+        """Export every outcome and the mismatch counter of these pools at 0 right away.
+
+        An alert on ``warmroute_upstream_mismatch_total > 0`` or on a rejection rate must
+        see a 0 from the first scrape, not "no data" until the first bad event.
+        """
+        for name in ("none", *pools):
+            self.upstream_mismatch.labels(name)
+            for outcome in OUTCOMES:
+                self.requests.labels(name, outcome)
 
     def pool(self, name: str) -> PoolMetrics:
         """The per-request metrics of one pool (``"none"`` for requests no pool took)."""

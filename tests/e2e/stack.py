@@ -99,6 +99,7 @@ async def start_stack(
     node_id: str = "envoy-0",
     control_extra: dict[str, Any] | None = None,
     pool_extra: dict[str, Any] | None = None,
+    routing_extra: dict[str, Any] | None = None,
 ) -> Stack:
     sims = [
         SimReplica(slots, load_seconds, ServiceTime("fixed", service_ms), seed=i, model=MODEL)
@@ -133,6 +134,7 @@ async def start_stack(
                 "lease_grace_seconds": lease_grace,
                 **(control_extra or {}),
             },
+            "routing": routing_extra or {},
             "pools": pools,
         }
     )

@@ -286,6 +286,12 @@ def listener(
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=socket_address(cfg.envoy.listen),
+        # The most a request body may hold while json_to_metadata buffers it (Envoy then
+        # answers 413). Measured on Envoy 1.40: the route's and virtual host's
+        # request_body_buffer_limit do not bound that filter's buffer; the listener's does.
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(
+            value=cfg.routing.max_body_bytes
+        ),
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[
@@ -350,13 +356,7 @@ def route_configuration(cfg: Config) -> route_pb2.RouteConfiguration:
             ),
         )
     )
-    vhost = route_components_pb2.VirtualHost(
-        name="warmroute",
-        domains=["*"],
-        routes=routes,
-        # The most a body may hold while json_to_metadata buffers it: Envoy answers 413.
-        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=cfg.routing.max_body_bytes),
-    )
+    vhost = route_components_pb2.VirtualHost(name="warmroute", domains=["*"], routes=routes)
     return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=[vhost])
 
 
