@@ -18,11 +18,13 @@ class AdminServer:
         view: Callable[[], RegistryView],
         ready: Callable[[], bool],
         xds_status: Callable[[], dict[str, Any]] | None = None,
+        inference_pools: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self._metrics = metrics
         self._view = view
         self._ready = ready
         self._xds_status = xds_status
+        self.inference_pools = inference_pools  # may be set after construction
         app = web.Application()
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/state", self._get_state)
@@ -51,7 +53,12 @@ class AdminServer:
         )
 
     async def _get_state(self, request: web.Request) -> web.Response:
-        return web.json_response(self._view().to_json())
+        """The registry; with InferencePool discovery, also ``inference_pools``: per pool the
+        InferencePool's selector, target ports, picker and ``failure_mode``."""
+        state = self._view().to_json()
+        if self.inference_pools is not None:
+            state["inference_pools"] = self.inference_pools()
+        return web.json_response(state)
 
     async def _get_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -180,6 +180,16 @@ class KubernetesPoolConfig(_Model):
     target: ScaleTarget | None = None  # what autoscaling scales (scale subresource)
 
 
+class InferencePoolRef(_Model):
+    """Discover this pool's replicas from a Gateway API Inference Extension ``InferencePool``
+    (``inference.networking.k8s.io/v1``): its ``spec.selector.matchLabels`` picks the Pods
+    (in the InferencePool's namespace), and each ready Pod IP x each ``spec.targetPorts``
+    number is one replica ``ip:port``."""
+
+    namespace: Name = "default"
+    name: Name
+
+
 class AutoscaleConfig(_Model):
     """Request-time scaling: queued demand asks for replicas at once, idle pools shrink."""
 
@@ -222,6 +232,7 @@ class PoolConfig(_Model):
     replicas: list[ReplicaConfig] = []
     simulate: SimulateConfig | None = None
     kubernetes: KubernetesPoolConfig | None = None
+    inference_pool: InferencePoolRef | None = None
     autoscale: AutoscaleConfig | None = None
     metrics: ScrapeConfig | None = None
 
@@ -231,6 +242,26 @@ class PoolConfig(_Model):
             raise ValueError(
                 "a pool gets replicas from `kubernetes` or from `replicas`/`simulate`, not both"
             )
+        if self.inference_pool is not None:
+            others = [
+                key
+                for key, value in (
+                    ("kubernetes", self.kubernetes),
+                    ("replicas", self.replicas),
+                    ("simulate", self.simulate),
+                )
+                if value
+            ]
+            if others:
+                raise ValueError(
+                    f"`inference_pool` cannot be combined with `{'`, `'.join(others)}`: a pool "
+                    "gets replicas from exactly one source"
+                )
+            if self.autoscale is not None:
+                raise ValueError(
+                    "`autoscale` is not supported with `inference_pool` (an InferencePool "
+                    "names no workload to scale); scale the model-server workload yourself"
+                )
         return self
 
     @field_validator("replicas", mode="before")

@@ -24,6 +24,7 @@ from warmroute.admin import AdminServer
 from warmroute.autoscale.controller import Autoscaler, Scaler
 from warmroute.autoscale.local import LocalScaler
 from warmroute.config import Config, GrpcTlsConfig, PoolConfig
+from warmroute.discovery.inference_pool import InferencePoolDiscovery
 from warmroute.discovery.kubernetes import KubernetesDiscovery
 from warmroute.discovery.scrape import MetricsScraper
 from warmroute.discovery.static import StaticDiscovery
@@ -74,7 +75,9 @@ def _server_credentials(tls: GrpcTlsConfig) -> grpc.ServerCredentials:
 
 
 def _kube_api(cfg: Config) -> k8s.ApiClient | None:
-    if any(p.kubernetes is not None for p in cfg.pools) or (cfg.kubernetes.leader_election.enabled):
+    if any(p.kubernetes is not None or p.inference_pool is not None for p in cfg.pools) or (
+        cfg.kubernetes.leader_election.enabled
+    ):
         return api_client(cfg.kubernetes)
     return None
 
@@ -141,6 +144,11 @@ class ControlPlane:
             if self.kube_api is not None
             else None
         )
+        self.pool_discovery = (  # pools from a Gateway API InferencePool
+            InferencePoolDiscovery(self.kube_api, self.publisher.emit)
+            if self.kube_api is not None
+            else None
+        )
         self.local_scaler = LocalScaler(self.discovery.prober)
         self.autoscaler = Autoscaler(
             self.registry,
@@ -166,6 +174,7 @@ class ControlPlane:
             self.registry.view,
             lambda: self.processor.serving,
             xds_status=self.rollout.status,
+            inference_pools=self.pool_discovery.status if self.pool_discovery else None,
         )
         self._configs: dict[str, Config] = {}
         self._generation = 0
@@ -197,6 +206,8 @@ class ControlPlane:
         await self.discovery.update(cfg)
         if self.kube_discovery is not None:
             await self.kube_discovery.update(cfg)
+        if self.pool_discovery is not None:
+            await self.pool_discovery.update(cfg)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         # Always running (idle without work), so a reload can turn either on.
         self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
@@ -232,6 +243,8 @@ class ControlPlane:
         await self.discovery.update(cfg)
         if self.kube_discovery is not None:
             await self.kube_discovery.update(cfg)
+        if self.pool_discovery is not None:
+            await self.pool_discovery.update(cfg)
         self.autoscaler.configure(cfg)
         self.scraper.configure(cfg)
         self.rollout.propose(snapshot)
@@ -285,6 +298,8 @@ class ControlPlane:
         await self.discovery.close()
         if self.kube_discovery is not None:
             await self.kube_discovery.close()
+        if self.pool_discovery is not None:
+            await self.pool_discovery.close()
         await self.local_scaler.close()
         # End ADS streams first: Envoy then reconnects with backoff instead of hanging on a
         # stream the server no longer serves.

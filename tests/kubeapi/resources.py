@@ -7,13 +7,15 @@ type has a ``scale`` subresource, and which ``fieldSelector`` fields it supports
 
 Objects are plain JSON dicts in the wire format (camelCase), deserializable by the official
 client into ``V1Pod``, ``V1Deployment``, ``V1StatefulSet``, ``V1Scale`` and ``V1Lease``.
+``InferencePool`` (``inference.networking.k8s.io/v1``, a CRD, served as custom objects) is
+defaulted and validated like its CRD schema (see :func:`admit`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +104,19 @@ LEASES = ResourceType(
     allow_create_on_update=True,
     allow_unconditional_update=False,
 )
+# A CRD with the status subresource: writes to the main resource keep status, and the
+# generation moves with spec.
+INFERENCE_POOLS = ResourceType(
+    "inference.networking.k8s.io",
+    "v1",
+    "inferencepools",
+    "InferencePool",
+    has_status=True,
+    has_generation=True,
+)
 RESOURCE_TYPES = {
-    (rt.group, rt.version, rt.plural): rt for rt in (PODS, DEPLOYMENTS, STATEFULSETS, LEASES)
+    (rt.group, rt.version, rt.plural): rt
+    for rt in (PODS, DEPLOYMENTS, STATEFULSETS, LEASES, INFERENCE_POOLS)
 }
 BY_KIND = {rt.kind: rt for rt in RESOURCE_TYPES.values()}
 
@@ -224,6 +237,37 @@ def make_workload(
     }
 
 
+def make_inference_pool(
+    namespace: str,
+    name: str,
+    selector: Mapping[str, str],
+    target_ports: list[int],
+    picker: str | None = "warmroute-epp",
+    picker_port: int = 9002,
+    failure_mode: str | None = "FailClose",
+    app_protocol: str | None = None,
+) -> Obj:
+    """An ``InferencePool`` as a platform admin writes it: its model-server pods, their
+    ports, and an Endpoint Picker Service (``picker=None``: none)."""
+    spec: Obj = {
+        "selector": {"matchLabels": dict(selector)},
+        "targetPorts": [{"number": n} for n in target_ports],
+    }
+    if app_protocol is not None:
+        spec["appProtocol"] = app_protocol
+    if picker is not None:
+        ref: Obj = {"name": picker, "port": {"number": picker_port}}
+        if failure_mode is not None:
+            ref["failureMode"] = failure_mode
+        spec["endpointPickerRef"] = ref
+    return {
+        "apiVersion": INFERENCE_POOLS.api_version,
+        "kind": INFERENCE_POOLS.kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
 def selector_string(label_selector: Mapping[str, Any] | None) -> str:
     """``metav1.LabelSelector`` to its string form, as ``Scale.status.selector`` shows it."""
     parts = [
@@ -276,6 +320,8 @@ def admit(rt: ResourceType, obj: Obj) -> None:
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             why = "must be greater than or equal to 0"
             raise invalid(rt.group, rt.kind, name, "spec.replicas", replicas, why)
+    if rt is INFERENCE_POOLS:
+        _admit_inference_pool(obj)
     if rt is LEASES:
         spec = obj.get("spec") or {}
         for key in ("acquireTime", "renewTime"):
@@ -298,3 +344,61 @@ def admit(rt: ResourceType, obj: Obj) -> None:
         if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
             why = "must be greater than or equal to 0"
             raise invalid(rt.group, rt.kind, name, "spec.leaseTransitions", transitions, why)
+
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_PICKER_KIND = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+
+
+def _admit_inference_pool(obj: Obj) -> None:
+    """The v1 CRD's structural defaults and validation (gateway-api-inference-extension
+    ``api/v1/inferencepool_types.go``): 422 naming the first bad field."""
+    name = obj["metadata"].get("name", "")
+
+    def bad(field: str, value: Any, why: str) -> ApiError:
+        return invalid(INFERENCE_POOLS.group, INFERENCE_POOLS.kind, name, field, value, why)
+
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise bad("spec", spec, "Required value")
+    labels = (spec.get("selector") or {}).get("matchLabels")
+    if not isinstance(labels, dict) or not 1 <= len(labels) <= 64:
+        raise bad("spec.selector.matchLabels", labels, "should have 1 to 64 properties")
+    for key, value in labels.items():
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise bad(f"spec.selector.matchLabels.{key}", value, "not a valid label value")
+    ports = spec.get("targetPorts")
+    if not isinstance(ports, list) or not 1 <= len(ports) <= 8:
+        raise bad("spec.targetPorts", ports, "should have 1 to 8 items")
+    for i, port in enumerate(ports):
+        _check_port(port, f"spec.targetPorts[{i}]", bad)
+    if len({p["number"] for p in ports}) != len(ports):
+        raise bad("spec.targetPorts", ports, "port number must be unique")
+    spec.setdefault("appProtocol", "http")
+    if spec["appProtocol"] not in ("http", "kubernetes.io/h2c"):
+        why = 'supported values: "http", "kubernetes.io/h2c"'
+        raise bad("spec.appProtocol", spec["appProtocol"], why)
+    ref = spec.get("endpointPickerRef")
+    if ref is None:
+        return
+    if not isinstance(ref, dict) or not ref.get("name"):
+        raise bad("spec.endpointPickerRef.name", None, "Required value")
+    ref.setdefault("group", "")
+    ref.setdefault("kind", "Service")
+    ref.setdefault("failureMode", "FailClose")
+    if not _PICKER_KIND.match(str(ref["kind"])):
+        raise bad("spec.endpointPickerRef.kind", ref["kind"], "not a valid kind")
+    if ref["failureMode"] not in ("FailOpen", "FailClose"):
+        why = 'supported values: "FailOpen", "FailClose"'
+        raise bad("spec.endpointPickerRef.failureMode", ref["failureMode"], why)
+    if "port" in ref:
+        _check_port(ref["port"], "spec.endpointPickerRef.port", bad)
+    elif ref["kind"] == "Service":
+        why = "port is required when kind is 'Service' or unspecified (defaults to 'Service')"
+        raise bad("spec.endpointPickerRef", ref, why)
+
+
+def _check_port(port: Any, field: str, bad: Callable[[str, Any, str], ApiError]) -> None:
+    number = port.get("number") if isinstance(port, dict) else None
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+        raise bad(f"{field}.number", number, "should be in the range 1 to 65535")

@@ -3,7 +3,8 @@
 No kube-apiserver binary can run here, so warmroute's Kubernetes adapters are tested with
 the official ``kubernetes`` client against this aiohttp application, which serves pods
 (list/watch/get/patch/delete), deployments and statefulsets (get and the ``scale``
-subresource) and leases (get/create/replace/patch) with kube-apiserver's semantics: one
+subresource), leases (get/create/replace/patch) and Gateway API Inference Extension
+``InferencePool`` custom objects (every verb) with kube-apiserver's semantics: one
 global resourceVersion, watch history with 410 ``Expired`` after compaction, bookmarks,
 selectors, optimistic concurrency and ``Status`` errors. See :mod:`tests.kubeapi.api` and
 :mod:`tests.kubeapi.watch` for the protocol details.
@@ -34,11 +35,13 @@ from tests.kubeapi.faults import Faults
 from tests.kubeapi.resources import (
     BY_KIND,
     DEPLOYMENTS,
+    INFERENCE_POOLS,
     LEASES,
     PODS,
     STATEFULSETS,
     ResourceType,
     admit,
+    make_inference_pool,
     make_pod,
     make_workload,
     set_condition,
@@ -394,3 +397,39 @@ class KubeApiServer:
         if existing is None:
             return self.store.create(LEASES, obj)
         return self.store.update(LEASES, obj)
+
+    # -- inference pools ---------------------------------------------------------------
+
+    def add_inference_pool(
+        self,
+        namespace: str,
+        name: str,
+        selector: Mapping[str, str],
+        target_ports: list[int],
+        *,
+        picker: str | None = "warmroute-epp",
+        picker_port: int = 9002,
+        failure_mode: str | None = "FailClose",
+    ) -> Obj:
+        """Create an ``InferencePool`` (defaulted and validated like the v1 CRD)."""
+        obj = make_inference_pool(
+            namespace, name, selector, target_ports, picker, picker_port, failure_mode
+        )
+        admit(INFERENCE_POOLS, obj)
+        return self.store.create(INFERENCE_POOLS, obj)
+
+    def update_inference_pool(
+        self, namespace: str, name: str, mutate: Callable[[Obj], None]
+    ) -> Obj:
+        """Apply ``mutate`` to a copy of the InferencePool and store it (MODIFIED)."""
+        obj = self.store.get(INFERENCE_POOLS, namespace, name)
+        mutate(obj)
+        admit(INFERENCE_POOLS, obj)
+        return self.store.update(INFERENCE_POOLS, obj)
+
+    def delete_inference_pool(self, namespace: str, name: str) -> Obj:
+        """Delete the InferencePool at once (DELETED), as ``kubectl delete`` does."""
+        return self.store.remove(INFERENCE_POOLS, namespace, name)
+
+    def inference_pool(self, namespace: str, name: str) -> Obj | None:
+        return self.store.find(INFERENCE_POOLS.plural, namespace, name)

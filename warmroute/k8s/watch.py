@@ -8,6 +8,9 @@
   state: nothing is removed just because the API server is unreachable.
 The official client is synchronous, so the loop runs in a thread and hands results to the
 event loop with ``call_soon_threadsafe``.
+
+``ListWatcher`` works with any list function of the client (``CoreV1Api.list_namespaced_pod``,
+``CustomObjectsApi.list_namespaced_custom_object``, ...); ``PodWatcher`` is the pod one.
 """
 
 from __future__ import annotations
@@ -40,18 +43,22 @@ class WatchStats:
     resource_version: str = ""
 
 
-class PodWatcher:
+class ListWatcher:
     """Keeps ``on_sync(items)`` (after each LIST) and ``on_event(type, obj)`` flowing.
 
-    Callbacks run on ``loop``. ``stop()`` ends the thread within ``watch_timeout``.
+    ``list_func(*args, label_selector=..., field_selector=..., ...)`` is a list call of the
+    official client; ``what`` names the objects in logs. Callbacks run on ``loop``; objects
+    are the raw JSON dicts. ``stop()`` ends the thread within ``watch_timeout``.
     """
 
     def __init__(
         self,
-        api: k8s.ApiClient,
-        namespace: str,
-        selector: dict[str, str],
+        list_func: Callable[..., Any],
+        args: tuple[Any, ...],
         *,
+        what: str,
+        label_selector: str = "",
+        field_selector: str = "",
         loop: asyncio.AbstractEventLoop,
         on_sync: Callable[[list[Obj]], None],
         on_event: Callable[[str, Obj], None],
@@ -59,9 +66,14 @@ class PodWatcher:
         watch_timeout: int = 60,
         max_backoff: float = 10.0,
     ) -> None:
-        self._v1 = k8s.CoreV1Api(api)
-        self._ns = namespace
-        self._selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        self._list_func = list_func
+        self._args = args
+        self._what = what
+        self._filters: dict[str, str] = {}
+        if label_selector:
+            self._filters["label_selector"] = label_selector
+        if field_selector:
+            self._filters["field_selector"] = field_selector
         self._loop = loop
         self._on_sync = on_sync
         self._on_event = on_event
@@ -70,9 +82,7 @@ class PodWatcher:
         self._max_backoff = max_backoff
         self._stop = threading.Event()
         self._watch: k8s_watch.Watch | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"watch pods {namespace}/{self._selector}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"watch {what}", daemon=True)
         self.stats = WatchStats()
 
     def start(self) -> None:
@@ -97,7 +107,7 @@ class PodWatcher:
                 backoff = 0.1
             except ApiException as exc:
                 if exc.status == 410:
-                    logger.info("pods %s: resourceVersion %s expired; relisting", self._ns, rv)
+                    logger.info("%s: resourceVersion %s expired; relisting", self._what, rv)
                     rv = ""
                     continue
                 backoff = self._failed(f"API error {exc.status}: {exc.reason}", backoff)
@@ -109,18 +119,16 @@ class PodWatcher:
         self.stats.connected = False
         self.stats.last_error = error
         logger.warning(
-            "pods %s (%s): %s; keeping last known state, retrying in %.1fs",
-            self._ns, self._selector, error, backoff,
-        )  # fmt: skip
+            "%s: %s; keeping last known state, retrying in %.1fs", self._what, error, backoff
+        )
         self._report()
         self._stop.wait(backoff)
         return min(self._max_backoff, backoff * 2)
 
     def _list(self) -> str:
-        resp = self._v1.list_namespaced_pod(
-            self._ns, label_selector=self._selector, _preload_content=False,
-            _request_timeout=30,
-        )  # fmt: skip
+        resp = self._list_func(
+            *self._args, **self._filters, _preload_content=False, _request_timeout=30
+        )
         doc = json.loads(resp.data)
         self.stats.lists += 1
         self.stats.connected = True
@@ -134,9 +142,9 @@ class PodWatcher:
         self._watch = w = k8s_watch.Watch()
         self.stats.watches += 1
         for event in w.stream(
-            self._v1.list_namespaced_pod,
-            self._ns,
-            label_selector=self._selector,
+            self._list_func,
+            *self._args,
+            **self._filters,
             resource_version=rv,
             allow_watch_bookmarks=True,
             timeout_seconds=self._watch_timeout,
@@ -161,3 +169,33 @@ class PodWatcher:
     def _report(self) -> None:
         if self._on_status is not None:
             self._loop.call_soon_threadsafe(self._on_status, self.stats)
+
+
+class PodWatcher(ListWatcher):
+    """A ``ListWatcher`` over the pods of ``namespace`` matching ``selector`` (matchLabels)."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        namespace: str,
+        selector: dict[str, str],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_sync: Callable[[list[Obj]], None],
+        on_event: Callable[[str, Obj], None],
+        on_status: Callable[[WatchStats], None] | None = None,
+        watch_timeout: int = 60,
+        max_backoff: float = 10.0,
+    ) -> None:
+        labels = label_selector(selector)
+        super().__init__(
+            k8s.CoreV1Api(api).list_namespaced_pod, (namespace,),
+            what=f"pods {namespace}/{labels}", label_selector=labels, loop=loop,
+            on_sync=on_sync, on_event=on_event, on_status=on_status,
+            watch_timeout=watch_timeout, max_backoff=max_backoff,
+        )  # fmt: skip
+
+
+def label_selector(match_labels: dict[str, str]) -> str:
+    """``matchLabels`` as a ``labelSelector`` query string (``a=1,b=2``, sorted)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
