@@ -27,7 +27,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from warmroute.errors import NotServing, RequestRejected, UnknownModel
+from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
 from warmroute.extproc import models_api, responses
 from warmroute.extproc.request_model import (
     MAX_MODEL_LEN,
@@ -81,14 +81,21 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if path.startswith(MODELS_PATH) and _is_models_path(path):
             return self._answer_models(path, request_id)
         pool: Pool | None = None
+        body = NO_BODY
         set_header: tuple[str, str] | None = None
         try:
             if not self.serving:
                 raise NotServing("this warmroute instance is not leasing requests now")
-            model = choose_model(header_model, _body_model(request), self._model_header)
-            pool = self._resolve(routed_pool, model, from_header=bool(header_model))
-            if not header_model:
-                set_header = (self._model_header, model)
+            body = _body_model(request)
+            if routed_pool is not None and not header_model:
+                # A route chose the pool without the model header (e.g. by path).
+                pool = self._resolve_routed(routed_pool)
+                model = _check_body_in_pool(body, pool)
+            else:
+                model = choose_model(header_model, body, self._model_header)
+                pool = self._resolve(routed_pool, model, from_header=bool(header_model))
+                if not header_model:
+                    set_header = (self._model_header, model)
             lease = pool.try_acquire(request_id)
             if lease is None:
                 if self.on_queued is not None:
@@ -109,8 +116,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self._metrics.pool(pool.name).decided(waited, time.perf_counter() - started - waited)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "request %s -> %s lease %s (waited %.1f ms)",
-                request_id, lease.address, lease.id[:8], waited * 1e3,
+                "request %s model %s (%s%s) -> %s lease %s (waited %.1f ms)",
+                request_id, model, "body" if set_header else "header",
+                ", streamed" if body.stream else "", lease.address, lease.id[:8], waited * 1e3,
             )  # fmt: skip
         return self._hand_over(lease, set_header)
 
@@ -122,14 +130,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             raise
 
     def _resolve(self, routed_pool: str | None, model: str, *, from_header: bool) -> Pool:
-        registry = self._registry
         if routed_pool is not None:
-            pool = registry.pools.get(routed_pool)
-            if pool is not None:
-                return pool
-            # Envoy's routes name a pool we no longer have (config rollout in progress).
-            raise UnknownModel(f"pool {routed_pool!r} is not configured")
-        pool = registry.pool_for_model(model)
+            return self._resolve_routed(routed_pool)
+        pool = self._registry.pool_for_model(model)
         if pool is None:
             raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served here")
         if not from_header:
@@ -138,6 +141,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # A known model in a header that no route matched means Envoy's routes are stale or
         # the header was not matchable (e.g. sent twice): refuse rather than guess.
         raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not routable right now")
+
+    def _resolve_routed(self, routed_pool: str) -> Pool:
+        pool = self._registry.pools.get(routed_pool)
+        if pool is None:
+            # Envoy's routes name a pool we no longer have (config rollout in progress).
+            raise UnknownModel(f"pool {routed_pool!r} is not configured")
+        return pool
 
     def _answer_models(self, path: str, request_id: str) -> ep.ProcessingResponse:
         view = self._registry.view()
@@ -172,6 +182,19 @@ def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str 
         elif key == ":path":
             path = _value(h).partition("?")[0]
     return request_id, model, path
+
+
+def _check_body_in_pool(body: BodyModel, pool: Pool) -> str:
+    """The body's model must be one the route's pool serves (if the body names one)."""
+    if body.state is BodyState.MODEL:
+        assert body.model is not None
+        if body.model not in pool.spec.models:
+            raise ModelMismatch(
+                f"the route serves pool {pool.name!r} but the body's model "
+                f"{body.model[:MAX_MODEL_LEN]!r} is not one of its models"
+            )
+        return body.model
+    return pool.spec.models[0] if pool.spec.models else pool.name
 
 
 def _is_models_path(path: str) -> bool:
