@@ -37,6 +37,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from warmroute.server import ControlPlane
 
     cfg = _load(args.config)
+    if args.epp:
+        cfg = config_mod.enable_epp(cfg, args.config or "<built-in demo config>")
 
     async def serve() -> None:
         plane = ControlPlane(cfg, config_path=args.config)
@@ -117,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run only the control plane (your own Envoy)")
     p.add_argument("-c", "--config", help="YAML config (default: built-in demo)")
+    p.add_argument(
+        "--epp",
+        action="store_true",
+        help="be the endpoint picker (EPP) of a gateway-owned Envoy for one pool "
+        "(Gateway API Inference Extension); see the `epp:` config section",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("status", help="show replicas, slots and queues of a running instance")

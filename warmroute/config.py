@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from warmroute.errors import ConfigError
 from warmroute.state.pool import PoolSpec
@@ -321,6 +322,40 @@ class KubernetesConfig(_Model):
     leader_election: LeaderElectionConfig = LeaderElectionConfig()
 
 
+class EppTlsFiles(_Model):
+    """The picker port's certificate and key (PEM files)."""
+
+    cert_file: str
+    key_file: str
+
+
+class EppConfig(_Model):
+    """Endpoint picker mode: a gateway owns Envoy and asks us over ext_proc (the Gateway API
+    Inference Extension's endpoint picker protocol). The gRPC port then serves the picker
+    (and gRPC health), not ADS or the access log."""
+
+    enabled: bool = False
+    # The pool (one InferencePool) this picker serves; default: the only pool.
+    pool: Name | None = None
+    # on: control.tls if set, else a self-signed certificate made at start; off: plaintext;
+    # or {cert_file, key_file}.
+    tls: bool | EppTlsFiles = True
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_words(cls, value: Any) -> Any:
+        # `tls: on/off` are YAML booleans already; accept the quoted words too.
+        if isinstance(value, str) and value.lower() in ("on", "off", "true", "false"):
+            return value.lower() in ("on", "true")
+        if value is None:
+            return False
+        if isinstance(value, dict):
+            return EppTlsFiles.model_validate(value)  # its errors keep their key paths
+        if not isinstance(value, bool | EppTlsFiles):
+            raise ValueError(f"expected on, off or {{cert_file, key_file}}; got {value!r}")
+        return value
+
+
 class Config(_Model):
     envoy: EnvoyConfig = EnvoyConfig()
     control: ControlConfig = ControlConfig()
@@ -328,6 +363,35 @@ class Config(_Model):
     xds: XdsConfig = XdsConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     pools: list[PoolConfig] = Field(min_length=1)
+    epp: EppConfig = EppConfig()
+
+    @model_validator(mode="after")
+    def _epp_pool(self) -> Config:
+        epp = self.epp
+        if not epp.enabled:
+            return self
+        names = [p.name for p in self.pools]
+        if epp.pool is None and len(names) > 1:
+            problem, loc = f"set it to one of {', '.join(names)} (there are several pools)", "pool"
+        elif epp.pool is not None and epp.pool not in names:
+            problem, loc = f"{epp.pool!r} is not a pool; expected one of {', '.join(names)}", "pool"
+        else:
+            return self
+        raise ValidationError.from_exception_data(
+            "Config",
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("value_error", problem),
+                    loc=("epp", loc),
+                    input=epp.pool,
+                )
+            ],
+        )
+
+    @property
+    def epp_pool(self) -> str:
+        """The pool the endpoint picker serves (``epp.pool``, else the only pool)."""
+        return self.epp.pool or self.pools[0].name
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -405,6 +469,19 @@ def default() -> Config:
     """The built-in config ``warmroute up`` uses when given none."""
     text = resources.files("warmroute.defaults").joinpath("demo.yaml").read_text()
     return parse(text, "<built-in demo config>")
+
+
+def enable_epp(cfg: Config, source: str = "<config>") -> Config:
+    """``cfg`` in endpoint picker mode (``serve --epp``), validated again: ConfigError if,
+    say, ``epp.pool`` is needed and unset."""
+    if cfg.epp.enabled:
+        return cfg
+    data = cfg.model_dump()
+    data["epp"]["enabled"] = True
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e, None) for e in exc.errors()]) from exc
 
 
 def _describe(error: Mapping[str, Any], root: yaml.Node | None) -> str:

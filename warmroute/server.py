@@ -28,6 +28,7 @@ from warmroute.discovery.inference_pool import InferencePoolDiscovery
 from warmroute.discovery.kubernetes import KubernetesDiscovery
 from warmroute.discovery.scrape import MetricsScraper
 from warmroute.discovery.static import StaticDiscovery
+from warmroute.epp import PickerService
 from warmroute.errors import ConfigError
 from warmroute.extproc.accesslog import AccessLogService
 from warmroute.extproc.processor import ExternalProcessor
@@ -159,6 +160,10 @@ class ControlPlane:
             ).inc(),
         )
         self.processor.on_queued = self.autoscaler.poke
+        # Endpoint picker mode (`serve --epp`): a gateway owns Envoy; chosen at start.
+        self.epp = PickerService(self.registry, self.metrics, cfg) if cfg.epp.enabled else None
+        if self.epp is not None:
+            self.epp.picker.on_queued = self.autoscaler.poke
         self.scraper = MetricsScraper(self.registry, self.publisher.emit)
         self.scraper.configure(cfg)
         self.elector: LeaderElector | None = None
@@ -166,6 +171,8 @@ class ControlPlane:
             if self.kube_api is None:
                 raise ValueError("leader election needs Kubernetes API access")
             self.processor.serving = False  # a standby until elected
+            if self.epp is not None:
+                self.epp.set_serving(False)
             self.elector = LeaderElector(
                 self.kube_api, cfg.kubernetes.leader_election, self._on_leadership
             )
@@ -187,14 +194,24 @@ class ControlPlane:
     async def start(self) -> None:
         cfg = self.config
         server = grpc.aio.server(options=_GRPC_OPTIONS)
-        ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, server)
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
         tls = cfg.control.tls
-        if tls is None:
+        if self.epp is not None:
+            # The port speaks the endpoint picker protocol (+ gRPC health) only.
+            self.epp.add_to(server)
+            creds = self.epp.credentials(cfg, str(self.config_path or "<config>"))
+            if creds is None:
+                self.grpc_port = server.add_insecure_port(cfg.control.grpc)
+            else:
+                self.grpc_port = server.add_secure_port(cfg.control.grpc, creds)
+            logger.info("endpoint picker for pool %r on %s", cfg.epp_pool, cfg.control.grpc)
+        elif tls is None:
             self.grpc_port = server.add_insecure_port(cfg.control.grpc)
         else:
             self.grpc_port = server.add_secure_port(cfg.control.grpc, _server_credentials(tls))
+        if self.epp is None:
+            ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
+            als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, server)
+            ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {cfg.control.grpc}")
         self.rollout.propose(self._snapshot(cfg))
@@ -246,6 +263,8 @@ class ControlPlane:
         if self.pool_discovery is not None:
             await self.pool_discovery.update(cfg)
         self.autoscaler.configure(cfg)
+        if self.epp is not None:
+            self.epp.configure(cfg)
         self.scraper.configure(cfg)
         self.rollout.propose(snapshot)
         self.publisher.publish()
@@ -260,6 +279,8 @@ class ControlPlane:
         self._file_stamp = await asyncio.to_thread(self._stamp)
         try:
             cfg = await asyncio.to_thread(config_mod.load, self.config_path)
+            if self.epp is not None:  # the mode was chosen at start (e.g. `serve --epp`)
+                cfg = config_mod.enable_epp(cfg, str(self.config_path))
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             logger.error("config reload rejected, keeping the running config: %s", exc)
@@ -291,6 +312,8 @@ class ControlPlane:
         if self._stopped:
             return
         self._stopped = True
+        if self.epp is not None:  # gateways' health checks see it first
+            self.epp.stopping()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -310,6 +333,8 @@ class ControlPlane:
 
     def _on_leadership(self, leader: bool) -> None:
         self.processor.serving = leader
+        if self.epp is not None:
+            self.epp.set_serving(leader)
         if not leader:
             # Envoy must report request ends to the new leader, not here.
             self.access_log.close_streams()

@@ -8,15 +8,18 @@ from warmroute.errors import QueueTimeout
 from warmroute.state import EndReason, Lease, Pool
 
 
-async def acquire(pool: Pool, request_id: str) -> Lease:
+async def acquire(pool: Pool, request_id: str, eligible: frozenset[str] | None = None) -> Lease:
     """A lease on ``pool``, waiting in its FIFO if no slot is free.
+
+    ``eligible`` (EPP mode: the gateway's subset hint) limits the pick to replicas with
+    those addresses; None allows any.
 
     Raises QueueFull at once if the queue is at its bound, QueueTimeout after the pool's
     queue timeout. If the calling task is cancelled (Envoy reset the stream: the client
     left), the waiter is withdrawn, or a lease granted in the same instant is released,
     so nothing leaks.
     """
-    lease = pool.try_acquire(request_id)
+    lease = pool.try_acquire(request_id, eligible)
     if lease is not None:
         return lease
     loop = asyncio.get_running_loop()
@@ -32,7 +35,7 @@ async def acquire(pool: Pool, request_id: str) -> Lease:
         if not fut.done():
             fut.set_exception(_timeout(pool))
 
-    waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout)
+    waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout, eligible=eligible)
     if waiter.lease is not None:  # granted inside enqueue
         return waiter.lease
 

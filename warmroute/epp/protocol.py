@@ -1,0 +1,275 @@
+"""The endpoint picker's ext_proc stream: one stream per HTTP request, start to end.
+
+A gateway that owns Envoy calls us with request and response headers ``SEND``, bodies
+``FULL_DUPLEX_STREAMED`` and trailers ``SEND`` (the Gateway API Inference Extension's
+picker configuration). Per stream, in order:
+
+  1. request headers: note the request id, the model header and the subset hint. With
+     ``end_of_stream`` (a GET, no body) decide at once (step 3) and answer;
+  2. request body chunks: buffer them, at most ``routing.max_body_bytes`` (else 413);
+  3. at the body's end (its ``end_of_stream``, or the request trailers): read the model
+     (``request_model.parse_body`` + ``choose_model``; it must be one of the pool's models),
+     lease a slot inside the subset hint, waiting in the pool's FIFO if none is free, then
+     answer the headers (``messages.routed``) and echo the whole body back, byte-identical,
+     as streamed chunks (and the trailers, if they ended it);
+  4. response headers, each response body chunk (echoed at once, ``end_of_stream`` kept)
+     and response trailers are answered as they come, so streams pass whole and promptly;
+  5. the response's end (body ``end_of_stream``, trailers, or headers with
+     ``end_of_stream``) releases the lease and ends our side of the stream.
+
+The lease is released in a ``finally`` that always runs: response end, stream end, reset
+(client gone: gRPC cancels the handler) or any error. No access log is needed in this
+mode; the lease deadline and metrics reconciliation stay as the safety net.
+Requests are refused with an ImmediateResponse (``extproc.responses.rejected``), and the
+stream then ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+from warmroute.epp import messages
+from warmroute.errors import (
+    BodyTooLarge,
+    NoEligibleEndpoint,
+    NotServing,
+    RequestRejected,
+    UnknownModel,
+)
+from warmroute.extproc import responses
+from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
+from warmroute.extproc.waiting import acquire
+from warmroute.metrics import Metrics
+from warmroute.state import EndReason, Lease, Pool, Registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PickerSettings:
+    """What the picker needs from the config; replaced whole on reload."""
+
+    pool: str  # the one pool (InferencePool) this picker serves
+    model_header: str = "x-model"
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+class _Exchange:
+    """One request's state on its stream. Owned by the stream's task."""
+
+    __slots__ = (
+        "body", "granted_at", "hint", "lease", "model", "outcome", "request_id", "status",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.request_id = ""
+        self.model: str | None = None  # from the model header
+        self.hint: tuple[str, ...] | None = None
+        self.body = bytearray()
+        self.lease: Lease | None = None
+        self.granted_at = 0.0
+        self.status = 0  # the response's :status, once seen
+        self.outcome: str | None = None  # set when the response ended
+
+
+class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """ext_proc servicer speaking the endpoint picker protocol for one pool.
+
+    Runs on the registry's event loop. ``serving`` False answers 503 (standby, stopping).
+    """
+
+    def __init__(self, registry: Registry, metrics: Metrics, settings: PickerSettings) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self.settings = settings
+        self.serving = True
+        # Called with the pool name when a request has to wait: demand for the autoscaler.
+        self.on_queued: Callable[[str], None] | None = None
+
+    async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        ex = _Exchange()
+        try:
+            await self._serve(ex, context)
+        except asyncio.CancelledError:
+            if ex.outcome is None:
+                ex.outcome = "client_disconnect"
+            raise
+        finally:
+            self._finish(ex)
+
+    async def _serve(self, ex: _Exchange, context: grpc.aio.ServicerContext) -> None:
+        limit = self.settings.max_body_bytes
+        while (msg := await context.read()) is not grpc.aio.EOF:
+            kind = msg.WhichOneof("request")
+            if ex.lease is None and ex.hint is None:
+                ex.hint = messages.subset_hint(msg)
+            if kind == "response_body":
+                body = msg.response_body
+                if body.end_of_stream:
+                    self._response_ended(ex)
+                for resp in messages.body_chunks("response_body", body.body, body.end_of_stream):
+                    await context.write(resp)
+                if body.end_of_stream:
+                    return
+            elif kind == "request_body":
+                body = msg.request_body
+                if len(ex.body) + len(body.body) > limit:
+                    exc = BodyTooLarge(f"the request body is over {limit} bytes")
+                    await context.write(self._reject(ex, exc))
+                    return
+                ex.body += body.body
+                if body.end_of_stream and not await self._route(ex, context, has_body=True):
+                    return
+            elif kind == "request_headers":
+                headers = msg.request_headers
+                self._read_request_headers(ex, headers)
+                if headers.end_of_stream and not await self._route(ex, context, has_body=False):
+                    return
+            elif kind == "response_headers":
+                headers = msg.response_headers
+                ex.status = messages.status_code(headers)
+                if headers.end_of_stream:
+                    self._response_ended(ex)
+                await context.write(messages.RESPONSE_HEADERS_OK)
+                if headers.end_of_stream:
+                    return
+            elif kind == "request_trailers":
+                # Trailers end a body that had no end_of_stream: route now. Had we routed
+                # already, they only need an answer.
+                if ex.lease is not None:
+                    await context.write(messages.REQUEST_TRAILERS_OK)
+                elif not await self._route(ex, context, has_body=True, trailers=True):
+                    return
+            elif kind == "response_trailers":
+                self._response_ended(ex)
+                await context.write(messages.RESPONSE_TRAILERS_OK)
+                return
+
+    # -- the decision ---------------------------------------------------------------------
+
+    def _read_request_headers(self, ex: _Exchange, headers: ep.HttpHeaders) -> None:
+        model_header = self.settings.model_header
+        values = messages.header_values(headers, ("x-request-id", model_header))
+        ex.request_id = values.get("x-request-id") or uuid.uuid4().hex
+        ex.model = values.get(model_header) or None
+
+    async def _route(
+        self,
+        ex: _Exchange,
+        context: grpc.aio.ServicerContext,
+        *,
+        has_body: bool,
+        trailers: bool = False,
+    ) -> bool:
+        """Lease and answer the request phases. False if the request was refused (the
+        ImmediateResponse is sent; the stream should end)."""
+        try:
+            lease = await self._lease(ex, has_body)
+        except RequestRejected as exc:
+            await context.write(self._reject(ex, exc))
+            return False
+        ex.lease = lease
+        ex.granted_at = time.perf_counter()
+        await context.write(messages.routed(lease, len(ex.body) if has_body else None))
+        if has_body:
+            body, ex.body = ex.body, bytearray()
+            for resp in messages.body_chunks("request_body", body, not trailers):
+                await context.write(resp)
+            if trailers:
+                await context.write(messages.REQUEST_TRAILERS_OK)
+        return True
+
+    async def _lease(self, ex: _Exchange, has_body: bool) -> Lease:
+        """A lease for this request. Raises RequestRejected; waits in the pool's queue."""
+        started = time.perf_counter()
+        if not self.serving:
+            raise NotServing("this endpoint picker is not leasing requests now")
+        pool = self._registry.pools.get(self.settings.pool)
+        if pool is None:
+            raise NotServing(f"pool {self.settings.pool!r} is not configured")
+        model = ex.model
+        if has_body:
+            model = choose_model(model, parse_body(ex.body), self.settings.model_header)
+        if model is not None and model not in pool.spec.models:
+            raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served by this pool")
+        eligible = self._eligible(ex, pool)
+        lease = pool.try_acquire(ex.request_id, eligible)
+        waited = 0.0
+        if lease is None:
+            if self.on_queued is not None:
+                self.on_queued(pool.name)
+            wait_start = time.perf_counter()
+            try:
+                lease = await acquire(pool, ex.request_id, eligible)
+            except asyncio.CancelledError:
+                logger.debug("request %s left while waiting in pool %s", ex.request_id, pool.name)
+                raise
+            waited = time.perf_counter() - wait_start
+        self._metrics.pool(pool.name).decided(waited, time.perf_counter() - started - waited)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request %s -> %s lease %s (model %s, waited %.1f ms, subset %s)",
+                ex.request_id, lease.address, lease.id[:8], model, waited * 1e3,
+                "none" if eligible is None else len(eligible),
+            )  # fmt: skip
+        return lease
+
+    def _eligible(self, ex: _Exchange, pool: Pool) -> frozenset[str] | None:
+        if ex.hint is None:
+            return None
+        eligible = messages.eligible_addresses(ex.hint, pool.replicas)
+        if not pool.can_ever_serve(eligible):
+            raise NoEligibleEndpoint(
+                f"no replica of pool {pool.name!r} in the gateway's subset "
+                f"({len(ex.hint)} endpoints) can serve requests"
+            )
+        return eligible
+
+    def _reject(self, ex: _Exchange, exc: RequestRejected) -> ep.ProcessingResponse:
+        ex.outcome = f"rejected_{exc.code}"
+        self._metrics.pool(self.settings.pool).count(ex.outcome)
+        logger.info("request %s rejected: %s (%s)", ex.request_id, exc.code, exc.message)
+        return responses.rejected(exc, ex.request_id)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _response_ended(self, ex: _Exchange) -> None:
+        status = ex.status
+        if status >= 500 or status == 0:
+            ex.outcome = "upstream_error"
+        elif status >= 400:
+            ex.outcome = "client_error"
+        else:
+            ex.outcome = "success"
+        self._release(ex)
+
+    def _finish(self, ex: _Exchange) -> None:
+        """Runs whatever ended the stream: a lease still held is released here."""
+        if ex.lease is not None and ex.lease.ended is None:
+            if ex.outcome is None:
+                # Envoy closed the stream before the response ended: the request failed
+                # between us and the replica, or Envoy gave up on it.
+                ex.outcome = "upstream_error" if ex.status == 0 else "client_disconnect"
+            self._release(ex)
+
+    def _release(self, ex: _Exchange) -> None:
+        lease = ex.lease
+        if lease is None or not lease.release(EndReason.FINISHED):
+            return
+        duration = time.perf_counter() - ex.granted_at
+        outcome = ex.outcome or "success"
+        self._metrics.pool(lease.pool.name).finished(outcome, duration)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request %s ended on %s: %s (status %d), lease %s released after %.1f ms",
+                ex.request_id, lease.address, outcome, ex.status, lease.id[:8], duration * 1e3,
+            )  # fmt: skip
