@@ -18,6 +18,7 @@ from tests.kubeapi import KubeApiServer, api_client
 from tests.kubeapi.resources import INFERENCE_POOLS
 from warmroute.config import Config
 from warmroute.discovery.inference_pool import FAIL_OPEN_WARNING, InferencePoolDiscovery
+from warmroute.k8s.rbac import EPP_REQUIRED
 from warmroute.server import ControlPlane
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import ServiceTime
@@ -142,8 +143,10 @@ async def test_follows_the_inference_pool_through_its_life(rig: Rig) -> None:
         "endpoint_picker": {"kind": "Service", "name": "warmroute-epp", "port": 9002},
         "watch": {"connected": True, "pods_connected": True, "errors": 0},
     }
-    # Only list + watch were needed (no get, no write).
-    assert {verb for (_, verb) in kube.requests} == {"list", "watch"}
+    # Every call falls within deploy/epp's RBAC (only list + watch: no get, no write).
+    groups = {"pods": "", "inferencepools": "inference.networking.k8s.io"}
+    for resource, verb in kube.requests:
+        assert verb in EPP_REQUIRED[(groups[resource], resource)], (resource, verb)
 
 
 async def test_pod_ip_change_and_finished_pods(rig: Rig) -> None:
