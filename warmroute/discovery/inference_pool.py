@@ -138,12 +138,15 @@ class _PoolWatch:
         )  # fmt: skip
         self.pod_watcher: PodWatcher | None = None
         self._stopped: list[ListWatcher] = []  # stopped, not yet joined
+        self._closed = False
 
     def start(self) -> None:
         self.pool_watcher.start()
 
     def stop(self) -> list[ListWatcher]:
-        """Stop watching and remove every replica; returns the watchers to join."""
+        """Stop watching and remove every replica; returns the watchers to join. Results
+        the watchers queued before stopping are ignored."""
+        self._closed = True
         self.pool_watcher.stop()
         self._stop_pods()
         self._members.clear()
@@ -167,6 +170,8 @@ class _PoolWatch:
             self._set(None if kind == "DELETED" else obj)
 
     def _set(self, obj: Obj | None) -> None:
+        if self._closed:
+            return
         spec: InferencePoolSpec | None = None
         self.error = ""
         if obj is not None:
@@ -196,6 +201,12 @@ class _PoolWatch:
             logger.warning(
                 "pool %s: InferencePool %s/%s has failureMode FailOpen: %s",
                 self.pool.name, self.namespace, self.name, FAIL_OPEN_WARNING,
+            )  # fmt: skip
+        if spec.app_protocol != "http" and (old is None or old.app_protocol != spec.app_protocol):
+            logger.warning(
+                "pool %s: InferencePool %s/%s has appProtocol %s; warm probes and metrics "
+                "scrapes speak HTTP/1.1", self.pool.name, self.namespace, self.name,
+                spec.app_protocol,
             )  # fmt: skip
         if old is None or old.target_ports != spec.target_ports:
             self._members.set_ports(spec.target_ports)
