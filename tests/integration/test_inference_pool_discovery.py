@@ -230,8 +230,9 @@ async def test_config_reload_switches_pools_and_an_unusable_pool_has_no_replicas
     assert "spec.targetPorts" in rig.discovery.status()["main"]["error"]
 
 
+@pytest.mark.parametrize("epp", [False, True], ids=["own-envoy", "epp"])
 async def test_control_plane_probes_each_port_and_shows_the_failure_mode(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, epp: bool
 ) -> None:
     kube = KubeApiServer(bookmark_interval=0.2)
     await kube.start()
@@ -242,6 +243,7 @@ async def test_control_plane_probes_each_port_and_shows_the_failure_mode(
             "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
             "kubernetes": {"api_url": kube.url},
             "pools": [pool_config(probe={"path": "/health", "interval_seconds": 0.05})],
+            "epp": {"enabled": epp, "tls": False},  # the picker mode uses the same discovery
         }
     )
     kube.add_inference_pool(NS, "llama", LLAMA, ports, failure_mode="FailOpen")
