@@ -97,9 +97,14 @@ def _cmd_soak(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    from warmroute.sim.__main__ import main as sim_main
+    from warmroute.sim.__main__ import build, run
 
-    sim_main(args.sim_args)
+    try:
+        replica = build(args)
+    except ValueError as exc:
+        print(f"warmroute sim: error: {exc}", file=sys.stderr)
+        return 2
+    run(replica, args)
     return 0
 
 
@@ -160,8 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=_cmd_soak)
 
-    p = sub.add_parser("sim", help="run one simulated GPU replica (see `warmroute sim -h`)")
-    p.add_argument("sim_args", nargs=argparse.REMAINDER)
+    from warmroute.sim.__main__ import DESCRIPTION, add_arguments
+
+    p = sub.add_parser(
+        "sim",
+        help="run one simulated GPU replica (see `warmroute sim -h`)",
+        description=DESCRIPTION,
+    )
+    add_arguments(p)
     p.set_defaults(func=_cmd_sim)
     return parser
 
@@ -169,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    if args.command == "serve" and args.verbose == 0:
+    if args.command in ("serve", "sim") and args.verbose == 0:
         level = logging.INFO
     if args.command == "up" and args.verbose == 0 and (args.quiet or not sys.stdout.isatty()):
         level = logging.INFO  # a live table on a terminal would be scrolled away by logs

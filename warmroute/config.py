@@ -19,7 +19,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -154,10 +156,18 @@ class ReplicaConfig(_Model):
     slots: int | None = Field(default=None, ge=1, le=100_000)
 
 
+Slots = Annotated[int, Field(ge=1, le=100_000)]
+_SLOTS = TypeAdapter(Slots)
+_SLOTS_LIST = TypeAdapter(Annotated[list[Slots], Field(min_length=1)])
+
+
 class SimulateConfig(_Model):
     """Start simulated replicas for this pool (``warmroute up`` only)."""
 
     replicas: int = Field(default=4, ge=0, le=256)
+    # Concurrent requests per simulated replica: one number for all, or a list with one
+    # per replica (`[1, 2, 4]`; its length is `replicas` unless set). Default: the pool's.
+    slots: Slots | list[Slots] | None = None
     host: str = "127.0.0.1"
     base_port: int = Field(default=9001, ge=1, le=65535)
     load_seconds: float = Field(default=2.0, ge=0)
@@ -165,6 +175,43 @@ class SimulateConfig(_Model):
     median_ms: float = Field(default=200.0, gt=0)
     sigma: float = Field(default=0.5, ge=0)
     seed: int | None = None
+    # A request with max_tokens (or max_completion_tokens) takes ttft + tokens * per_token;
+    # one without, a sample of the distribution above.
+    ttft_ms: float = Field(default=20.0, ge=0, le=3_600_000, allow_inf_nan=False)
+    per_token_ms: float = Field(default=5.0, ge=0, le=600_000, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replicas_from_slots(cls, data: Any) -> Any:
+        slots = data.get("slots") if isinstance(data, dict) else None
+        if isinstance(slots, list) and len(slots) > 1 and "replicas" not in data:
+            return {**data, "replicas": len(slots)}
+        return data
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _slots(cls, value: Any, info: ValidationInfo) -> Any:
+        # Validated here so an error names `slots` or `slots[i]`, not a union member.
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            return _SLOTS.validate_python(value)
+        slots = _SLOTS_LIST.validate_python(value)
+        replicas = info.data.get("replicas")
+        if len(slots) > 1 and replicas is not None and len(slots) != replicas:
+            raise ValueError(
+                f"lists {len(slots)} slot counts for {replicas} replicas: give one per "
+                "replica, or a single number for all"
+            )
+        return slots
+
+    def slots_of(self, index: int, default: int) -> int:
+        """Slots of simulated replica ``index``; ``default`` (the pool's) if none are set."""
+        if self.slots is None:
+            return default
+        if isinstance(self.slots, int):
+            return self.slots
+        return self.slots[index] if len(self.slots) > 1 else self.slots[0]
 
 
 class ScaleTarget(_Model):
@@ -238,6 +285,18 @@ class PoolConfig(_Model):
     metrics: ScrapeConfig | None = None
 
     @model_validator(mode="after")
+    def _simulated_slots_cover_autoscale(self) -> PoolConfig:
+        sim, scale = self.simulate, self.autoscale
+        listed = len(sim.slots) if sim and isinstance(sim.slots, list) else 0
+        if scale and 1 < listed < scale.max_replicas:
+            raise ValueError(
+                f"simulate.slots lists {listed} slot counts but autoscale.max_replicas "
+                f"is {scale.max_replicas}: list one per replica the scaler may start, or give "
+                "a single number"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _one_source(self) -> PoolConfig:
         if self.kubernetes is not None and (self.replicas or self.simulate):
             raise ValueError(
@@ -294,8 +353,13 @@ class PoolConfig(_Model):
         if sim is None or self.autoscale is not None:
             return []
         return [
-            ReplicaConfig(address=f"{sim.host}:{sim.base_port + i}") for i in range(sim.replicas)
+            ReplicaConfig(address=f"{sim.host}:{sim.base_port + i}", slots=self.simulated_slots(i))
+            for i in range(sim.replicas)
         ]
+
+    def simulated_slots(self, index: int) -> int:
+        """Slots of simulated replica ``index`` (``simulate.slots``, else the pool's)."""
+        return self.simulate.slots_of(index, self.slots) if self.simulate else self.slots
 
     def all_replicas(self) -> list[ReplicaConfig]:
         return [*self.replicas, *self.simulated_replicas()]

@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers import wait_for
 from warmroute.sim import ServiceTime, SimReplica, SimStats, render_metrics
+from warmroute.sim.openai_api import text
 
 ROOT = Path(__file__).resolve().parents[2]
 Start = Callable[..., Awaitable[tuple[SimReplica, str]]]
@@ -141,7 +142,9 @@ async def test_json_slot_is_free_before_the_response_arrives(
         assert replica.stats().in_flight == 0
         assert resp.headers["x-sim-replica"] == replica.address
         body = await resp.json()
-    assert body == {
+    # OpenAI's shape, plus which replica served it, for whom and how long.
+    assert body["object"] == "text_completion" and body["choices"][0]["finish_reason"] == "stop"
+    assert {k: body[k] for k in ("replica", "model", "request_id", "service_ms")} == {
         "replica": replica.address,
         "model": "m1",
         "request_id": "r-1",
@@ -166,10 +169,17 @@ async def test_sse_stream_sends_n_events_then_done(
                     # The last event is here: the slot must already be free.
                     assert replica.stats().in_flight == 0
 
+    # The header asks for exactly 4 events: OpenAI chunks, the role in the first and the
+    # finish reason in the last.
     assert len(events) == 5 and events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
-    assert [chunk["index"] for chunk in chunks] == [0, 1, 2, 3]
-    assert {chunk["request_id"] for chunk in chunks} == {"s-1"}
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks]
+    assert deltas[0]["role"] == "assistant" and all("role" not in d for d in deltas[1:])
+    assert "".join(d["content"] for d in deltas) == text(4)
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
+    assert replica.last_headers["x-request-id"] == "s-1"
     counters = await stats(session, base)
     assert (counters["in_flight"], counters["completed"], counters["cancelled"]) == (0, 1, 0)
 
@@ -310,7 +320,7 @@ async def test_headers_reach_the_replica_and_every_response_is_tagged(
 ) -> None:
     replica, base = await start()
     headers = {"X-Request-Id": "abc", "X-Warmroute-Lease": "7"}
-    async with session.get(f"{base}/v1/models", headers=headers) as resp:
+    async with session.get(f"{base}/v1/anything", headers=headers) as resp:
         assert resp.status == 200
         assert (await resp.json())["request_id"] == "abc"
     assert replica.last_headers["x-request-id"] == "abc"

@@ -34,9 +34,10 @@ class LocalScaler:
             while index in procs:
                 index += 1
             logger.info("starting simulated replica %s", self._address(pool, index))
-            procs[index] = await process.spawn(pool, index, pool.slots)
+            slots = pool.simulated_slots(index)
+            procs[index] = await process.spawn(pool, index, slots)
             address = f"{sim.host}:{sim.base_port + index}"
-            self._prober.set(Target(pool.name, address, pool.slots, pool.probe), Readiness.READY)
+            self._prober.set(Target(pool.name, address, slots, pool.probe), Readiness.READY)
         costs = self._costs.get(pool.name, {})
         while len(procs) > replicas:
             index = min(procs, key=lambda i: (costs.get(self._address(pool, i), 0), -i))

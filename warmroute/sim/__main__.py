@@ -1,6 +1,8 @@
 """Run one simulated replica until SIGINT/SIGTERM: ``python -m warmroute.sim --port 9001``.
 
-:func:`main` is the entry point, reusable by the ``warmroute`` CLI with its own ``argv``.
+:func:`main` is the entry point; ``warmroute sim`` builds its subcommand with
+:func:`add_arguments` and runs it with :func:`build` and :func:`run`, so both take the same
+options.
 """
 
 from __future__ import annotations
@@ -8,36 +10,93 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
+from collections.abc import Callable
 
 from warmroute.children import adopt_parent_death
 from warmroute.sim.replica import SimReplica
-from warmroute.sim.service_time import DISTRIBUTIONS, parse_service_time
+from warmroute.sim.service_time import DISTRIBUTIONS, TokenTiming, parse_service_time
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = (
+    "Simulated GPU model server: fixed slots and no queue, a cold start (/health 503 while "
+    "loading), vLLM-style /metrics, and the OpenAI API (/v1/completions, /v1/chat/completions "
+    "with stream: true as SSE, /v1/embeddings, /v1/models). A request with max_tokens takes "
+    "ttft + max_tokens x per-token; one without, a sample of the service-time distribution."
+)
+_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
-def _parser(prog: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Simulated GPU model server: fixed slots, no queue, a cold start, "
-        "vLLM-style /metrics.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="port, 0 for any (%(default)s)")
-    parser.add_argument("--slots", type=int, default=1, help="concurrent requests (%(default)s)")
-    parser.add_argument(
-        "--load-seconds", type=float, default=0.0, help="cold start before warm (%(default)s)"
-    )
-    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="fixed")
-    parser.add_argument("--median-ms", type=float, default=100.0, help="(%(default)s)")
-    parser.add_argument("--sigma", type=float, default=0.0, help="lognormal only (%(default)s)")
-    parser.add_argument("--seed", type=int, default=None, help="RNG seed (random if unset)")
-    parser.add_argument("--model", default="sim-model", help="model name (%(default)s)")
-    parser.add_argument(
-        "--log-level", type=str.upper, default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
-    return parser
+
+def _number(
+    low: float, *, above: bool = False, kind: Callable[[str], float] = float
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number >= ``low`` (> ``low`` if ``above``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (above and value == low):
+            bound = f"> {low}" if above else f">= {low}"
+            noun = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The replica's options (every one has a default)."""
+    timing = TokenTiming()
+    add = parser.add_argument
+    # fmt: off
+    add("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    add("--port", type=_number(0, kind=int), default=8000, metavar="N",
+        help="port to listen on, 0 for any free one (default %(default)s)")
+    add("--slots", type=_number(1, kind=int), default=1, metavar="N",
+        help="concurrent requests; one more is refused with 503 (default %(default)s)")
+    add("--load-seconds", type=_number(0), default=0.0, metavar="S",
+        help="cold start: /health answers 503 this long (default %(default)s)")
+    add("--distribution", choices=DISTRIBUTIONS, default="fixed",
+        help="service time of a request without max_tokens (default %(default)s)")
+    add("--median-ms", type=_number(0, above=True), default=100.0, metavar="MS",
+        help="its median (default %(default)s)")
+    add("--sigma", type=_number(0), default=0.0, metavar="X",
+        help="lognormal only: standard deviation of its log (default %(default)s)")
+    add("--seed", type=int, default=None, metavar="N", help="random seed (default: random)")
+    add("--model", "--models", dest="models", nargs="+", action="extend", metavar="NAME",
+        help="served model name(s), repeatable; the first is the default (default sim-model)")
+    add("--ttft-ms", type=_number(0), default=timing.ttft_ms, metavar="MS",
+        help="with max_tokens: time to the first token (default %(default)s)")
+    add("--per-token-ms", type=_number(0), default=timing.per_token_ms, metavar="MS",
+        help="with max_tokens: time per token (default %(default)s)")
+    add("--log-level", type=str.upper, choices=_LEVELS, default=None,
+        help="DEBUG logs one line per request (default INFO)")
+    # fmt: on
+
+
+def build(args: argparse.Namespace) -> SimReplica:
+    """The replica ``args`` (from a parser with :func:`add_arguments`) describe. Raises
+    :class:`ValueError` for an option the parser's checks let through (an empty model name)."""
+    service = parse_service_time(args.distribution, args.median_ms, args.sigma)
+    timing = TokenTiming(args.ttft_ms, args.per_token_ms)
+    models = args.models or ["sim-model"]
+    return SimReplica(args.slots, args.load_seconds, service, args.seed, models, timing)
+
+
+def run(replica: SimReplica, args: argparse.Namespace) -> None:
+    """Serve ``replica`` on ``--host``/``--port`` until SIGINT/SIGTERM, logging at
+    ``--log-level`` (INFO unless set). Raises :class:`OSError` if the bind fails."""
+    adopt_parent_death()  # started by `warmroute up` or the local scaler: die with it
+    logging.basicConfig(
+        level=args.log_level or "INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )  # a no-op under `warmroute sim`, whose logging is already set up
+    if args.log_level:
+        logging.getLogger().setLevel(args.log_level)
+    asyncio.run(_serve(replica, args.host, args.port))
 
 
 async def _serve(replica: SimReplica, host: str, port: int) -> None:
@@ -60,20 +119,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Parse ``argv`` (default ``sys.argv[1:]``), run one replica until SIGINT/SIGTERM.
 
     Bad arguments exit with status 2 and a usage message, as argparse does; a failed bind
-    raises :class:`OSError`. Configures logging only if the root logger has no handler yet.
+    raises :class:`OSError`.
     """
-    adopt_parent_death()  # started by `warmroute up` or the local scaler: die with it
-    parser = _parser(prog)
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        service = parse_service_time(args.distribution, args.median_ms, args.sigma)
-        replica = SimReplica(args.slots, args.load_seconds, service, args.seed, args.model)
+        replica = build(args)
     except ValueError as exc:
         parser.error(str(exc))
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    asyncio.run(_serve(replica, args.host, args.port))
+    run(replica, args)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,31 @@ from warmroute.children import child_env
 from warmroute.config import PoolConfig
 
 
-async def spawn(pool: PoolConfig, index: int, slots: int) -> asyncio.subprocess.Process:
-    """Start replica ``index`` of ``pool`` on ``simulate.base_port + index``."""
+def sim_args(pool: PoolConfig, index: int, slots: int | None = None) -> list[str]:
+    """``warmroute.sim`` arguments for replica ``index`` of ``pool``: on ``simulate.base_port
+    + index``, serving every model of the pool, with ``slots`` (default: the replica's own,
+    ``pool.simulated_slots(index)``). Raises :class:`ValueError` without ``simulate``."""
     sim = pool.simulate
     if sim is None:
         raise ValueError(f"pool {pool.name} has no `simulate` section")
+    slots = pool.simulated_slots(index) if slots is None else slots
     args = [
-        "-m", "warmroute.sim", "--host", sim.host, "--port", str(sim.base_port + index),
+        "--host", sim.host, "--port", str(sim.base_port + index),
         "--slots", str(slots), "--load-seconds", str(sim.load_seconds),
         "--distribution", sim.distribution, "--median-ms", str(sim.median_ms),
-        "--sigma", str(sim.sigma), "--model", pool.models[0],
+        "--sigma", str(sim.sigma), "--ttft-ms", str(sim.ttft_ms),
+        "--per-token-ms", str(sim.per_token_ms), "--model", *pool.models,
     ]  # fmt: skip
     if sim.seed is not None:
         args += ["--seed", str(sim.seed + index)]
+    return args
+
+
+async def spawn(
+    pool: PoolConfig, index: int, slots: int | None = None
+) -> asyncio.subprocess.Process:
+    """Start replica ``index`` of ``pool`` (see :func:`sim_args`) as a child that dies with us."""
+    args = ["-m", "warmroute.sim", *sim_args(pool, index, slots)]
     return await asyncio.create_subprocess_exec(
         sys.executable,
         *args,

@@ -8,6 +8,9 @@ once, as ``completed`` (service time ran out, whatever status is simulated) or `
 (client gone first), and *before* the final bytes are written, so a router that frees its lease
 when the client has the last byte never finds the replica still busy. So between resets:
 ``received == received_while_loading + received_while_full + completed + cancelled + in_flight``.
+The OpenAI paths (``openai_api.PATHS``) follow the same contract; a body they refuse is answered
+400 and not counted, like a malformed header, and ``GET /v1/models`` takes no slot and is not
+counted. Every request under ``/v1/`` is recorded first (``received.RequestLog``).
 """
 
 from __future__ import annotations
@@ -18,16 +21,21 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from warmroute.sim.service_time import ServiceTime
+from warmroute.sim import openai_api
+from warmroute.sim.openai_api import ApiRequest, ChunkStream, InvalidRequest, Reply
+from warmroute.sim.received import ReceivedRequest, RequestLog
+from warmroute.sim.service_time import Generation, ServiceTime, TokenTiming, plan_generation
 
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE = 0.25  # stop() gives in-flight requests 2x this (aiohttp waits twice)
+MAX_BODY_BYTES = 256 * 1024 * 1024  # larger request bodies are refused with 413 (aiohttp: 1 MiB)
 
 
 @dataclasses.dataclass(slots=True)
@@ -85,6 +93,31 @@ def _header(
     return value
 
 
+class _Events(Protocol):
+    """The ``data:`` events of one stream: ``head`` at once, one per token, ``tail`` last."""
+
+    head: list[dict[str, Any]]
+    tail: list[dict[str, Any]]
+
+    def token(self, index: int) -> dict[str, Any]: ...
+
+
+class _LegacyEvents:
+    """A stream on a path that is not OpenAI's: ``{replica, model, request_id, index, text}``."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self._info = info
+        self.head: list[dict[str, Any]] = []
+        self.tail: list[dict[str, Any]] = []
+
+    def token(self, index: int) -> dict[str, Any]:
+        return {**self._info, "index": index, "text": f" tok{index}"}
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
 class SimReplica:
     """One simulated model server with ``slots`` concurrent requests and no queue.
 
@@ -99,15 +132,28 @@ class SimReplica:
         load_seconds: float,
         service: ServiceTime,
         seed: int | None,
-        model: str = "sim-model",
+        model: str | Sequence[str] = "sim-model",
+        timing: TokenTiming | None = None,
     ) -> None:
-        """Raises :class:`ValueError` unless ``slots >= 1`` and ``load_seconds >= 0``."""
+        """``model``: the served model name(s), the first is the default and the metrics label.
+        ``service`` times requests without ``max_tokens``; ``timing`` those with it.
+
+        Raises :class:`ValueError` unless ``slots >= 1``, ``load_seconds >= 0`` and there is
+        at least one non-empty model name.
+        """
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if not 0 <= load_seconds < math.inf:
             raise ValueError(f"load_seconds must be a finite number >= 0, got {load_seconds}")
-        self._load_seconds, self._service, self._model = load_seconds, service, model
+        models = (model,) if isinstance(model, str) else tuple(model)
+        if not models or not all(models):
+            raise ValueError(f"model needs at least one non-empty name, got {model!r}")
+        self._load_seconds, self._service, self._models = load_seconds, service, models
+        self._model = models[0]
+        self._timing = timing if timing is not None else TokenTiming()
         self._rng = random.Random(seed)
+        self._log = RequestLog()
+        self._started_at = int(time.time())
         self._stats = SimStats(slots=slots)
         self._address = "unstarted"
         self._runner: web.AppRunner | None = None
@@ -121,9 +167,18 @@ class SimReplica:
         """``host:port`` as bound by :meth:`start`; the value of ``x-sim-replica``."""
         return self._address
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The served model names, as ``GET /v1/models`` lists them."""
+        return self._models
+
     def stats(self) -> SimStats:
         """A copy of the counters; ``warm`` turns True ``load_seconds`` after :meth:`start`."""
         return dataclasses.replace(self._stats)
+
+    def received(self) -> tuple[ReceivedRequest, ...]:
+        """The last requests under ``/v1/`` (at most 64), oldest first, as ``GET /received``."""
+        return self._log.entries()
 
     def set_healthy(self, healthy: bool) -> None:
         """Force ``GET /health`` to 503 (``False``) or back to normal; inference is unaffected."""
@@ -132,12 +187,14 @@ class SimReplica:
 
     def reset(self) -> None:
         """Zero every counter but ``in_flight`` (``max_in_flight`` restarts from it) and forget
-        ``last_headers``. In place, so slots held across a reset are released into it."""
+        ``last_headers`` and :meth:`received`. In place, so slots held across a reset are
+        released into it."""
         s = self._stats
         s.received = s.received_while_full = s.received_while_loading = 0
         s.completed = s.cancelled = 0
         s.max_in_flight = s.in_flight
         self.last_headers = {}
+        self._log.clear()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen (``port=0`` picks a free port), return the bound port; warm in ``load_seconds``.
@@ -146,13 +203,15 @@ class SimReplica:
         """
         if self._runner is not None:
             raise RuntimeError(f"sim replica {self._address} is already started")
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.on_response_prepare.append(self._tag_response)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/stats", self._stats_json)
+        app.router.add_get("/received", self._received_json)
         app.router.add_post("/admin/health", self._admin_health)
         app.router.add_post("/admin/reset", self._admin_reset)
+        app.router.add_get("/v1/models", self._list_models, allow_head=False)
         app.router.add_post("/v1/{tail:.*}", self._inference)
         app.router.add_get("/v1/{tail:.*}", self._inference, allow_head=False)
         # handler_cancellation: a client (Envoy) dropping the connection cancels the handler,
@@ -167,6 +226,7 @@ class SimReplica:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._started_at = int(time.time())
         bound: int = runner.addresses[0][1]
         self._address = f"{host}:{bound}"
         logger.info("sim replica %s listening: %s %s", self._address, self._model, self._stats)
@@ -203,6 +263,19 @@ class SimReplica:
     async def _stats_json(self, _: web.Request) -> web.Response:
         return web.json_response(dataclasses.asdict(self._stats))
 
+    async def _received_json(self, _: web.Request) -> web.Response:
+        return web.json_response({"requests": [r.to_json() for r in self._log.entries()]})
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        self._record(request, b"")
+        return web.json_response(openai_api.models(self._models, self._started_at))
+
+    def _record(self, request: web.Request, body: bytes) -> dict[str, str]:
+        """Log the request; its headers, names lower-cased as Envoy sends them, repeats joined."""
+        headers = {k.lower(): ", ".join(request.headers.getall(k)) for k in request.headers}
+        self._log.record(request.method, request.path, headers, body)
+        return headers
+
     async def _metrics(self, _: web.Request) -> web.Response:
         text = render_metrics(self._model, self._stats)
         content_type = "text/plain; version=0.0.4; charset=utf-8"
@@ -223,8 +296,9 @@ class SimReplica:
         return await self._stats_json(request)
 
     async def _inference(self, request: web.Request) -> web.StreamResponse:
-        await request.read()  # a real server parses the prompt before admitting the request
-        headers, rid = request.headers, request.headers.get("x-request-id")
+        body = await request.read()  # a real server parses the prompt before admitting it
+        headers = self._record(request, body)
+        rid = headers.get("x-request-id")
         try:
             ms = _header(headers, "x-sim-service-ms", float, 0, math.inf)
             status = int(_header(headers, "x-sim-status", int, 200, 599) or 200)  # absent: 200
@@ -232,9 +306,16 @@ class SimReplica:
         except ValueError as exc:
             logger.warning("sim replica %s request %s: %s", self._address, rid, exc)
             return web.json_response({"error": str(exc)}, status=400)
+        api: ApiRequest | None = None
+        if request.method == "POST" and (kind := openai_api.PATHS.get(request.path)):
+            try:
+                api = openai_api.parse_request(kind, body, self._model)
+            except InvalidRequest as exc:
+                logger.info("sim replica %s request %s: 400 %s", self._address, rid, exc)
+                return web.json_response(exc.body(), status=400)
         stats = self._stats
         stats.received += 1
-        self.last_headers = {k.lower(): ", ".join(headers.getall(k)) for k in headers}
+        self.last_headers = headers
         if not stats.warm:
             stats.received_while_loading += 1
             logger.debug("sim replica %s request %s: refused, loading", self._address, rid)
@@ -244,37 +325,81 @@ class SimReplica:
             logger.debug("sim replica %s request %s: refused, full", self._address, rid)
             return web.json_response({"error": "replica full"}, status=503)
         slot = _Slot(stats)
+        admitted = asyncio.get_running_loop().time()
         try:
-            service_s = self._service.sample(self._rng) if ms is None else ms / 1000
-            logger.debug("sim replica %s request %s: %.1f ms", self._address, rid, service_s * 1e3)
-            info = {"replica": self._address, "model": self._model, "request_id": rid}
-            if chunks is None or status != 200:
-                await asyncio.sleep(service_s)
-                slot.release(completed=True)
-                body: dict[str, Any] = {**info, "service_ms": service_s * 1000}
-                if status >= 400:
-                    body["error"] = f"simulated status {status}"
-                return web.json_response(body, status=status)
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            gen = plan_generation(
+                self._service,
+                self._timing,
+                self._rng,
+                max_tokens=api.max_tokens if api else None,
+                tokens=None if chunks is None else int(chunks),
+                service_ms=ms,
             )
-            try:
-                await response.prepare(request)
-                for index in range(int(chunks)):
-                    await asyncio.sleep(service_s / chunks)
-                    event = json.dumps({**info, "index": index, "text": f" tok{index}"})
-                    await response.write(f"data: {event}\n\n".encode())
-                if not chunks:
-                    await asyncio.sleep(service_s)
+            logger.debug(
+                "sim replica %s request %s: %.1f ms, %d tokens",
+                self._address, rid, gen.service_s * 1e3, gen.tokens,
+            )  # fmt: skip
+            info = {"replica": self._address, "model": self._model, "request_id": rid}
+            extra = {"replica": self._address, "request_id": rid, "service_ms": gen.service_s * 1e3}
+            if status != 200 or (api is None and chunks is None):
+                await self._sleep_until(admitted + gen.service_s)
                 slot.release(completed=True)
-                await response.write(b"data: [DONE]\n\n")
-                await response.write_eof()
-            except ConnectionResetError:
-                pass  # the disconnect surfaced in a write, not as a cancellation
-            return response
+                result: dict[str, Any] = {**info, "service_ms": gen.service_s * 1000}
+                if status >= 400:
+                    result["error"] = f"simulated status {status}"
+                return web.json_response(result, status=status)
+            if api is None:
+                return await self._stream(request, slot, gen, _LegacyEvents(info), admitted)
+            reply = Reply.new(api)
+            if api.kind == "embedding":
+                await self._sleep_until(admitted + gen.service_s)
+                slot.release(completed=True)
+                return web.json_response({**reply.embeddings(), **extra})
+            limited = api.max_tokens is not None and gen.tokens >= api.max_tokens
+            finish = "length" if limited else "stop"
+            if api.stream or chunks is not None:
+                events = ChunkStream(reply, gen.tokens, finish, framed=chunks is None)
+                return await self._stream(request, slot, gen, events, admitted)
+            await self._sleep_until(admitted + gen.service_s)
+            slot.release(completed=True)
+            return web.json_response({**reply.completion(gen.tokens, finish), **extra})
         finally:
             if slot.release(completed=False):
                 logger.debug("sim replica %s request %s: cancelled", self._address, rid)
+
+    @staticmethod
+    async def _sleep_until(deadline: float) -> None:
+        await asyncio.sleep(deadline - asyncio.get_running_loop().time())
+
+    async def _stream(
+        self,
+        request: web.Request,
+        slot: _Slot,
+        gen: Generation,
+        events: _Events,
+        admitted: float,
+    ) -> web.StreamResponse:
+        """SSE: each token's event when it is due, the slot released after the last one's
+        service time, then the tail and ``data: [DONE]``."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        try:
+            await response.prepare(request)
+            for event in events.head:
+                await response.write(_sse(event))
+            for index in range(gen.tokens):
+                await self._sleep_until(admitted + gen.due(index))
+                await response.write(_sse(events.token(index)))
+            await self._sleep_until(admitted + gen.service_s)
+            slot.release(completed=True)
+            for event in events.tail:
+                await response.write(_sse(event))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the disconnect surfaced in a write, not as a cancellation
+        return response
 
 
 def render_metrics(model: str, stats: SimStats) -> str:
