@@ -2,30 +2,59 @@
 
 Public surface: :class:`SimReplica` (fixed slots, no queue, a cold start), :class:`SimStats`
 (its counters), :func:`render_metrics`, :class:`ServiceTime` and :func:`parse_service_time`
-(how long a request holds a slot). From the shell: ``python -m warmroute.sim --help``.
+(how long a request without ``max_tokens`` holds a slot), :class:`TokenTiming` (how long one
+with it does), :class:`ReceivedRequest` (what arrived). From the shell: ``warmroute sim --help``
+(or ``python -m warmroute.sim``).
 
 Endpoints (every response carries ``x-sim-replica: <host:port>``):
 
 * ``GET /health``: 503 ``{"status": "loading"}`` until ``load_seconds`` after start, 503
   ``{"status": "unhealthy"}`` while toggled off, else 200 ``{"status": "ok"}``.
-* ``POST``/``GET /v1/...``: inference. 503 ``{"error": "loading"}`` or ``{"error": "replica
-  full"}`` at once; otherwise a slot is held for the service time, then 200 JSON
-  ``{"replica", "model", "request_id", "service_ms"}`` (``request_id`` is ``x-request-id``).
+* ``POST /v1/completions``, ``/v1/chat/completions``, ``/v1/embeddings``: the OpenAI API
+  (``openai_api``). 503 ``{"error": "loading"}`` or ``{"error": "replica full"}`` at once;
+  otherwise a slot is held while the response is generated: ``ttft_ms + max_tokens *
+  per_token_ms`` when the body sets ``max_tokens`` (or ``max_completion_tokens``), else a
+  sample of the service-time distribution (16 tokens). The body's ``model`` is echoed (default:
+  the first served model); ``"stream": true`` answers SSE ``chat.completion.chunk`` /
+  ``text_completion`` chunks, one per token as it is due, a usage chunk if
+  ``stream_options.include_usage``, then ``data: [DONE]``. Non-streamed answers add
+  ``replica``, ``request_id`` (``x-request-id``) and ``service_ms`` to OpenAI's fields. A body
+  that is not a JSON object, or a known field of the wrong type, is answered 400
+  ``{"error": {"message", "type": "invalid_request_error", "param", "code"}}`` and not counted.
+  An empty body counts as ``{}``.
+* ``GET /v1/models``: the served models in OpenAI's list format; takes no slot, not counted.
+* Any other ``POST``/``GET /v1/...``: inference as before the OpenAI API, answered 200 JSON
+  ``{"replica", "model", "request_id", "service_ms"}`` after a sampled service time.
 * ``GET /metrics``: Prometheus text, ``vllm:num_requests_running``, ``vllm:num_requests_waiting``
   (always 0), ``vllm:gpu_cache_usage_perc`` (in_flight/slots) and ``sim_*`` counters.
 * ``GET /stats``: the :class:`SimStats` fields as JSON.
+* ``GET /received``: ``{"requests": [...]}``, the last 64 requests under ``/v1/`` (method, path,
+  headers with credentials redacted, body length and SHA-256, the body itself up to 64 KiB).
 * ``POST /admin/health`` with ``{"healthy": false|true}``; ``POST /admin/reset`` zeroes the
-  counters except ``in_flight`` and returns the stats.
+  counters except ``in_flight``, forgets the received requests, and returns the stats.
 
-Inference request headers (a malformed one is answered 400 and not counted):
+Test headers on inference requests, overriding the above (a malformed one is answered 400 and
+not counted):
 
-* ``x-sim-service-ms``: service time in ms instead of a sample from the distribution;
-* ``x-sim-status``: answer this status (200..599) after the service time, JSON body;
-* ``x-sim-stream-chunks: N``: answer ``text/event-stream`` with N ``data: {...}`` events spread
-  over the service time, then ``data: [DONE]`` (ignored when ``x-sim-status`` is not 200).
+* ``x-sim-service-ms``: service time in ms instead of the planned one (tokens spread evenly);
+* ``x-sim-status``: answer this status (200..599) after the service time, JSON body
+  ``{"replica", "model", "request_id", "service_ms", "error"}``;
+* ``x-sim-stream-chunks: N``: answer ``text/event-stream`` with exactly N ``data:`` events spread
+  over the service time, then ``data: [DONE]`` (ignored when ``x-sim-status`` is not 200). On
+  the OpenAI paths they are N chunks of N tokens, the role in the first and ``finish_reason`` in
+  the last; elsewhere ``{"replica", "model", "request_id", "index", "text"}``.
 """
 
+from warmroute.sim.received import ReceivedRequest
 from warmroute.sim.replica import SimReplica, SimStats, render_metrics
-from warmroute.sim.service_time import ServiceTime, parse_service_time
+from warmroute.sim.service_time import ServiceTime, TokenTiming, parse_service_time
 
-__all__ = ["ServiceTime", "SimReplica", "SimStats", "parse_service_time", "render_metrics"]
+__all__ = [
+    "ReceivedRequest",
+    "ServiceTime",
+    "SimReplica",
+    "SimStats",
+    "TokenTiming",
+    "parse_service_time",
+    "render_metrics",
+]

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
+import functools
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from warmroute.sim import openai_api
 from warmroute.sim.openai_api import ApiRequest, ChunkStream, InvalidRequest, Reply
 from warmroute.sim.received import ReceivedRequest, RequestLog
-from warmroute.sim.service_time import Generation, ServiceTime, TokenTiming, plan_generation
+from warmroute.sim.service_time import ServiceTime, TokenTiming, plan_generation
+from warmroute.sim.sse import LegacyEvents, sleep_until, stream
 
 logger = logging.getLogger(__name__)
 
@@ -91,31 +92,6 @@ def _header(
         kind = "an integer" if parse is int else "a number"
         raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {raw!r}")
     return value
-
-
-class _Events(Protocol):
-    """The ``data:`` events of one stream: ``head`` at once, one per token, ``tail`` last."""
-
-    head: list[dict[str, Any]]
-    tail: list[dict[str, Any]]
-
-    def token(self, index: int) -> dict[str, Any]: ...
-
-
-class _LegacyEvents:
-    """A stream on a path that is not OpenAI's: ``{replica, model, request_id, index, text}``."""
-
-    def __init__(self, info: dict[str, Any]) -> None:
-        self._info = info
-        self.head: list[dict[str, Any]] = []
-        self.tail: list[dict[str, Any]] = []
-
-    def token(self, index: int) -> dict[str, Any]:
-        return {**self._info, "index": index, "text": f" tok{index}"}
-
-
-def _sse(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
 class SimReplica:
@@ -326,6 +302,7 @@ class SimReplica:
             return web.json_response({"error": "replica full"}, status=503)
         slot = _Slot(stats)
         admitted = asyncio.get_running_loop().time()
+        done = functools.partial(slot.release, completed=True)
         try:
             gen = plan_generation(
                 self._service,
@@ -342,64 +319,31 @@ class SimReplica:
             info = {"replica": self._address, "model": self._model, "request_id": rid}
             extra = {"replica": self._address, "request_id": rid, "service_ms": gen.service_s * 1e3}
             if status != 200 or (api is None and chunks is None):
-                await self._sleep_until(admitted + gen.service_s)
-                slot.release(completed=True)
+                await sleep_until(admitted + gen.service_s)
+                done()
                 result: dict[str, Any] = {**info, "service_ms": gen.service_s * 1000}
                 if status >= 400:
                     result["error"] = f"simulated status {status}"
                 return web.json_response(result, status=status)
             if api is None:
-                return await self._stream(request, slot, gen, _LegacyEvents(info), admitted)
+                legacy = LegacyEvents(info)
+                return await stream(request, gen, legacy, admitted, done)
             reply = Reply.new(api)
             if api.kind == "embedding":
-                await self._sleep_until(admitted + gen.service_s)
-                slot.release(completed=True)
+                await sleep_until(admitted + gen.service_s)
+                done()
                 return web.json_response({**reply.embeddings(), **extra})
             limited = api.max_tokens is not None and gen.tokens >= api.max_tokens
             finish = "length" if limited else "stop"
             if api.stream or chunks is not None:
                 events = ChunkStream(reply, gen.tokens, finish, framed=chunks is None)
-                return await self._stream(request, slot, gen, events, admitted)
-            await self._sleep_until(admitted + gen.service_s)
-            slot.release(completed=True)
+                return await stream(request, gen, events, admitted, done)
+            await sleep_until(admitted + gen.service_s)
+            done()
             return web.json_response({**reply.completion(gen.tokens, finish), **extra})
         finally:
             if slot.release(completed=False):
                 logger.debug("sim replica %s request %s: cancelled", self._address, rid)
-
-    @staticmethod
-    async def _sleep_until(deadline: float) -> None:
-        await asyncio.sleep(deadline - asyncio.get_running_loop().time())
-
-    async def _stream(
-        self,
-        request: web.Request,
-        slot: _Slot,
-        gen: Generation,
-        events: _Events,
-        admitted: float,
-    ) -> web.StreamResponse:
-        """SSE: each token's event when it is due, the slot released after the last one's
-        service time, then the tail and ``data: [DONE]``."""
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        try:
-            await response.prepare(request)
-            for event in events.head:
-                await response.write(_sse(event))
-            for index in range(gen.tokens):
-                await self._sleep_until(admitted + gen.due(index))
-                await response.write(_sse(events.token(index)))
-            await self._sleep_until(admitted + gen.service_s)
-            slot.release(completed=True)
-            for event in events.tail:
-                await response.write(_sse(event))
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the disconnect surfaced in a write, not as a cancellation
-        return response
 
 
 def render_metrics(model: str, stats: SimStats) -> str:
