@@ -417,3 +417,30 @@ async def test_tls_from_configured_files(tmp_path: Any) -> None:
         await wait_for(lambda: _leases(plane) == 0, what="lease released")
     finally:
         await plane.stop()
+
+
+async def test_body_ended_by_request_trailers(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    """With trailers, no body chunk carries end_of_stream: the trailers end the body."""
+    call = ep_grpc.ExternalProcessorStub(channel).Process()
+    body = _prompt(150_000)
+    await call.write(_headers("t1"))
+    for start in range(0, len(body), 50_000):
+        await call.write(_body(body[start : start + 50_000], False))
+    trailers = ep.ProcessingRequest()
+    trailers.request_trailers.SetInParent()
+    await call.write(trailers)
+    header, meta, _ = _destination(await call.read())
+    assert header == meta
+    echoed = bytearray()
+    while True:
+        resp = await call.read()
+        if resp.HasField("request_trailers"):
+            break
+        streamed = resp.request_body.response.body_mutation.streamed_response
+        assert not streamed.end_of_stream  # the trailers that follow end the body
+        echoed += streamed.body
+    assert echoed == body
+    await _finish_response(call)
+    assert _leases(plane) == 0
