@@ -344,8 +344,14 @@ async def test_too_large_body_refused_with_413() -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as ch:
             call = ep_grpc.ExternalProcessorStub(ch).Process()
-            first, _ = await _send_request(call, "big", _prompt(5000), chunk=1000)
-            assert _error(first) == (413, "body_too_large")
+            body = _prompt(5000)
+            await call.write(_headers("big"))
+            for start in range(0, len(body), 1000):
+                try:
+                    await call.write(_body(body[start : start + 1000], start + 1000 >= len(body)))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    break  # refused mid-body: the stream is already closed
+            assert _error(await call.read()) == (413, "body_too_large")
             assert _leases(plane) == 0
     finally:
         await plane.stop()
