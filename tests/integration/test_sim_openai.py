@@ -229,8 +229,9 @@ async def test_models_list_takes_no_slot(start: Start) -> None:
 async def test_slot_is_held_for_the_whole_stream_and_freed_before_it_ends(
     start: Start, session: aiohttp.ClientSession
 ) -> None:
-    replica, base = await start(slots=1)
-    body = {"model": "m1", "max_tokens": 5, "stream": True}
+    # Long enough that the check made after the role chunk always lands mid-stream.
+    replica, base = await start(slots=1, ttft_ms=0.0, per_token_ms=1000.0)
+    body = {"model": "m1", "max_tokens": 2, "stream": True}
     busy_seen = finish_seen = False
     async with session.post(f"{base}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200
@@ -293,7 +294,7 @@ async def test_cancelled_while_waiting_for_a_json_answer(start: Start) -> None:
         ("/v1/chat/completions", b"{not json", "invalid_json"),
         ("/v1/completions", b'["a list"]', "invalid_body"),
         ("/v1/completions", b"\xff\xfe", "invalid_json"),
-        ("/v1/embeddings", b"{}", "invalid_value"),
+        ("/v1/embeddings", b'{"input": 5}', "invalid_value"),
         ("/v1/chat/completions", b'{"stream": "yes"}', "invalid_value"),
         ("/v1/chat/completions", b'{"messages": "hi"}', "invalid_value"),
         ("/v1/completions", b'{"max_tokens": 0}', "invalid_value"),

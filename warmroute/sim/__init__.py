@@ -11,17 +11,17 @@ Endpoints (every response carries ``x-sim-replica: <host:port>``):
 * ``GET /health``: 503 ``{"status": "loading"}`` until ``load_seconds`` after start, 503
   ``{"status": "unhealthy"}`` while toggled off, else 200 ``{"status": "ok"}``.
 * ``POST /v1/completions``, ``/v1/chat/completions``, ``/v1/embeddings``: the OpenAI API
-  (``openai_api``). 503 ``{"error": "loading"}`` or ``{"error": "replica full"}`` at once;
-  otherwise a slot is held while the response is generated: ``ttft_ms + max_tokens *
-  per_token_ms`` when the body sets ``max_tokens`` (or ``max_completion_tokens``), else a
-  sample of the service-time distribution (16 tokens). The body's ``model`` is echoed (default:
-  the first served model); ``"stream": true`` answers SSE ``chat.completion.chunk`` /
-  ``text_completion`` chunks, one per token as it is due, a usage chunk if
-  ``stream_options.include_usage``, then ``data: [DONE]``. Non-streamed answers add
-  ``replica``, ``request_id`` (``x-request-id``) and ``service_ms`` to OpenAI's fields. A body
-  that is not a JSON object, or a known field of the wrong type, is answered 400
-  ``{"error": {"message", "type": "invalid_request_error", "param", "code"}}`` and not counted.
-  An empty body counts as ``{}``.
+  (``openai_api``; lenient: absent fields take defaults, an empty body is ``{}``). 503
+  ``{"error": "loading"}`` or ``{"error": "replica full"}`` at once; otherwise a slot is held
+  while the response is generated: ``ttft_ms + max_tokens * per_token_ms`` when the body sets
+  ``max_tokens`` (or ``max_completion_tokens``), else a sample of the service-time
+  distribution (16 tokens). The body's ``model`` is echoed (default: the first served model);
+  ``"stream": true`` answers SSE ``chat.completion.chunk`` / ``text_completion`` chunks, one
+  per token as it is due, a usage chunk if ``stream_options.include_usage``, then ``data:
+  [DONE]``. Non-streamed answers add ``replica``, ``request_id`` (``x-request-id``) and
+  ``service_ms`` to OpenAI's fields. A body that is not a JSON object, or a known field of the
+  wrong type, is answered 400 ``{"error": {"message", "type": "invalid_request_error",
+  "param", "code"}}`` and not counted.
 * ``GET /v1/models``: the served models in OpenAI's list format; takes no slot, not counted.
 * Any other ``POST``/``GET /v1/...``: inference as before the OpenAI API, answered 200 JSON
   ``{"replica", "model", "request_id", "service_ms"}`` after a sampled service time.

@@ -90,8 +90,9 @@ class ApiRequest:
 
 def parse_request(kind: Kind, raw: bytes, default_model: str) -> ApiRequest:
     """Validate a request body of ``kind``. An empty body counts as ``{}``; unknown fields are
-    ignored, as servers like vLLM do. Raises :class:`InvalidRequest` for a body that is not a
-    JSON object, or a known field of the wrong type or range."""
+    ignored, as servers like vLLM do, and absent ones take defaults. Raises
+    :class:`InvalidRequest` for a body that is not a JSON object, or a known field of the
+    wrong type or range."""
     body = _json_object(raw)
     model = body.get("model")
     if model is None:
@@ -353,7 +354,11 @@ def _message_tokens(messages: object) -> int:
 
 
 def _embedding_inputs(value: object) -> tuple[tuple[str, ...], int]:
-    """Embeddings' ``input``: the texts to embed and their token count."""
+    """Embeddings' ``input``: the texts to embed and their token count. Absent, it is the
+    empty string (lenient, like absent ``messages`` or ``prompt``: routing tests send any
+    body to any path)."""
+    if value is None:
+        return ("",), 0
     if isinstance(value, str):
         return (value,), count_tokens(value)
     if isinstance(value, list) and value:
