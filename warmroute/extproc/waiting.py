@@ -19,7 +19,10 @@ async def acquire(pool: Pool, request_id: str, eligible: frozenset[str] | None =
     left), the waiter is withdrawn, or a lease granted in the same instant is released,
     so nothing leaks.
     """
-    lease = pool.try_acquire(request_id, eligible)
+    # Without a subset, exactly the calls own-Envoy mode always made.
+    lease = (
+        pool.try_acquire(request_id) if eligible is None else pool.try_acquire(request_id, eligible)
+    )
     if lease is not None:
         return lease
     loop = asyncio.get_running_loop()
@@ -35,7 +38,10 @@ async def acquire(pool: Pool, request_id: str, eligible: frozenset[str] | None =
         if not fut.done():
             fut.set_exception(_timeout(pool))
 
-    waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout, eligible=eligible)
+    if eligible is None:
+        waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout)
+    else:
+        waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout, eligible=eligible)
     if waiter.lease is not None:  # granted inside enqueue
         return waiter.lease
 
