@@ -9,15 +9,19 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+import yaml
 
 from tests.helpers import free_port, free_ports, wait_for
-from warmroute import config
+from warmroute import cli, config
 from warmroute.sim import process
+
+ROOT = Path(__file__).resolve().parents[2]
 
 OPTIONS = [
     "--host", "--port", "--slots", "--load-seconds", "--distribution", "--median-ms",
@@ -47,6 +51,16 @@ async def test_bad_option_exits_2_naming_it() -> None:
     assert code == 2 and "--slots" in err and "expected an integer >= 1" in err
     code, _, err = await _run("-m", "warmroute", "sim", "--port", "1", "--nonsense")
     assert code == 2 and "unrecognized arguments: --nonsense" in err
+
+
+def test_the_example_model_pool_runs_warmroute_sim_with_valid_arguments() -> None:
+    """deploy/base/model-pool.yaml's container runs ``warmroute sim ...`` (the image's
+    entrypoint is ``warmroute``); its arguments must parse."""
+    (deployment,) = yaml.safe_load_all((ROOT / "deploy/base/model-pool.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(container["args"])
+    assert (args.command, args.host, args.port, args.slots) == ("sim", "0.0.0.0", 8000, 1)
+    assert (args.load_seconds, args.models) == (20.0, ["sim-model"])
 
 
 async def _stats(http: aiohttp.ClientSession, base: str) -> dict[str, Any] | None:
