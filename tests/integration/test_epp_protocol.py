@@ -450,3 +450,21 @@ async def test_body_ended_by_request_trailers(
     assert echoed == body
     await _finish_response(call)
     assert _leases(plane) == 0
+
+
+async def test_served_endpoint_other_than_leased_is_counted(
+    plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    call = ep_grpc.ExternalProcessorStub(channel).Process()
+    first, _ = await _send_request(call, "s1", _prompt(300))
+    leased = _destination(first)[0]
+    other = next(r for r in REPLICAS if r != leased)
+    headers = _response_headers(200)
+    fields = headers.metadata_context.filter_metadata[LB_NAMESPACE].fields
+    fields["x-gateway-destination-endpoint-served"].string_value = other
+    await call.write(headers)
+    await call.read()
+    await call.write(_body(b"{}", True, "response_body"))
+    await call.read()
+    metrics = plane.metrics.exposition().decode()
+    assert 'warmroute_upstream_mismatch_total{pool="p"} 1.0' in metrics

@@ -9,6 +9,8 @@ protocol (Gateway API Inference Extension, proposal 004 "Endpoint Picker Protoco
 * the picker names the endpoint twice, with the same value: the request header
   ``x-gateway-destination-endpoint`` and the dynamic metadata ``envoy.lb`` ->
   ``x-gateway-destination-endpoint``; see ``routed``;
+* the gateway MAY report the endpoint it used: ``envoy.lb`` ->
+  ``x-gateway-destination-endpoint-served`` with the response; see ``served_endpoint``;
 * bodies travel FULL_DUPLEX_STREAMED: everything Envoy sends of a body must come back as
   ``streamed_response`` body mutations (the picker may re-chunk; the last chunk carries
   ``end_of_stream`` unless trailers follow); see ``body_chunks``.
@@ -27,6 +29,7 @@ from warmroute.xds.resources import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAME
 
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
 
 # The largest body piece we send back in one message. Envoy recommends at most 64 KiB per
 # streamed chunk; the reference picker uses 62,000 bytes for a safety margin, and so do we.
@@ -81,6 +84,20 @@ def subset_hint(request: ep.ProcessingRequest) -> tuple[str, ...] | None:
     else:
         return None
     return tuple(part.strip() for item in raw for part in item.split(",") if part.strip())
+
+
+def served_endpoint(request: ep.ProcessingRequest) -> str | None:
+    """The endpoint the gateway reports having used (``envoy.lb`` ->
+    ``x-gateway-destination-endpoint-served`` in the metadata context), if it reports one."""
+    if not request.HasField("metadata_context"):
+        return None
+    namespaces = request.metadata_context.filter_metadata
+    if LB_NAMESPACE not in namespaces:
+        return None
+    fields = namespaces[LB_NAMESPACE].fields
+    if SERVED_KEY not in fields or not fields[SERVED_KEY].HasField("string_value"):
+        return None
+    return str(fields[SERVED_KEY].string_value) or None
 
 
 def eligible_addresses(hint: Iterable[str], replicas: Iterable[str]) -> frozenset[str]:

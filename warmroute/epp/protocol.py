@@ -13,7 +13,9 @@ picker configuration). Per stream, in order:
      answer the headers (``messages.routed``) and echo the whole body back, byte-identical,
      as streamed chunks (and the trailers, if they ended it);
   4. response headers, each response body chunk (echoed at once, ``end_of_stream`` kept)
-     and response trailers are answered as they come, so streams pass whole and promptly;
+     and response trailers are answered as they come, so streams pass whole and promptly.
+     An endpoint the gateway reports having used that is not the leased one is counted in
+     ``warmroute_upstream_mismatch_total``;
   5. the response's end (body ``end_of_stream``, trailers, or headers with
      ``end_of_stream``) releases the lease and ends our side of the stream.
 
@@ -137,6 +139,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             elif kind == "response_headers":
                 headers = msg.response_headers
                 ex.status = messages.status_code(headers)
+                self._check_served(ex, messages.served_endpoint(msg))
                 if headers.end_of_stream:
                     self._response_ended(ex)
                 await context.write(messages.RESPONSE_HEADERS_OK)
@@ -239,6 +242,16 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._metrics.pool(self.settings.pool).count(ex.outcome)
         logger.info("request %s rejected: %s (%s)", ex.request_id, exc.code, exc.message)
         return responses.rejected(exc, ex.request_id)
+
+    def _check_served(self, ex: _Exchange, served: str | None) -> None:
+        lease = ex.lease
+        if served is None or lease is None or served.split(",", 1)[0] == lease.address:
+            return
+        self._metrics.upstream_mismatch.labels(lease.pool.name).inc()
+        logger.error(
+            "request %s was leased %s but the gateway sent it to %s",
+            ex.request_id, lease.address, served,
+        )  # fmt: skip
 
     # -- the end --------------------------------------------------------------------------
 
