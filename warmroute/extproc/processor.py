@@ -26,6 +26,7 @@ from urllib.parse import unquote
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from google.protobuf.struct_pb2 import Struct
 
 from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
 from warmroute.extproc import models_api, responses
@@ -45,6 +46,7 @@ from warmroute.xds.resources import BODY_NAMESPACE, POOL_METADATA_KEY
 logger = logging.getLogger(__name__)
 
 _MODELS_PREFIX = MODELS_PATH + "/"
+_MODELS_PATH_BYTES = MODELS_PATH.encode()
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -77,23 +79,32 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self, request: ep.ProcessingRequest, routed_pool: str | None
     ) -> ep.ProcessingResponse:
         started = time.perf_counter()
-        request_id, header_model, path = _read_headers(request.request_headers, self._model_header)
-        if path.startswith(MODELS_PATH) and _is_models_path(path):
-            return self._answer_models(path, request_id)
+        request_id, header_model, models_path = _read_headers(
+            request.request_headers, self._model_header
+        )
+        if models_path is not None:
+            return self._answer_models(models_path, request_id)
         pool: Pool | None = None
-        body = NO_BODY
         set_header: tuple[str, str] | None = None
         try:
             if not self.serving:
                 raise NotServing("this warmroute instance is not leasing requests now")
-            body = _body_model(request)
-            if routed_pool is not None and not header_model:
+            found = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
+            if header_model and routed_pool is not None:
+                # The common header-routed case, kept lean: the body may only agree.
+                model = header_model
+                if found is not None:
+                    body_model = found.fields.get("model")
+                    if body_model is not None and body_model.string_value != header_model:
+                        choose_model(header_model, _body_model(found), self._model_header)
+                pool = self._resolve_routed(routed_pool)
+            elif routed_pool is not None:
                 # A route chose the pool without the model header (e.g. by path).
                 pool = self._resolve_routed(routed_pool)
-                model = _check_body_in_pool(body, pool)
+                model = _check_body_in_pool(_body_model(found), pool)
             else:
-                model = choose_model(header_model, body, self._model_header)
-                pool = self._resolve(routed_pool, model, from_header=bool(header_model))
+                model = choose_model(header_model, _body_model(found), self._model_header)
+                pool = self._resolve(model, from_header=bool(header_model))
                 if not header_model:
                     set_header = (self._model_header, model)
             lease = pool.try_acquire(request_id)
@@ -118,7 +129,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             logger.debug(
                 "request %s model %s (%s%s) -> %s lease %s (waited %.1f ms)",
                 request_id, model, "body" if set_header else "header",
-                ", streamed" if body.stream else "", lease.address, lease.id[:8], waited * 1e3,
+                ", streamed" if _body_model(found).stream else "", lease.address, lease.id[:8],
+                waited * 1e3,
             )  # fmt: skip
         return self._hand_over(lease, set_header)
 
@@ -129,9 +141,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             lease.release(EndReason.CANCELLED)
             raise
 
-    def _resolve(self, routed_pool: str | None, model: str, *, from_header: bool) -> Pool:
-        if routed_pool is not None:
-            return self._resolve_routed(routed_pool)
+    def _resolve(self, model: str, *, from_header: bool) -> Pool:
+        """The pool of a request no route assigned (its model came from the body, or a
+        header that matched no route)."""
         pool = self._registry.pool_for_model(model)
         if pool is None:
             raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served here")
@@ -151,7 +163,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def _answer_models(self, path: str, request_id: str) -> ep.ProcessingResponse:
         view = self._registry.view()
-        if len(path) <= len(_MODELS_PREFIX):
+        if path == MODELS_PATH:
             return responses.answer(200, models_api.model_list(view), request_id)
         model = unquote(path[len(_MODELS_PREFIX) :])
         body = models_api.model_object(view, model)
@@ -168,20 +180,22 @@ def _pool_marker(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str | None, str]:
-    """(request id, model header, path without the query)."""
+def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str | None, str | None]:
+    """(request id, model header, the path if it is ``/v1/models...`` else None)."""
     request_id = ""
     model: str | None = None
-    path = ""
+    models_path: str | None = None
     for h in headers.headers.headers:
         key = h.key
         if key == "x-request-id":
             request_id = _value(h)
         elif key == model_header:
             model = _value(h)
-        elif key == ":path":
-            path = _value(h).partition("?")[0]
-    return request_id, model, path
+        elif key == ":path" and h.raw_value.startswith(_MODELS_PATH_BYTES):
+            path = _value(h).partition("?")[0].rstrip("/")
+            if path == MODELS_PATH or path.startswith(_MODELS_PREFIX):
+                models_path = path
+    return request_id, model, models_path
 
 
 def _check_body_in_pool(body: BodyModel, pool: Pool) -> str:
@@ -197,14 +211,8 @@ def _check_body_in_pool(body: BodyModel, pool: Pool) -> str:
     return pool.spec.models[0] if pool.spec.models else pool.name
 
 
-def _is_models_path(path: str) -> bool:
-    path = path.rstrip("/")
-    return path == MODELS_PATH or path.startswith(_MODELS_PREFIX)
-
-
-def _body_model(request: ep.ProcessingRequest) -> BodyModel:
-    """What json_to_metadata read from the body (it runs before ext_proc on every request)."""
-    found = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
+def _body_model(found: Struct | None) -> BodyModel:
+    """What json_to_metadata read from the body (``warmroute.body`` metadata), if it ran."""
     if found is None:
         return NO_BODY
     fields = found.fields
