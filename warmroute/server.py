@@ -129,6 +129,7 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.rollout = Rollout(self.cache, cfg.xds.rollout)
         self.metrics = Metrics(self.registry.view, self.rollout.status)
+        self.metrics.declare(p.name for p in cfg.pools)
         self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
         self.access_log = AccessLogService(self.registry, self.metrics)
         self.publisher = EndpointPublisher(
@@ -255,6 +256,7 @@ class ControlPlane:
         new = cfg.specs()
         keep = [s for name, s in old.items() if name not in {n.name for n in new}]
         self.registry.configure([*new, *keep])
+        self.metrics.declare(p.name for p in cfg.pools)
         self.config = cfg
         self.rollout.policy = cfg.xds.rollout
         await self.discovery.update(cfg)
