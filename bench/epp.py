@@ -1,6 +1,6 @@
 """Endpoint picker mode vs own-Envoy mode: added latency and control-plane CPU per request.
 
-    python bench/epp.py [--requests 400] [--clients 4] [--sizes 1000,200000]
+    python bench/epp.py [--requests 400] [--clients 4] [--rounds 2] [--sizes 1000,200000]
 
 Three ways to reach the same 4 simulated replicas (1000 slots each, answering in ~1 ms), with
 the model only in the JSON body, as real clients send it:
@@ -13,9 +13,10 @@ the model only in the JSON body, as real clients send it:
          and back (FULL_DUPLEX_STREAMED), TLS to the picker
 
 For each prompt size, ``--clients`` closed-loop clients send ``--requests`` requests after a
-warm-up. Reported: client-side latency p50/p99, added p50/p99 over ``plain``, and the CPU
-time per request of the control plane and of Envoy (from /proc, so the load generator's own
-cost is not in them). Everything shares this machine's CPUs; compare runs, not absolutes.
+warm-up, in ``--rounds`` rounds that alternate the modes (results pooled). Reported:
+client-side latency p50/p99, added p50/p99 over ``plain``, and the CPU time per request of
+the control plane and of Envoy (from /proc, so the load generator's own cost is not in
+them). Everything shares this machine's CPUs; compare rows, not runs.
 Nothing is asserted: this prints a table (and writes bench/results/epp.md).
 """
 
@@ -141,7 +142,18 @@ async def warm_up(http: aiohttp.ClientSession, url: str, body: bytes, want: int 
 _HEADERS = {"content-type": "application/json", "x-sim-service-ms": "1"}
 
 
-async def measure(mode: Mode, size: int, requests: int, clients: int) -> dict[str, float]:
+@dataclass
+class Sample:
+    """What one mode did at one prompt size, pooled over rounds."""
+
+    latencies: list[float]
+    requests: int = 0
+    errors: int = 0
+    plane_cpu: float = 0.0
+    envoy_cpu: float = 0.0
+
+
+async def measure(mode: Mode, size: int, requests: int, clients: int, into: Sample) -> None:
     url = f"{mode.url}/v1/completions"
     body = prompt(size)
     connector = aiohttp.TCPConnector(limit=clients)
@@ -149,7 +161,7 @@ async def measure(mode: Mode, size: int, requests: int, clients: int) -> dict[st
         connector=connector, timeout=aiohttp.ClientTimeout(total=60)
     ) as http:
         await warm_up(http, url, body)
-        latencies: list[float] = []
+        latencies = into.latencies
         errors = 0
         remaining = requests
 
@@ -168,14 +180,10 @@ async def measure(mode: Mode, size: int, requests: int, clients: int) -> dict[st
         cpu0 = [cpu_seconds(p) if p else 0.0 for p in (plane_pid, envoy_pid)]
         await asyncio.gather(*(client() for _ in range(clients)))
         cpu1 = [cpu_seconds(p) if p else 0.0 for p in (plane_pid, envoy_pid)]
-    s = Summary.of(latencies).scaled(1e3)
-    return {
-        "p50": s.p50,
-        "p99": s.p99,
-        "errors": errors,
-        "plane_us": (cpu1[0] - cpu0[0]) / requests * 1e6 if plane_pid else float("nan"),
-        "envoy_us": (cpu1[1] - cpu0[1]) / requests * 1e6,
-    }
+    into.requests += requests
+    into.errors += errors
+    into.plane_cpu += cpu1[0] - cpu0[0]
+    into.envoy_cpu += cpu1[1] - cpu0[1]
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -189,24 +197,41 @@ async def run(args: argparse.Namespace) -> str:
         "own": start_own,
         "epp": start_epp,
     }
-    results: dict[tuple[str, int], dict[str, float]] = {}
+    samples = {(name, size): Sample([]) for name in starters for size in args.sizes}
     try:
-        for name, start in starters.items():
-            mode = await start(addresses, logs)
-            try:
-                for size in args.sizes:
-                    say(f"{name}: {args.requests} requests of {size} B, {args.clients} clients")
-                    results[(name, size)] = await measure(mode, size, args.requests, args.clients)
-            finally:
-                await mode.stop()
+        for round_ in range(1, args.rounds + 1):  # modes alternate, so drift hits all alike
+            for name, start in starters.items():
+                mode = await start(addresses, logs)
+                try:
+                    for size in args.sizes:
+                        say(
+                            f"round {round_}/{args.rounds} {name}: {args.requests} requests "
+                            f"of {size} B, {args.clients} clients"
+                        )
+                        sample = samples[(name, size)]
+                        await measure(mode, size, args.requests, args.clients, sample)
+                finally:
+                    await mode.stop()
     finally:
         await sims.stop()
+    results = {}
+    for key, sample in samples.items():
+        s = Summary.of(sample.latencies).scaled(1e3)
+        n = max(sample.requests, 1)
+        results[key] = {
+            "p50": s.p50,
+            "p99": s.p99,
+            "errors": sample.errors,
+            "plane_us": sample.plane_cpu / n * 1e6,
+            "envoy_us": sample.envoy_cpu / n * 1e6,
+        }
     return table(results, args)
 
 
 def table(results: dict[tuple[str, int], dict[str, float]], args: argparse.Namespace) -> str:
     lines = [
         f"`python bench/epp.py --requests {args.requests} --clients {args.clients} "
+        f"--rounds {args.rounds} "
         f"--sizes {','.join(map(str, args.sizes))}` on {os.cpu_count()} CPUs "
         f"({time.strftime('%Y-%m-%d')}); replicas answer in ~1 ms.",
         "",
@@ -235,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/epp.py", description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=400, help="per mode and size")
     parser.add_argument("--clients", type=int, default=4, help="closed-loop clients")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds, pooled")
     parser.add_argument(
         "--sizes",
         type=lambda s: [int(x) for x in s.split(",") if x],
