@@ -11,3 +11,7 @@ extra=${1:-}
 spec="."
 [ -n "$extra" ] && spec=".[$extra]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+# The tests run curl exactly as OpenAI's docs show it; a bare Debian image may lack it.
+if [ "$extra" = "test" ] && ! command -v curl >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq curl) >/dev/null
+fi
