@@ -45,6 +45,8 @@ RESPONSE_HEADERS_OK = ep.ProcessingResponse()
 RESPONSE_HEADERS_OK.response_headers.SetInParent()
 RESPONSE_TRAILERS_OK = ep.ProcessingResponse()
 RESPONSE_TRAILERS_OK.response_trailers.SetInParent()
+REQUEST_HEADERS_OK = ep.ProcessingResponse()
+REQUEST_HEADERS_OK.request_headers.SetInParent()
 REQUEST_TRAILERS_OK = ep.ProcessingResponse()
 REQUEST_TRAILERS_OK.request_trailers.SetInParent()
 

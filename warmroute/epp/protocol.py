@@ -124,6 +124,10 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     return
             elif kind == "request_body":
                 body = msg.request_body
+                if ex.lease is not None:  # after routing (never sent so): pass it through
+                    for resp in messages.body_chunks("request_body", body.body, body.end_of_stream):
+                        await context.write(resp)
+                    continue
                 if len(ex.body) + len(body.body) > limit:
                     exc = BodyTooLarge(f"the request body is over {limit} bytes")
                     await context.write(self._reject(ex, exc))
@@ -133,6 +137,10 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     return
             elif kind == "request_headers":
                 headers = msg.request_headers
+                if ex.lease is not None or ex.request_id:
+                    # Headers twice on one stream (never sent so): one request, one lease.
+                    await context.write(messages.REQUEST_HEADERS_OK)
+                    continue
                 self._read_request_headers(ex, headers)
                 if headers.end_of_stream and not await self._route(ex, context, has_body=False):
                     return
