@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certs import make_pki
 from tests.helpers import free_port, wait_for
+from warmroute import config as config_mod
 from warmroute.config import Config
 from warmroute.epp.messages import CHUNK_BYTES, SUBSET_KEY, SUBSET_NAMESPACE
 from warmroute.server import ControlPlane
@@ -468,3 +470,27 @@ async def test_served_endpoint_other_than_leased_is_counted(
     await call.read()
     metrics = plane.metrics.exposition().decode()
     assert 'warmroute_upstream_mismatch_total{pool="p"} 1.0' in metrics
+
+
+async def test_reload_keeps_the_mode_and_adopts_new_limits(tmp_path: Any) -> None:
+    """A reloaded file that does not enable the mode (it came from `serve --epp`) keeps the
+    picker and applies the new settings."""
+    raw = _config().model_dump(mode="json")
+    raw["epp"] = {"tls": False}  # `enabled` left out, as with `serve --epp`
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    plane = ControlPlane(config_mod.enable_epp(config_mod.load(path)), config_path=path)
+    await plane.start()
+    try:
+        await wait_for(lambda: _warm(plane) == len(REPLICAS), what="replicas warm")
+        raw["routing"]["max_body_bytes"] = 2048
+        path.write_text(yaml.safe_dump(raw))
+        assert await plane.reload_from_file()
+        assert plane.epp is not None and plane.epp.picker.settings.max_body_bytes == 2048
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as ch:
+            call = ep_grpc.ExternalProcessorStub(ch).Process()
+            await call.write(_headers("big"))
+            await call.write(_body(_prompt(3000), True))
+            assert _error(await call.read()) == (413, "body_too_large")
+    finally:
+        await plane.stop()
