@@ -154,7 +154,12 @@ async def test_body_model_reaches_the_leased_replica_whole(
     bodies = [_body(size) for size in (1_000, 200_000, 300_000) for _ in range(4)]
 
     async def send(http: aiohttp.ClientSession, body: bytes) -> int:
-        headers = {"content-type": "application/json", "x-sim-service-ms": "50"}
+        headers = {
+            "content-type": "application/json",
+            "x-sim-service-ms": "50",
+            # A client naming a replica itself is overruled: the picker overwrites it.
+            "x-gateway-destination-endpoint": "127.0.0.1:1",
+        }
         async with http.post(f"{stack.url}/v1/completions", data=body, headers=headers) as r:
             await r.read()
             return r.status
@@ -174,6 +179,9 @@ async def test_body_model_reaches_the_leased_replica_whole(
         for replica in stack.replicas
         for e in replica.received()
     }
+    for replica in stack.replicas:
+        for e in replica.received():
+            assert e.headers["x-gateway-destination-endpoint"] == replica.address
     for body in bodies:
         key = (hashlib.sha256(body).hexdigest(), len(body))
         assert key in got, "a body arrived changed or not at all"
