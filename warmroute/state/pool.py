@@ -1,12 +1,29 @@
 """A pool: the replicas serving one set of models, their leases and their wait queue.
 
+Subsets (EPP mode): a request may name an *eligible set*, the ``ip:port`` addresses of the
+replicas it may use (the gateway's subset hint); ``None`` means any replica. Leasing and
+dispatch pick only inside it. Waiters are served oldest first among those that can use a
+free replica; a waiter whose set holds no free replica is skipped, so a slot it cannot use
+goes to the next waiter that can. The choice is greedy: the oldest servable waiter gets the
+policy's pick within its set, which is not a maximum matching (two replicas turning warm
+at once may both suit an old waiter while only one suits a younger one).
+
 Invariants (checked by tests/unit/test_state_properties.py after every step):
   * for every replica, ``in_flight`` equals its active leases and never exceeds ``slots``
     at the moment a lease is granted;
   * each lease is released exactly once;
   * a waiter leaves WAITING exactly once, and a cancelled or timed-out waiter never
     holds a lease;
-  * work conservation: while a waiter is queued, no WARM replica has a free slot.
+  * a lease is only ever granted on a replica in its request's eligible set;
+  * work conservation, generalised: while a waiter is queued, no WARM replica *in its
+    eligible set* (any replica, if it has none) has a free slot. With no subsets this is
+    the plain rule: no WARM replica has a free slot while anyone waits;
+  * FIFO per replica: a slot goes to the oldest queued waiter that may use its replica,
+    and a new request never takes a slot a queued waiter may use.
+
+A waiter whose eligible replicas all disappear (removed, draining) while it waits is not
+failed early: it waits for one to come back and otherwise times out after its queue timeout
+like any other waiter. New requests are turned away up front by ``can_ever_serve``.
 """
 
 from __future__ import annotations
@@ -19,6 +36,9 @@ from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import Policy, least_loaded
 from warmroute.state.replica import Phase, Replica
 from warmroute.state.waiters import GrantCallback, Waiter, WaitQueue, WaitState
+
+_WARM = Phase.WARM
+_MAY_SERVE = frozenset((Phase.WARM, Phase.LOADING))
 
 Clock = Callable[[], float]
 IdFactory = Callable[[], str]
@@ -92,14 +112,21 @@ class Pool:
 
     # -- leasing -------------------------------------------------------------------------
 
-    def try_acquire(self, request_id: str) -> Lease | None:
+    def try_acquire(self, request_id: str, eligible: frozenset[str] | None = None) -> Lease | None:
         """A lease on a free warm replica now, or None if the caller must wait.
 
-        Returns None while others are queued, so a new request never overtakes them.
+        ``eligible`` limits the pick to replicas with those addresses (None: any). Never
+        overtakes a queued waiter: with only unrestricted waiters queued it returns None at
+        once; otherwise any free replica is one no queued waiter may use (work conservation),
+        so taking it overtakes nobody.
         """
-        if self.queue:
+        queue = self.queue
+        if queue and not queue.restricted:
             return None
-        replica = self._policy(self.replicas.values())
+        if eligible is None:
+            replica = self._policy(self.replicas.values())
+        else:
+            replica = self._policy(self._candidates(eligible))
         if replica is None:
             return None
         self.counters.granted_immediately += 1
@@ -112,22 +139,49 @@ class Pool:
         *,
         timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
+        eligible: frozenset[str] | None = None,
     ) -> Waiter:
-        """Queue a request for the next free slot.
+        """Queue a request for the next free slot (of a replica in ``eligible``, if given).
 
         ``on_grant`` is called synchronously from whichever call frees a slot; it must not
-        call back into the pool. Raises QueueFull when ``max_waiting`` are queued.
+        call back into the pool. Raises QueueFull when ``max_waiting`` are queued, whatever
+        their eligible sets. The waiter stays queued even if nothing in ``eligible`` can
+        serve it (check ``can_ever_serve`` first); it then times out like any other.
         """
         if len(self.queue) >= self.spec.max_waiting:
             self.counters.rejected_queue_full += 1
             raise QueueFull(f"pool {self.name!r} has {len(self.queue)} requests waiting")
         now = self._clock()
         wait = self.spec.queue_timeout if timeout is None else timeout
-        waiter = Waiter(request_id, now, now + wait, on_grant, on_timeout)
+        waiter = Waiter(request_id, now, now + wait, on_grant, on_timeout, eligible)
         self.queue.push(waiter)
         # A slot may be free with an empty queue only if try_acquire was skipped.
         self._dispatch()
         return waiter
+
+    def can_ever_serve(self, eligible: frozenset[str] | None) -> bool:
+        """False if no replica in ``eligible`` could ever take the request.
+
+        None (no subset) is always True: the pool may still scale up from nothing. With a
+        subset, True if at least one of its addresses is a replica of this pool that is
+        WARM or LOADING, busy or not; False if none is known here (the empty set included),
+        or all of them are DRAINING or GONE. Addresses the pool does not know count for
+        nothing: replicas come from discovery, not from the gateway's hint.
+        """
+        if eligible is None:
+            return True
+        replicas = self.replicas
+        if len(eligible) <= len(replicas):
+            for address in eligible:
+                r = replicas.get(address)
+                if r is not None and r.phase in _MAY_SERVE:
+                    return True
+            return False
+        return any(r.phase in _MAY_SERVE for r in self._candidates(eligible))
+
+    def _candidates(self, eligible: frozenset[str]) -> list[Replica]:
+        """The pool's replicas in ``eligible``, in the pool's order (so picks are stable)."""
+        return [r for r in self.replicas.values() if r.address in eligible]
 
     def cancel(self, waiter: Waiter) -> bool:
         """Withdraw a waiter. False if it already left the queue (granted or timed out)."""
@@ -185,16 +239,29 @@ class Pool:
         return lease
 
     def _dispatch(self) -> None:
-        """Give free slots to waiters, oldest first, until one side runs out."""
+        """Give free slots to waiters, oldest first, until one side runs out.
+
+        With no eligible sets queued: the queue head takes the policy's pick, as always.
+        Otherwise each round serves the oldest waiter that a free replica may serve.
+        """
         if self._dispatching:
             return
         self._dispatching = True
         try:
-            while self.queue:
-                replica = self._policy(self.replicas.values())
-                if replica is None:
-                    return
-                waiter = self.queue.pop()
+            queue = self.queue
+            while queue:
+                if queue.restricted:
+                    pick = self._next_for_subsets()
+                    if pick is None:
+                        return
+                    waiter, replica = pick
+                    queue.remove(waiter)
+                else:
+                    found = self._policy(self.replicas.values())
+                    if found is None:
+                        return
+                    replica = found
+                    waiter = queue.pop()
                 last_used = replica.last_used
                 lease = self._grant(replica, waiter.request_id)
                 try:
@@ -213,6 +280,35 @@ class Pool:
                     replica.last_used = last_used
         finally:
             self._dispatching = False
+
+    def _next_for_subsets(self) -> tuple[Waiter, Replica] | None:
+        """The oldest waiter a free replica may serve, and the policy's replica for it.
+
+        Costs one pass over the replicas plus, per distinct eligible set queued, one pass
+        over the free replicas: waiters that share a set are never scanned one by one.
+        """
+        free = [
+            r
+            for r in self.replicas.values()
+            if r.phase is _WARM and r.in_flight + r.external < r.slots
+        ]
+        if not free:
+            return None
+        queue = self.queue
+        best = queue.head_unrestricted()  # any free replica suits it
+        fits = free
+        for eligible, head in queue.subset_heads():
+            if best is not None and head.seq > best.seq:
+                continue
+            usable = [r for r in free if r.address in eligible]
+            if usable:
+                best, fits = head, usable
+        if best is None:
+            return None
+        # The policy sees only the free candidates, in the pool's order: it picks only a
+        # free replica anyway, so its choice is the one it would make among all of them.
+        replica = self._policy(fits)
+        return None if replica is None else (best, replica)
 
     def _undo(self, lease: Lease) -> None:
         lease.ended = EndReason.CANCELLED

@@ -1,10 +1,20 @@
-"""The bounded FIFO of requests waiting for a slot."""
+"""The bounded queue of requests waiting for a slot, FIFO within each eligible set.
+
+A waiter may carry an *eligible set* (EPP mode: the gateway's subset hint, a frozenset of
+``ip:port`` addresses); only replicas whose address is in it may serve it. ``None`` means
+any replica. The queue keeps one FIFO for the unrestricted waiters and one per distinct
+eligible set, and stamps every waiter with a sequence number, so the oldest waiter that
+can use a given replica is the oldest among a few group heads: no scan over waiters that
+cannot use it. With no eligible sets in the queue it is exactly one FIFO, as it always was.
+"""
 
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,17 +31,25 @@ class WaitState(enum.Enum):
 GrantCallback = Callable[["Lease"], bool]
 """Called with a lease for a waiter; returns False to refuse it (its requester is gone)."""
 
+_by_seq = attrgetter("seq")
+
 
 class Waiter:
-    """One request waiting in a pool's queue. Leaves WAITING exactly once."""
+    """One request waiting in a pool's queue. Leaves WAITING exactly once.
+
+    ``eligible`` is the set of replica addresses it may be served by (None: any);
+    ``seq`` is its place in its pool's arrival order, set when it is queued.
+    """
 
     __slots__ = (
         "deadline",
+        "eligible",
         "enqueued_at",
         "lease",
         "on_grant",
         "on_timeout",
         "request_id",
+        "seq",
         "state",
     )
 
@@ -42,43 +60,102 @@ class Waiter:
         deadline: float,
         on_grant: GrantCallback,
         on_timeout: Callable[[], None] | None = None,
+        eligible: frozenset[str] | None = None,
     ) -> None:
         self.request_id = request_id
         self.enqueued_at = enqueued_at
         self.deadline = deadline
         self.on_grant = on_grant
         self.on_timeout = on_timeout
+        self.eligible = eligible
+        self.seq = 0
         self.state = WaitState.WAITING
         self.lease: Lease | None = None
 
     def __repr__(self) -> str:
-        return f"Waiter(req={self.request_id} {self.state.value})"
+        subset = "" if self.eligible is None else f" subset={sorted(self.eligible)}"
+        return f"Waiter(req={self.request_id} {self.state.value}{subset})"
+
+
+_Fifo = OrderedDict[Waiter, None]
 
 
 class WaitQueue:
-    """FIFO with O(1) append, pop-first and removal from the middle (cancellation)."""
+    """Waiters in arrival order, grouped by eligible set.
 
-    __slots__ = ("_items",)
+    O(1) push, removal from the middle (cancellation, timeout) and, with no eligible sets
+    queued, pop-first. ``len`` counts every waiter, whatever its set; iteration yields them
+    oldest first. ``restricted`` counts the waiters that have an eligible set.
+    """
+
+    __slots__ = ("_any", "_next_seq", "_subsets", "restricted")
 
     def __init__(self) -> None:
-        self._items: OrderedDict[Waiter, None] = OrderedDict()
+        self._any: _Fifo = OrderedDict()
+        self._subsets: dict[frozenset[str], _Fifo] = {}  # only non-empty groups
+        self._next_seq = 0
+        self.restricted = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._any) + self.restricted
 
     def __iter__(self) -> Iterator[Waiter]:
-        return iter(self._items)
+        if not self.restricted:
+            return iter(self._any)
+        return heapq.merge(self._any, *self._subsets.values(), key=_by_seq)
 
     def push(self, waiter: Waiter) -> None:
-        self._items[waiter] = None
+        waiter.seq = self._next_seq
+        self._next_seq += 1
+        eligible = waiter.eligible
+        if eligible is None:
+            self._any[waiter] = None
+            return
+        group = self._subsets.get(eligible)
+        if group is None:
+            group = self._subsets[eligible] = OrderedDict()
+        group[waiter] = None
+        self.restricted += 1
 
     def pop(self) -> Waiter:
-        return self._items.popitem(last=False)[0]
+        """Remove and return the oldest waiter. Raises KeyError if empty."""
+        if not self.restricted:
+            return self._any.popitem(last=False)[0]
+        waiter = self.head()
+        if waiter is None:
+            raise KeyError("pop from an empty WaitQueue")
+        self.remove(waiter)
+        return waiter
 
     def remove(self, waiter: Waiter) -> bool:
-        return self._items.pop(waiter, False) is None
+        """Take ``waiter`` out. False if it is not in this queue."""
+        eligible = waiter.eligible
+        if eligible is None:
+            return self._any.pop(waiter, False) is None
+        group = self._subsets.get(eligible)
+        if group is None or group.pop(waiter, False) is not None:
+            return False
+        if not group:
+            del self._subsets[eligible]
+        self.restricted -= 1
+        return True
 
     def head(self) -> Waiter | None:
-        for w in self._items:
+        """The oldest waiter, or None."""
+        best = self.head_unrestricted()
+        for group in self._subsets.values():
+            first = next(iter(group))
+            if best is None or first.seq < best.seq:
+                best = first
+        return best
+
+    def head_unrestricted(self) -> Waiter | None:
+        """The oldest waiter that any replica may serve, or None."""
+        for w in self._any:
             return w
         return None
+
+    def subset_heads(self) -> Iterator[tuple[frozenset[str], Waiter]]:
+        """Each distinct eligible set queued, with its oldest waiter, in no particular order."""
+        for eligible, group in self._subsets.items():
+            yield eligible, next(iter(group))
