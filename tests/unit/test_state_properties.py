@@ -3,7 +3,8 @@
 Hypothesis drives random sequences of acquire, wait, release (sometimes twice), cancel,
 requesters going away, time passing, replica phase changes, removals, external load and
 reconfiguration against a Registry with one or two pools, and checks the invariants
-documented in ``warmroute/state/pool.py`` after every step.
+documented in ``warmroute/state/pool.py`` after every step. Requests may carry an eligible
+set (an EPP subset hint), including empty ones and addresses no pool knows.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ADDRESSES = tuple(f"10.0.0.{i}:8000" for i in range(5))
 POLICIES = ("least_loaded", "first_free")
 
 indexes = st.integers(min_value=0, max_value=99)
+subsets = st.none() | st.frozensets(st.sampled_from(ADDRESSES), max_size=3)
 slot_counts = st.integers(min_value=1, max_value=3)
 pool_params = st.tuples(
     st.integers(min_value=0, max_value=4),  # max_waiting
@@ -73,6 +75,8 @@ class Tracked:
 
     pool: Pool
     alive: bool
+    order: int  # arrival order among all tracked requests
+    eligible: frozenset[str] | None = None
     waiter: Waiter | None = None
     offered: list[Lease] = field(default_factory=list)
     accepted: Lease | None = None
@@ -126,9 +130,22 @@ class RegistryMachine(RuleBasedStateMachine):
         pools = [self.registry.pools[name] for name in self.names]
         return [(p, address) for p in pools for address in sorted(p.replicas)]
 
-    def _check_grant(self, lease: Lease) -> None:
-        """At the moment of a grant: a warm replica, within its slots, indexed."""
+    def _check_grant(
+        self, lease: Lease, eligible: frozenset[str] | None, order: float = float("inf")
+    ) -> None:
+        """At the moment of a grant: a warm replica in the eligible set, within its slots,
+        indexed, and no waiter that arrived before ``order`` could have used it instead."""
         r = lease.replica
+        if eligible is not None and r.address not in eligible:
+            self.violations.append(f"{lease} granted outside {sorted(eligible)}")
+        for t in self.tracked:
+            if (
+                t.pool is lease.pool
+                and t.order < order
+                and t.w.state is WaitState.WAITING
+                and (t.eligible is None or r.address in t.eligible)
+            ):
+                self.violations.append(f"{lease} overtook {t.w}, which could use {r}")
         if r.phase is not Phase.WARM:
             self.violations.append(f"{lease} granted on {r}")
         if r.in_flight > r.slots or r.in_flight + r.external > r.slots:
@@ -152,7 +169,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.ended_by_pool[lease.pool.name] += 1
 
     def _on_grant(self, t: Tracked, lease: Lease) -> bool:
-        self._check_grant(lease)
+        self._check_grant(lease, t.eligible, t.order)
         t.offered.append(lease)
         if t.alive:
             t.accepted = lease
@@ -174,21 +191,34 @@ class RegistryMachine(RuleBasedStateMachine):
         alive=st.booleans(),
         skip_try=st.booleans(),
         timeout=st.none() | st.sampled_from([0.5, 2.0, 50.0]),
+        eligible=subsets,
     )
-    def acquire(self, pool: int, alive: bool, skip_try: bool, timeout: float | None) -> None:
+    def acquire(
+        self,
+        pool: int,
+        alive: bool,
+        skip_try: bool,
+        timeout: float | None,
+        eligible: frozenset[str] | None,
+    ) -> None:
         p = self._pool(pool)
         self.requests += 1
         request_id = f"req-{self.requests}"
         if not skip_try:
             queued = len(p.queue)
-            lease = p.try_acquire(request_id)
+            lease = p.try_acquire(request_id, eligible)
             if lease is not None:
-                assert queued == 0, "a new request overtook a queued one"
-                self._check_grant(lease)
+                # _check_grant also checks that no queued waiter could have used it.
+                assert queued == 0 or p.queue.restricted, "a new request overtook a queued one"
+                self._check_grant(lease, eligible)
                 self._accept(lease)
                 return
-            assert queued or all(r.free == 0 for r in p.replicas.values())
-        t = Tracked(p, alive)
+            assert all(
+                r.free == 0
+                for r in p.replicas.values()
+                if eligible is None or r.address in eligible
+            )
+        t = Tracked(p, alive, self.requests, eligible)
         queued = len(p.queue)
         try:
             t.waiter = p.enqueue(
@@ -196,6 +226,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 partial(self._on_grant, t),
                 timeout=timeout,
                 on_timeout=partial(self._on_timeout, t),
+                eligible=eligible,
             )
         except QueueFull:
             assert queued >= p.spec.max_waiting
@@ -204,11 +235,26 @@ class RegistryMachine(RuleBasedStateMachine):
         assert queued < p.spec.max_waiting
         self.tracked.append(t)
 
-    @rule(pool=indexes, n=st.integers(min_value=2, max_value=6), alive=st.booleans())
-    def burst(self, pool: int, n: int, alive: bool) -> None:
+    @rule(
+        pool=indexes,
+        n=st.integers(min_value=2, max_value=6),
+        alive=st.booleans(),
+        eligible=st.lists(subsets, min_size=1, max_size=3),
+    )
+    def burst(self, pool: int, n: int, alive: bool, eligible: list[frozenset[str] | None]) -> None:
         """Several requests at once: fills replicas and queues faster than single steps."""
-        for _ in range(n):
-            self.acquire(pool, alive, skip_try=False, timeout=None)
+        for i in range(n):
+            self.acquire(
+                pool, alive, skip_try=False, timeout=None, eligible=eligible[i % len(eligible)]
+            )
+
+    @rule(pool=indexes, eligible=subsets)
+    def can_ever_serve(self, pool: int, eligible: frozenset[str] | None) -> None:
+        p = self._pool(pool)
+        expected = eligible is None or any(
+            a in p.replicas and p.replicas[a].phase in (Phase.WARM, Phase.LOADING) for a in eligible
+        )
+        assert p.can_ever_serve(eligible) is expected
 
     @precondition(lambda self: bool(self.active))
     @rule(
@@ -388,12 +434,26 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @invariant()
     def work_is_conserved(self) -> None:
+        """While a waiter is queued, no WARM replica in its eligible set has a free slot."""
         for name in self.names:
             pool = self.registry.pools[name]
-            if pool.queue:
-                assert all(r.free == 0 for r in pool.replicas.values()), (
-                    f"{pool.name}: {len(pool.queue)} waiting, replicas {pool.replicas}"
-                )
+            for w in pool.queue:
+                usable = [
+                    r
+                    for r in pool.replicas.values()
+                    if w.eligible is None or r.address in w.eligible
+                ]
+                assert all(r.free == 0 for r in usable), f"{w} waits, replicas {pool.replicas}"
+
+    @invariant()
+    def queue_counts_agree(self) -> None:
+        for name in self.names:
+            queue = self.registry.pools[name].queue
+            waiters = list(queue)
+            assert len(waiters) == len(queue)
+            assert queue.restricted == sum(w.eligible is not None for w in waiters)
+            assert [w.seq for w in waiters] == sorted(w.seq for w in waiters)
+            assert queue.head() is (waiters[0] if waiters else None)
 
     @invariant()
     def removed_replicas_linger_only_while_busy(self) -> None:
