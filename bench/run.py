@@ -5,6 +5,7 @@
     python bench/run.py dispatch [--quick] [--seed N]
     python bench/run.py coldstart [--quick] [--seed N]
     python bench/run.py config   [--quick]
+    python bench/run.py body     [--quick] [--seed N]
 
 Needs the bench extras: ``bash bench/setup.sh`` (matplotlib, Celery, redis-server, wrk).
 Progress goes to stderr; the results page is printed when done. Everything listens and
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SCENARIOS = ("quality", "overhead", "dispatch", "coldstart", "config")
+SCENARIOS = ("quality", "overhead", "dispatch", "coldstart", "config", "body")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +52,7 @@ NEEDS = {
     "dispatch": ("celery", "redis-server"),
     "coldstart": (),
     "config": (),
+    "body": (),
 }
 
 
