@@ -4,9 +4,9 @@ Subsets (EPP mode): a request may name an *eligible set*, the ``ip:port`` addres
 replicas it may use (the gateway's subset hint); ``None`` means any replica. Leasing and
 dispatch pick only inside it. Waiters are served oldest first among those that can use a
 free replica; a waiter whose set holds no free replica is skipped, so a slot it cannot use
-goes to the next waiter that can. The choice is greedy: the oldest servable waiter gets the
-policy's pick within its set, which is not a maximum matching (two replicas turning warm
-at once may both suit an old waiter while only one suits a younger one).
+goes to the next waiter that can. The choice is greedy, not a maximum matching: with
+several replicas free at once, the oldest servable waiter takes the policy's pick within
+its set, even if that is the only one a younger waiter could have used.
 
 Invariants (checked by tests/unit/test_state_properties.py after every step):
   * for every replica, ``in_flight`` equals its active leases and never exceeds ``slots``
@@ -121,7 +121,7 @@ class Pool:
         so taking it overtakes nobody.
         """
         queue = self.queue
-        if queue and not queue.restricted:
+        if queue.unrestricted and not queue.restricted:
             return None
         if eligible is None:
             replica = self._policy(self.replicas.values())
@@ -249,19 +249,22 @@ class Pool:
         self._dispatching = True
         try:
             queue = self.queue
-            while queue:
+            unrestricted = queue.unrestricted
+            while True:
                 if queue.restricted:
                     pick = self._next_for_subsets()
                     if pick is None:
                         return
                     waiter, replica = pick
                     queue.remove(waiter)
-                else:
+                elif unrestricted:
                     found = self._policy(self.replicas.values())
                     if found is None:
                         return
                     replica = found
-                    waiter = queue.pop()
+                    waiter = unrestricted.popitem(last=False)[0]
+                else:
+                    return
                 last_used = replica.last_used
                 lease = self._grant(replica, waiter.request_id)
                 try:

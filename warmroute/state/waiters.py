@@ -85,31 +85,34 @@ class WaitQueue:
 
     O(1) push, removal from the middle (cancellation, timeout) and, with no eligible sets
     queued, pop-first. ``len`` counts every waiter, whatever its set; iteration yields them
-    oldest first. ``restricted`` counts the waiters that have an eligible set.
+    oldest first. ``restricted`` counts the waiters that have an eligible set;
+    ``unrestricted`` is the FIFO of the others. The pool reads both, and pops the head of
+    ``unrestricted`` when ``restricted`` is 0, directly: on its hot path a method call
+    would cost as much as the work.
     """
 
-    __slots__ = ("_any", "_next_seq", "_subsets", "restricted")
+    __slots__ = ("_next_seq", "_subsets", "restricted", "unrestricted")
 
     def __init__(self) -> None:
-        self._any: _Fifo = OrderedDict()
+        self.unrestricted: _Fifo = OrderedDict()
         self._subsets: dict[frozenset[str], _Fifo] = {}  # only non-empty groups
         self._next_seq = 0
         self.restricted = 0
 
     def __len__(self) -> int:
-        return len(self._any) + self.restricted
+        return len(self.unrestricted) + self.restricted
 
     def __iter__(self) -> Iterator[Waiter]:
         if not self.restricted:
-            return iter(self._any)
-        return heapq.merge(self._any, *self._subsets.values(), key=_by_seq)
+            return iter(self.unrestricted)
+        return heapq.merge(self.unrestricted, *self._subsets.values(), key=_by_seq)
 
     def push(self, waiter: Waiter) -> None:
         waiter.seq = self._next_seq
         self._next_seq += 1
         eligible = waiter.eligible
         if eligible is None:
-            self._any[waiter] = None
+            self.unrestricted[waiter] = None
             return
         group = self._subsets.get(eligible)
         if group is None:
@@ -120,7 +123,7 @@ class WaitQueue:
     def pop(self) -> Waiter:
         """Remove and return the oldest waiter. Raises KeyError if empty."""
         if not self.restricted:
-            return self._any.popitem(last=False)[0]
+            return self.unrestricted.popitem(last=False)[0]
         waiter = self.head()
         if waiter is None:
             raise KeyError("pop from an empty WaitQueue")
@@ -131,7 +134,7 @@ class WaitQueue:
         """Take ``waiter`` out. False if it is not in this queue."""
         eligible = waiter.eligible
         if eligible is None:
-            return self._any.pop(waiter, False) is None
+            return self.unrestricted.pop(waiter, False) is None
         group = self._subsets.get(eligible)
         if group is None or group.pop(waiter, False) is not None:
             return False
@@ -151,7 +154,7 @@ class WaitQueue:
 
     def head_unrestricted(self) -> Waiter | None:
         """The oldest waiter that any replica may serve, or None."""
-        for w in self._any:
+        for w in self.unrestricted:
             return w
         return None
 
