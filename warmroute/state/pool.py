@@ -287,8 +287,8 @@ class Pool:
     def _next_for_subsets(self) -> tuple[Waiter, Replica] | None:
         """The oldest waiter a free replica may serve, and the policy's replica for it.
 
-        Costs one pass over the replicas plus, per distinct eligible set queued, one pass
-        over the free replicas: waiters that share a set are never scanned one by one.
+        Costs one pass over the replicas plus, per distinct eligible set queued, a lookup
+        of each free address in it: waiters that share a set are never scanned one by one.
         """
         free = [
             r
@@ -299,18 +299,18 @@ class Pool:
             return None
         queue = self.queue
         best = queue.head_unrestricted()  # any free replica suits it
-        fits = free
-        for eligible, head in queue.subset_heads():
-            if best is not None and head.seq > best.seq:
-                continue
-            usable = [r for r in free if r.address in eligible]
-            if usable:
-                best, fits = head, usable
+        addresses = [r.address for r in free]
+        for subset, head in queue.subset_heads():
+            if (best is None or head.seq < best.seq) and not subset.isdisjoint(addresses):
+                best = head
         if best is None:
             return None
+        eligible = best.eligible
         # The policy sees only the free candidates, in the pool's order: it picks only a
         # free replica anyway, so its choice is the one it would make among all of them.
-        replica = self._policy(fits)
+        replica = self._policy(
+            free if eligible is None else [r for r in free if r.address in eligible]
+        )
         return None if replica is None else (best, replica)
 
     def _undo(self, lease: Lease) -> None:
