@@ -7,6 +7,11 @@ queue's bound, cancellation and timeouts treat subset waiters like any other.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
 import pytest
 
 from tests.unit.test_state_pool import Env, Requester, make_env, state_of
@@ -431,6 +436,52 @@ def test_subset_leases_end_like_any_other() -> None:
     assert not lease.release()
     assert env.pool().counters.cancelled_leases == 1
     assert env.pool().replicas["a"].in_flight == 0
+
+
+# -- cost -------------------------------------------------------------------------------------
+
+
+def calls_made(fn: Callable[[], object]) -> int:
+    """Python and C function calls made by ``fn()``: a deterministic measure of its cost."""
+    count = 0
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize(
+    "backlog_subset",
+    [pytest.param(None, id="backlog-unrestricted"), pytest.param(("b",), id="backlog-one-subset")],
+)
+def test_a_release_costs_the_same_whatever_the_backlog_it_cannot_serve(
+    backlog_subset: tuple[str, ...] | None,
+) -> None:
+    """Waiters sharing a set are skipped as a group: no scan over them, one by one."""
+    costs = []
+    for backlog in (10, 1000):
+        env = make_env(PoolSpec("p", ("m",), max_waiting=2000))
+        env.warm("a")
+        env.warm("b")
+        held = acquire_in(env, "held-a", "a")
+        acquire_in(env, "held-b", "b")
+        if backlog_subset is None:
+            waiter = wait_in(env, "first", Requester(), "a")
+        for i in range(backlog):
+            wait_in(env, f"w{i}", Requester(), *(backlog_subset or ()))
+        if backlog_subset is not None:
+            waiter = wait_in(env, "last", Requester(), "a")
+        costs.append(calls_made(held.release))
+        assert state_of(waiter) is WaitState.GRANTED
+    assert costs[0] == costs[1]
 
 
 # -- the queue itself --------------------------------------------------------------------------
