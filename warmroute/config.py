@@ -137,6 +137,11 @@ class RoutingConfig(_Model):
     # Requests whose model is in the JSON body are buffered whole by Envoy before routing;
     # a body over this size is answered 413 (it would not fit Envoy's buffer).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # Requests that carry the model header are still parsed by Envoy to check that the
+    # body names the same model (400 model_mismatch otherwise). false skips that parse on
+    # header-routed requests (measured: ~2.7 ms of Envoy CPU per 200 KB prompt; see README);
+    # requests without the header are always read.
+    verify_body_model: bool = True
 
 
 class QueueConfig(_Model):

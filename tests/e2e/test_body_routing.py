@@ -240,3 +240,21 @@ async def test_outcome_series_exported_at_zero_from_the_start() -> None:
         assert 'warmroute_requests_total{outcome="rejected_unknown_model",pool="none"} 0.0' in text
     finally:
         await stack.stop()
+
+
+async def test_verify_body_model_off_skips_the_parse_on_header_routes() -> None:
+    stack = await start_stack(replicas=1, routing_extra={"verify_body_model": False})
+    try:
+        await stack.wait_warm()
+        async with client() as http:
+            other = {"model": "another-model", "prompt": "x"}
+            async with http.post(
+                stack.url + "/v1/completions", json=other, headers={"x-model": MODEL}
+            ) as r:
+                assert r.status == 200  # the header routes; the body is not read
+            async with http.post(stack.url + "/v1/completions", json={"model": MODEL}) as r:
+                assert r.status == 200  # no header: the body is still read
+        await stack.wait_idle()
+        assert _received(stack) == 2
+    finally:
+        await stack.stop()

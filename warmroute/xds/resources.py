@@ -308,13 +308,18 @@ def listener(
 # -- routes --------------------------------------------------------------------------------
 
 
-def _pool_marker(pool: str) -> dict[str, any_pb2.Any]:
+def _pool_marker(pool: str, verify_body_model: bool) -> dict[str, any_pb2.Any]:
     per_route = ext_proc_pb2.ExtProcPerRoute(
         overrides=ext_proc_pb2.ExtProcOverrides(
             grpc_initial_metadata=[base_pb2.HeaderValue(key=POOL_METADATA_KEY, value=pool)]
         )
     )
-    return {EXT_PROC_FILTER: _any(per_route)}
+    filters = {EXT_PROC_FILTER: _any(per_route)}
+    if not verify_body_model:
+        # The header chose the pool: do not parse the body just to cross-check it.
+        off = route_components_pb2.FilterConfig(disabled=True)
+        filters[JSON_TO_METADATA_FILTER] = _any(off)
+    return filters
 
 
 def route_configuration(cfg: Config) -> route_pb2.RouteConfiguration:
@@ -343,7 +348,7 @@ def route_configuration(cfg: Config) -> route_pb2.RouteConfiguration:
                         ],
                     ),
                     route=action,
-                    typed_per_filter_config=_pool_marker(pool.name),
+                    typed_per_filter_config=_pool_marker(pool.name, cfg.routing.verify_body_model),
                 )
             )
     routes.append(
