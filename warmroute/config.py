@@ -555,8 +555,9 @@ def enable_epp(cfg: Config, source: str = "<config>") -> Config:
 
 def _describe(error: Mapping[str, Any], root: yaml.Node | None) -> str:
     loc: Sequence[str | int] = error.get("loc", ())
-    # Pydantic appends validator names (e.g. 'function-after[...]') to loc; drop them.
-    loc = [p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "str"))]
+    # Pydantic adds validator names ('function-after[...]') and union member tags ('int',
+    # 'str', 'list[...]') to loc; they are not keys of the file.
+    loc = [p for p in loc if isinstance(p, int) or not _is_pydantic_tag(p)]
     key = _format_loc(loc) or "(top level)"
     line = _line_of(root, loc)
     where = f" (line {line})" if line else ""
@@ -570,6 +571,13 @@ def _describe(error: Mapping[str, Any], root: yaml.Node | None) -> str:
     elif "input" in error and error.get("type") not in ("value_error", "assertion_error"):
         msg = f"{msg}; got {error['input']!r}"
     return f"{key}{where}: {msg}"
+
+
+_PYDANTIC_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "literal"})
+
+
+def _is_pydantic_tag(part: str) -> bool:
+    return part in _PYDANTIC_TAGS or "[" in part or part.startswith("function-")
 
 
 def _format_loc(loc: Sequence[str | int]) -> str:

@@ -97,3 +97,15 @@ def test_examples_are_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "examples"
     for path in sorted(root.glob("*.yaml")):
         assert config.load(path).pools
+
+
+def test_error_paths_keep_keys_that_start_like_type_tags_and_drop_union_tags() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.parse(
+            "pools: [{name: a, models: [m], simulate: {streamx: 1},"
+            " kubernetes: {selector: {a: b}, port: [1]}}]"
+        )
+    text = str(info.value)
+    assert "pools[0].simulate.streamx" in text
+    assert "pools[0].kubernetes.port (line 1)" in text
+    assert ".port.int" not in text
