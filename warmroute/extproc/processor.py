@@ -89,7 +89,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         try:
             if not self.serving:
                 raise NotServing("this warmroute instance is not leasing requests now")
-            found = request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
+            # A request without a body has nothing to read, whatever its content-type made
+            # json_to_metadata report.
+            headers = request.request_headers
+            found = (
+                None
+                if headers.end_of_stream
+                else request.metadata_context.filter_metadata.get(BODY_NAMESPACE)
+            )
             if header_model and routed_pool is not None:
                 # The common header-routed case, kept lean: the body may only agree.
                 model = header_model

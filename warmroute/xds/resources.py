@@ -250,26 +250,19 @@ def _local_replies(max_body_bytes: int) -> hcm_pb2.LocalReplyConfig:
             )
         ),
         body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
-            json_format=_struct(
-                {
-                    "error": {
-                        "code": "body_too_large",
-                        "message": f"the request body is over this gateway's limit of "
-                        f"{max_body_bytes} bytes (routing.max_body_bytes)",
-                        "request_id": "%REQ(X-REQUEST-ID)%",
-                    }
-                }
+            # A fixed text (not json_format, a map whose key order is not stable): the
+            # request id is Envoy's own UUID (use_remote_address), safe inside the string.
+            text_format_source=base_pb2.DataSource(
+                inline_string=(
+                    '{"error": {"code": "body_too_large", "message": "the request body is '
+                    f"over this gateway's limit of {max_body_bytes} bytes "
+                    '(routing.max_body_bytes)", "request_id": "%REQ(X-REQUEST-ID)%"}}\n'
+                )
             ),
             content_type="application/json",
         ),
     )
     return hcm_pb2.LocalReplyConfig(mappers=[too_large])
-
-
-def _struct(value: dict[str, object]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(value)
-    return s
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
