@@ -464,26 +464,34 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
+        # Each error points at the second occurrence (``at``: its key path), not the top.
         seen_pools: set[str] = set()
         seen_models: dict[str, str] = {}
         seen_addresses: dict[str, str] = {}
-        for pool in self.pools:
+        for i, pool in enumerate(self.pools):
             if pool.name in seen_pools:
-                raise ValueError(f"pool name {pool.name!r} is used twice; names must be unique")
+                raise _located(
+                    f"pool name {pool.name!r} is used twice; names must be unique",
+                    "pools", i, "name",
+                )  # fmt: skip
             seen_pools.add(pool.name)
-            for model in pool.models:
+            for k, model in enumerate(pool.models):
                 if model in seen_models:
-                    raise ValueError(
+                    raise _located(
                         f"model {model!r} is served by pools {seen_models[model]!r} and "
-                        f"{pool.name!r}; a model must map to one pool"
-                    )
+                        f"{pool.name!r}; a model must map to one pool",
+                        "pools", i, "models", k,
+                    )  # fmt: skip
                 seen_models[model] = pool.name
-            for replica in pool.all_replicas():
+            listed = len(pool.replicas)
+            for j, replica in enumerate(pool.all_replicas()):
                 if replica.address in seen_addresses:
-                    raise ValueError(
+                    at = ("replicas", j) if j < listed else ("simulate",)
+                    raise _located(
                         f"replica {replica.address} is listed in pools "
-                        f"{seen_addresses[replica.address]!r} and {pool.name!r}"
-                    )
+                        f"{seen_addresses[replica.address]!r} and {pool.name!r}",
+                        "pools", i, *at,
+                    )  # fmt: skip
                 seen_addresses[replica.address] = pool.name
         return self
 
@@ -499,6 +507,11 @@ class Config(_Model):
     @property
     def max_queue_timeout(self) -> float:
         return max(p.queue.timeout_seconds for p in self.pools)
+
+
+def _located(message: str, *at: str | int) -> PydanticCustomError:
+    """A model-level error that ``_describe`` reports at the key path ``at``."""
+    return PydanticCustomError("located", message, {"at": at})
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -558,6 +571,9 @@ def _describe(error: Mapping[str, Any], root: yaml.Node | None) -> str:
     # Pydantic adds validator names ('function-after[...]') and union member tags ('int',
     # 'str', 'list[...]') to loc; they are not keys of the file.
     loc = [p for p in loc if isinstance(p, int) or not _is_pydantic_tag(p)]
+    at = (error.get("ctx") or {}).get("at")
+    if at:
+        loc = [*loc, *at]
     key = _format_loc(loc) or "(top level)"
     line = _line_of(root, loc)
     where = f" (line {line})" if line else ""
@@ -568,7 +584,11 @@ def _describe(error: Mapping[str, Any], root: yaml.Node | None) -> str:
         msg = "unknown key (check the spelling; see `warmroute config example`)"
     elif error.get("type") == "missing":
         msg = "required key is missing"
-    elif "input" in error and error.get("type") not in ("value_error", "assertion_error"):
+    elif "input" in error and error.get("type") not in (
+        "value_error",
+        "assertion_error",
+        "located",
+    ):
         msg = f"{msg}; got {error['input']!r}"
     return f"{key}{where}: {msg}"
 

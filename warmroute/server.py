@@ -285,7 +285,12 @@ class ControlPlane:
                 cfg = config_mod.enable_epp(cfg, str(self.config_path))
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
-            logger.error("config reload rejected, keeping the running config: %s", exc)
+            # One line per bad key, so line-based log shippers keep each one whole.
+            for problem in exc.problems:
+                logger.error(
+                    "config reload rejected, keeping the running config: %s: %s",
+                    exc.path, problem,
+                )  # fmt: skip
             return False
         label = await self.reload(cfg)
         logger.info("config %s loaded from %s", label, self.config_path)

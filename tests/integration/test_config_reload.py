@@ -37,6 +37,11 @@ async def test_invalid_file_keeps_running_config_and_valid_file_applies(
         with caplog.at_level(logging.ERROR, logger="warmroute.server"):
             assert await plane.reload_from_file() is False
         assert str(path) in caplog.text and "pools[0].models" in caplog.text
+        # Two bad keys: two records, each one line naming the file and its key.
+        rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+        assert len(rejected) == 2
+        assert all("\n" not in m and str(path) in m for m in rejected)
+        assert any("pools[0].replicas[0]" in m for m in rejected)
         assert plane.rollout.status()["stable"] == first
         assert plane.registry.pool_for_model("m1") is not None
         assert plane.metrics.config_reloads.labels("invalid")._value.get() == 1

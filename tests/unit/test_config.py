@@ -109,3 +109,20 @@ def test_error_paths_keep_keys_that_start_like_type_tags_and_drop_union_tags() -
     assert "pools[0].simulate.streamx" in text
     assert "pools[0].kubernetes.port (line 1)" in text
     assert ".port.int" not in text
+
+
+@pytest.mark.parametrize(
+    ("second_pool", "where"),
+    [
+        ("{name: a, models: [n]}", "pools[1].name (line 3)"),
+        ("{name: b, models: [n, m]}", "pools[1].models[1] (line 3)"),
+        ("{name: b, models: [n], replicas: [10.0.0.2:80, 10.0.0.1:80]}", "pools[1].replicas[1]"),
+    ],
+)
+def test_duplicates_are_located_at_their_second_occurrence(second_pool: str, where: str) -> None:
+    text = f"pools:\n  - {{name: a, models: [m], replicas: [10.0.0.1:80]}}\n  - {second_pool}\n"
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "x.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith(where), problem
+    assert "got {" not in problem
