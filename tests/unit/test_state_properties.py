@@ -1,10 +1,18 @@
 """Stateful property test of the leasing core.
 
 Hypothesis drives random sequences of acquire, wait, release (sometimes twice), cancel,
-requesters going away, time passing, replica phase changes, removals, external load and
-reconfiguration against a Registry with one or two pools, and checks the invariants
-documented in ``warmroute/state/pool.py`` after every step. Requests may carry an eligible
-set (an EPP subset hint), including empty ones and addresses no pool knows.
+requesters going away, time passing, replica phase changes, removals, external load,
+reconfiguration, pools added and removed (retired with leases and waiters in flight) and
+replicas moved between pools while busy, against a Registry with one to three pools that
+share addresses, and checks the invariants documented in ``warmroute/state/pool.py`` after
+every step. Requests may carry an eligible set (an EPP subset hint), including empty ones
+and addresses no pool knows; retired pools take requests too.
+
+Capacity is checked per address, counted independently of the code under test: the
+active leases on an address across every pool never exceed the address's slots as they
+were when the newest of them was granted (the smallest figure any live pool's non-GONE
+replica reported), and no waiter of any pool waits while a WARM replica it may use has
+an address-wide free slot.
 """
 
 from __future__ import annotations
@@ -105,8 +113,12 @@ class RegistryMachine(RuleBasedStateMachine):
         self.ended_by_pool: Counter[str] = Counter()
         self.rejected_by_pool: Counter[str] = Counter()
         self.tracked: list[Tracked] = []
-        self.removed: set[tuple[str, str]] = set()
+        self.removed: set[tuple[Pool, str]] = set()
         self.violations: list[str] = []
+        self.specs: dict[str, PoolSpec] = {}  # the configured pools, in order
+        self.pools_made = 0
+        self.made: dict[str, Pool] = {}  # every pool ever configured (names are never reused)
+        self.slots_at_grant: dict[str, int] = {}  # lease id -> its address's slots then
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -124,6 +136,44 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def _pool(self, i: int) -> Pool:
         return self.registry.pools[self.names[i % len(self.names)]]
+
+    def _live_pools(self) -> list[Pool]:
+        """Configured pools, then retired ones still holding leases or waiters."""
+        return [*(self.registry.pools[n] for n in self.names), *self.registry.retired]
+
+    def _any_pool(self, i: int) -> Pool:
+        pools = self._live_pools()
+        return pools[i % len(pools)]
+
+    def _slots_of(self, address: str) -> int | None:
+        """The address's slots by the documented rule, from the replicas themselves."""
+        mine = [p.replicas[address] for p in self._live_pools() if address in p.replicas]
+        live = [r.slots for r in mine if r.phase is not Phase.GONE] or [r.slots for r in mine]
+        return min(live) if live else None
+
+    def _leased_on(self, address: str) -> int:
+        """Active leases on ``address`` in every pool. Inside a release, the lease being
+        released is still in ``active`` but already ended: it does not count."""
+        return sum(
+            lease.address == address and lease.ended is None for lease in self.active.values()
+        )
+
+    def _free_on(self, pool: Pool, address: str) -> bool:
+        r = pool.replicas[address]
+        slots = self._slots_of(address)
+        assert slots is not None
+        return r.phase is Phase.WARM and self._leased_on(address) + r.external < slots
+
+    def _configure(self) -> None:
+        self.registry.configure(self.specs.values())
+        self.names = list(self.specs)
+        for name in self.names:
+            self.made.setdefault(name, self.registry.pools[name])
+
+    def _new_pool(self, param: tuple[int, float, float, str]) -> None:
+        i = self.pools_made
+        self.pools_made += 1
+        self.specs[f"p{i}"] = self._spec(f"p{i}", i, param)
 
     def _replicas(self) -> list[tuple[Pool, str]]:
         """Every known replica, in a stable order, so rules can target one that exists."""
@@ -150,6 +200,14 @@ class RegistryMachine(RuleBasedStateMachine):
             self.violations.append(f"{lease} granted on {r}")
         if r.in_flight > r.slots or r.in_flight + r.external > r.slots:
             self.violations.append(f"{lease} overbooks {r}")
+        # Address-wide: this lease plus every other pool's on the same server.
+        on_address = 1 + self._leased_on(r.address)
+        slots = self._slots_of(r.address)
+        if slots is None or on_address + r.external > slots:
+            self.violations.append(f"{lease} overbooks {r.address}: {on_address} on {slots}")
+        if r.capacity.leased != on_address:
+            self.violations.append(f"{lease}: capacity says {r.capacity}, {on_address} leased")
+        self.slots_at_grant[lease.id] = slots or 0
         if lease.pool.replicas.get(r.address) is not r:
             self.violations.append(f"{lease} granted on a replica its pool forgot")
         if lease.ended is not None or self.registry.leases.get(lease.id) is not lease:
@@ -183,8 +241,9 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @initialize(params=st.lists(pool_params, min_size=1, max_size=2))
     def configure(self, params: list[tuple[int, float, float, str]]) -> None:
-        self.names = [f"p{i}" for i in range(len(params))]
-        self.registry.configure(self._spec(f"p{i}", i, param) for i, param in enumerate(params))
+        for param in params:
+            self._new_pool(param)
+        self._configure()
 
     @rule(
         pool=indexes,
@@ -201,7 +260,7 @@ class RegistryMachine(RuleBasedStateMachine):
         timeout: float | None,
         eligible: frozenset[str] | None,
     ) -> None:
-        p = self._pool(pool)
+        p = self._any_pool(pool)
         self.requests += 1
         request_id = f"req-{self.requests}"
         if not skip_try:
@@ -213,8 +272,8 @@ class RegistryMachine(RuleBasedStateMachine):
                 self._check_grant(lease, eligible)
                 self._accept(lease)
                 return
-            assert all(
-                r.free == 0
+            assert not any(
+                r.free or self._free_on(p, r.address)
                 for r in p.replicas.values()
                 if eligible is None or r.address in eligible
             )
@@ -247,6 +306,30 @@ class RegistryMachine(RuleBasedStateMachine):
             self.acquire(
                 pool, alive, skip_try=False, timeout=None, eligible=eligible[i % len(eligible)]
             )
+
+    def _shared(self) -> list[tuple[int, int, str]]:
+        """(pool, other pool, address) for each address two live pools list."""
+        pools = self._live_pools()
+        return [
+            (i, j, address)
+            for i, p in enumerate(pools)
+            for j, q in enumerate(pools)
+            if i != j
+            for address in sorted(p.replicas)
+            if address in q.replicas
+        ]
+
+    @precondition(lambda self: bool(self._shared()))
+    @rule(i=indexes, n=st.integers(min_value=1, max_value=4), pinned=st.booleans())
+    def contend(self, i: int, n: int, pinned: bool) -> None:
+        """Load a shared address from one pool, then ask for it in the other: the case a
+        random walk rarely builds (a move, or two pools that list one server)."""
+        shared = self._shared()
+        p, q, address = shared[i % len(shared)]
+        only = frozenset({address})
+        for _ in range(n):
+            self.acquire(p, alive=True, skip_try=False, timeout=None, eligible=only)
+        self.acquire(q, alive=True, skip_try=False, timeout=None, eligible=only if pinned else None)
 
     @rule(pool=indexes, eligible=subsets)
     def can_ever_serve(self, pool: int, eligible: frozenset[str] | None) -> None:
@@ -339,7 +422,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def add_warm(self, pool: int, address: str, slots: int) -> None:
         p = self._pool(pool)
         self.registry.apply(ReplicaUpsert(p.name, address, slots, Phase.WARM))
-        self.removed.discard((p.name, address))
+        self.removed.discard((p, address))
 
     @rule(
         pool=indexes,
@@ -350,7 +433,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def upsert(self, pool: int, address: str, slots: int, phase: Phase) -> None:
         p = self._pool(pool)
         self.registry.apply(ReplicaUpsert(p.name, address, slots, phase))
-        self.removed.discard((p.name, address))
+        self.removed.discard((p, address))
         r = p.replicas[address]
         assert (r.slots, r.phase) == (slots, phase)
 
@@ -367,7 +450,42 @@ class RegistryMachine(RuleBasedStateMachine):
         replicas = self._replicas()
         p, address = replicas[i % len(replicas)]
         self.registry.apply(ReplicaRemoved(p.name, address))
-        self.removed.add((p.name, address))
+        self.removed.add((p, address))
+
+    @precondition(lambda self: bool(self._replicas()) and len(self.names) > 1)
+    @rule(
+        i=indexes,
+        to=indexes,
+        slots=slot_counts,
+        phase=st.sampled_from([Phase.WARM, Phase.WARM, Phase.LOADING]),
+    )
+    def move_replica(self, i: int, to: int, slots: int, phase: Phase) -> None:
+        """A reload lists a (maybe busy) replica in another pool: discovery removes it
+        from the first pool and adds it to the second, in that order."""
+        replicas = self._replicas()
+        p, address = replicas[i % len(replicas)]
+        others = [name for name in self.names if name != p.name]
+        q = self.registry.pools[others[to % len(others)]]
+        self.registry.apply(ReplicaRemoved(p.name, address))
+        self.removed.add((p, address))
+        self.registry.apply(ReplicaUpsert(q.name, address, slots, phase))
+        self.removed.discard((q, address))
+
+    @precondition(lambda self: len(self.names) > 1)
+    @rule(i=indexes)
+    def remove_pool(self, i: int) -> None:
+        """A reload drops a pool: it is retired with its leases and waiters in flight."""
+        pool = self._pool(i)
+        del self.specs[pool.name]
+        self._configure()
+        assert pool.name not in self.registry.pools
+        assert pool in self.registry.retired or pool.idle
+
+    @precondition(lambda self: len(self.names) < 3)
+    @rule(param=pool_params)
+    def add_pool(self, param: tuple[int, float, float, str]) -> None:
+        self._new_pool(param)
+        self._configure()
 
     @precondition(lambda self: any(p.replicas[a].external for p, a in self._replicas()))
     @rule(i=indexes)
@@ -376,7 +494,8 @@ class RegistryMachine(RuleBasedStateMachine):
         loaded = [(p, a) for p, a in self._replicas() if p.replicas[a].external]
         p, address = loaded[i % len(loaded)]
         r = p.replicas[address]
-        self.registry.apply(ReplicaExternalLoad(p.name, address, r.in_flight))
+        # The server runs exactly the leases of every pool on it.
+        self.registry.apply(ReplicaExternalLoad(p.name, address, self._leased_on(address)))
         assert r.external == 0
 
     @precondition(lambda self: bool(self._replicas()))
@@ -385,22 +504,21 @@ class RegistryMachine(RuleBasedStateMachine):
         replicas = self._replicas()
         p, address = replicas[i % len(replicas)]
         r = p.replicas[address]
-        ours = r.in_flight
+        ours = self._leased_on(address)
         self.registry.apply(ReplicaExternalLoad(p.name, address, running))
-        # ``running`` counts the replica's whole load, our own leases included.
+        # ``running`` counts the server's whole load: every pool's leases included.
         assert r.external == max(0, running - ours)
 
-    @rule(params=st.lists(pool_params, min_size=2, max_size=2))
+    @rule(params=st.lists(pool_params, min_size=3, max_size=3))
     def reconfigure(self, params: list[tuple[int, float, float, str]]) -> None:
         """Change every pool's limits and policy in place."""
         before = dict(self.registry.pools)
-        self.registry.configure(
-            self._spec(name, i, param)
-            for i, (name, param) in enumerate(zip(self.names, params, strict=False))
-        )
+        for name, param in zip(list(self.specs), params, strict=False):
+            self.specs[name] = self._spec(name, int(name[1:]), param)
+        self._configure()
         assert self.registry.pools == before
-        for i, name in enumerate(self.names):
-            assert self.registry.pool_for_model(f"m{i}") is before[name]
+        for name in self.names:
+            assert self.registry.pool_for_model(f"m{name[1:]}") is before[name]
 
     # -- invariants --------------------------------------------------------------------------
 
@@ -424,19 +542,46 @@ class RegistryMachine(RuleBasedStateMachine):
     @invariant()
     def in_flight_counts_active_leases(self) -> None:
         on: Counter[int] = Counter(id(lease.replica) for lease in self.active.values())
-        for name in self.names:
-            pool = self.registry.pools[name]
+        for pool in self._live_pools():
             for r in pool.replicas.values():
                 assert r.in_flight == on[id(r)], r
         for lease in self.active.values():
             # A replica with a lease in flight is never forgotten.
             assert lease.pool.replicas.get(lease.address) is lease.replica
+            assert lease.pool in self._live_pools()
+
+    @invariant()
+    def capacity_is_one_truth_per_address(self) -> None:
+        """One Capacity per address, shared by every live pool's replica for it, counting
+        the active leases of all pools, with the smallest non-GONE slots."""
+        for address in ADDRESSES:
+            members = {p: p.replicas[address] for p in self._live_pools() if address in p.replicas}
+            capacity = self.registry.capacity(address)
+            if not members:
+                assert capacity is None and self._leased_on(address) == 0
+                continue
+            assert capacity is not None
+            assert capacity.members == members
+            assert all(r.capacity is capacity for r in members.values())
+            assert capacity.leased == self._leased_on(address)
+            assert capacity.slots == self._slots_of(address)
+
+    @invariant()
+    def addresses_are_never_overbooked(self) -> None:
+        """Per address, the leases across all pools never exceed its slots as they were
+        when the newest of them was granted (slots may shrink under leases in flight, as
+        when a reload lowers them; new leases then wait until enough end)."""
+        newest: dict[str, Lease] = {}
+        for lease in self.active.values():  # in grant order
+            newest[lease.address] = lease
+        for address, lease in newest.items():
+            assert self._leased_on(address) <= self.slots_at_grant[lease.id], address
 
     @invariant()
     def work_is_conserved(self) -> None:
-        """While a waiter is queued, no WARM replica in its eligible set has a free slot."""
-        for name in self.names:
-            pool = self.registry.pools[name]
+        """While a waiter of any pool (retired ones too) is queued, no WARM replica of its
+        pool in its eligible set has a free slot, counted across all pools."""
+        for pool in self._live_pools():
             for w in pool.queue:
                 usable = [
                     r
@@ -444,11 +589,12 @@ class RegistryMachine(RuleBasedStateMachine):
                     if w.eligible is None or r.address in w.eligible
                 ]
                 assert all(r.free == 0 for r in usable), f"{w} waits, replicas {pool.replicas}"
+                assert not any(self._free_on(pool, r.address) for r in usable), w
 
     @invariant()
     def queue_counts_agree(self) -> None:
-        for name in self.names:
-            queue = self.registry.pools[name].queue
+        for pool in self._live_pools():
+            queue = pool.queue
             waiters = list(queue)
             assert len(waiters) == len(queue)
             assert queue.restricted == sum(w.eligible is not None for w in waiters)
@@ -457,13 +603,13 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @invariant()
     def removed_replicas_linger_only_while_busy(self) -> None:
-        for name, address in self.removed:
-            r = self.registry.pools[name].replicas.get(address)
+        for pool, address in self.removed:
+            r = pool.replicas.get(address)
             assert r is None or (r.phase is Phase.GONE and r.in_flight > 0), r
 
     @invariant()
     def waiters_leave_waiting_exactly_once(self) -> None:
-        queued = {id(w) for name in self.names for w in self.registry.pools[name].queue}
+        queued = {id(w) for pool in self._live_pools() for w in pool.queue}
         for t in self.tracked:
             w = t.w
             state = w.state
@@ -497,8 +643,8 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @invariant()
     def counters_agree(self) -> None:
-        for name in self.names:
-            c = self.registry.pools[name].counters
+        for name, pool in self.made.items():
+            c = pool.counters
             assert c.granted_immediately + c.granted_after_wait == self.accepted_by_pool[name]
             assert c.released == self.ended_by_pool[name]
             assert sum(c.ended.values()) == c.released

@@ -4,11 +4,12 @@ from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRem
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.pool import Pool, PoolSpec
 from warmroute.state.registry import Registry
-from warmroute.state.replica import Phase, Replica
+from warmroute.state.replica import Capacity, Phase, Replica
 from warmroute.state.snapshot import PoolView, RegistryView, ReplicaView
 from warmroute.state.waiters import Waiter, WaitState
 
 __all__ = [
+    "Capacity",
     "EndReason",
     "Lease",
     "Phase",

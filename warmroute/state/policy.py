@@ -1,8 +1,9 @@
 """Pick policies: plain functions choosing one replica among a pool's replicas.
 
 A policy returns a replica that is WARM with a free slot (``Replica.free > 0``), or None
-if there is none; it must not mutate them. It runs on every lease, so it reads the
-replica's fields directly rather than through properties.
+if there is none; it must not mutate them. Load and free slots are the address's, across
+every pool (``Replica.capacity``), plus the replica's external load. It runs on every
+lease, so it reads the fields directly rather than through properties.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ def least_loaded(candidates: Iterable[Replica]) -> Replica | None:
     for r in candidates:
         if r.phase is not _WARM:
             continue
-        busy = r.in_flight + r.external
-        if busy >= r.slots:
+        c = r.capacity
+        busy = c.leased + r.external
+        slots = c.slots
+        if busy >= slots:
             continue
-        load = busy / r.slots
+        load = busy / slots
         if load < best_load or (load == best_load and r.last_used < best_used):
             best, best_load, best_used = r, load, r.last_used
     return best
@@ -40,8 +43,10 @@ def least_loaded(candidates: Iterable[Replica]) -> Replica | None:
 def first_free(candidates: Iterable[Replica]) -> Replica | None:
     """The first replica with a free slot: packs work onto few replicas (before a scale-down)."""
     for r in candidates:
-        if r.phase is _WARM and r.in_flight + r.external < r.slots:
-            return r
+        if r.phase is _WARM:
+            c = r.capacity
+            if c.leased + r.external < c.slots:
+                return r
     return None
 
 

@@ -8,16 +8,28 @@ goes to the next waiter that can. The choice is greedy, not a maximum matching: 
 several replicas free at once, the oldest servable waiter takes the policy's pick within
 its set, even if that is the only one a younger waiter could have used.
 
+Capacity is per address, not per pool (see ``warmroute.state.replica``): every pool's
+replica for one address shares a ``Capacity`` that counts the leases on it across all
+pools, retired pools included. So a replica moved from pool A to pool B while A's
+requests still run on it is full in B until they end, and when a lease on it ends in any
+pool, the waiters of every pool that lists it are dispatched too: the releasing pool's
+first, then the others in the order they came to know the address. There is no FIFO
+across pools, only within one.
+
 Invariants (checked by tests/unit/test_state_properties.py after every step):
-  * for every replica, ``in_flight`` equals its active leases and never exceeds ``slots``
-    at the moment a lease is granted;
+  * for every replica, ``in_flight`` equals its pool's active leases on it; for every
+    address, ``capacity.leased`` equals the active leases on it across all pools, and at
+    the moment a lease is granted it does not exceed ``capacity.slots`` (the smallest
+    slots any pool not done with it reports), external load included;
   * each lease is released exactly once;
   * a waiter leaves WAITING exactly once, and a cancelled or timed-out waiter never
     holds a lease;
   * a lease is only ever granted on a replica in its request's eligible set;
-  * work conservation, generalised: while a waiter is queued, no WARM replica *in its
-    eligible set* (any replica, if it has none) has a free slot. With no subsets this is
-    the plain rule: no WARM replica has a free slot while anyone waits;
+  * work conservation, generalised: while a waiter is queued, no WARM replica of its pool
+    *in its eligible set* (any replica, if it has none) has a free slot, free counted
+    address-wide: a slot freed by another pool's lease is dispatched like one's own. With
+    no subsets and one pool this is the plain rule: no WARM replica has a free slot while
+    anyone waits;
   * FIFO per replica: a slot goes to the oldest queued waiter that may use its replica,
     and a new request never takes a slot a queued waiter may use.
 
@@ -34,7 +46,7 @@ from dataclasses import dataclass, field
 from warmroute.errors import QueueFull
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import Policy, least_loaded
-from warmroute.state.replica import Phase, Replica
+from warmroute.state.replica import Capacity, Phase, Replica
 from warmroute.state.waiters import GrantCallback, Waiter, WaitQueue, WaitState
 
 _WARM = Phase.WARM
@@ -82,7 +94,9 @@ class Pool:
     """Replicas, leases and waiters of one pool. Synchronous; not thread-safe.
 
     ``leases`` is the registry-wide index (lease id -> lease) shared by all pools, so the
-    end-of-request path finds a lease in one dict lookup.
+    end-of-request path finds a lease in one dict lookup. ``capacities`` is the
+    registry-wide address -> ``Capacity`` map, so pools that list one address share its
+    slots (a lone pool keeps its own).
     """
 
     def __init__(
@@ -94,6 +108,7 @@ class Pool:
         leases: dict[str, Lease],
         by_request: dict[str, Lease] | None = None,
         policy: Policy = least_loaded,
+        capacities: dict[str, Capacity] | None = None,
     ) -> None:
         self.spec = spec
         self._clock = clock
@@ -101,6 +116,7 @@ class Pool:
         self._leases = leases
         self._by_request = by_request if by_request is not None else {}
         self._policy = policy
+        self._capacities: dict[str, Capacity] = {} if capacities is None else capacities
         self.replicas: dict[str, Replica] = {}
         self.queue = WaitQueue()
         self.counters = PoolCounters()
@@ -192,12 +208,25 @@ class Pool:
         return True
 
     def release(self, lease: Lease, reason: EndReason = EndReason.FINISHED) -> bool:
-        """End a lease (idempotent) and hand its slot to the next waiter."""
+        """End a lease (idempotent) and hand its slot to the next waiter.
+
+        The releasing pool's waiters come first; if the address is shared, the other
+        pools that list it are then dispatched too.
+        """
         if lease.ended is not None or lease.pool is not self:
             return False
         self._end(lease, reason)
         self._dispatch()
+        members = lease.replica.capacity.members
+        if len(members) > 1 or self not in members:
+            self._dispatch_others(members)
         return True
+
+    def _dispatch_others(self, members: dict[Pool, Replica]) -> None:
+        """Dispatch every other pool that lists an address whose slots may have freed."""
+        for pool in list(members):
+            if pool is not self and pool.queue:
+                pool._dispatch()
 
     def _end(self, lease: Lease, reason: EndReason) -> None:
         lease.ended = reason
@@ -205,6 +234,7 @@ class Pool:
         self._unindex(lease)
         replica = lease.replica
         replica.in_flight -= 1
+        replica.capacity.leased -= 1
         replica.last_used = self._clock()
         c = self.counters
         c.released += 1
@@ -231,6 +261,7 @@ class Pool:
             now + self.spec.max_request_seconds + self.spec.lease_grace_seconds,
         )
         replica.in_flight += 1
+        replica.capacity.leased += 1
         replica.leased_total += 1
         replica.last_used = now
         self._leases[lease.id] = lease
@@ -293,7 +324,7 @@ class Pool:
         free = [
             r
             for r in self.replicas.values()
-            if r.phase is _WARM and r.in_flight + r.external < r.slots
+            if r.phase is _WARM and r.capacity.leased + r.external < r.capacity.slots
         ]
         if not free:
             return None
@@ -317,8 +348,10 @@ class Pool:
         lease.ended = EndReason.CANCELLED
         self._leases.pop(lease.id, None)
         self._unindex(lease)
-        lease.replica.in_flight -= 1
-        lease.replica.leased_total -= 1
+        replica = lease.replica
+        replica.in_flight -= 1
+        replica.capacity.leased -= 1
+        replica.leased_total -= 1
 
     # -- time ----------------------------------------------------------------------------
 
@@ -345,15 +378,29 @@ class Pool:
     # -- membership ----------------------------------------------------------------------
 
     def upsert(self, address: str, slots: int, phase: Phase) -> Replica:
+        """Add or update this pool's replica at ``address``.
+
+        A new replica joins the address's ``Capacity``: if another pool (a retired one, or
+        the one it moved from) still has leases on it, they count against its slots here.
+        """
         replica = self.replicas.get(address)
         if replica is None:
-            replica = Replica(address, slots, phase)
+            capacity = self._capacities.get(address)
+            if capacity is None:
+                capacity = self._capacities[address] = Capacity(address, slots)
+            replica = Replica(address, slots, phase, capacity)
             self.replicas[address] = replica
+            capacity.members[self] = replica
         else:
             replica.slots = slots
             replica.phase = phase
+        capacity = replica.capacity
+        capacity.refresh()
         if phase is Phase.WARM:
             self._dispatch()
+        if len(capacity.members) > 1:
+            # The address's slots may have grown for the other pools that list it.
+            self._dispatch_others(capacity.members)
         return replica
 
     def remove(self, address: str) -> None:
@@ -363,6 +410,10 @@ class Pool:
         replica.phase = Phase.GONE
         if replica.in_flight == 0:
             self._forget(replica)
+        else:
+            replica.capacity.refresh()
+        # A GONE replica no longer bounds the address's slots in other pools.
+        self._dispatch_others(replica.capacity.members)
 
     def set_external(self, address: str, running: int, *, reconcile: bool = False) -> list[Lease]:
         """Record how many requests the replica reports running in total.
@@ -375,8 +426,9 @@ class Pool:
         replica = self.replicas.get(address)
         if replica is None:
             return []
+        capacity = replica.capacity
         reclaimed: list[Lease] = []
-        if reconcile and running < replica.in_flight:
+        if reconcile and running < capacity.leased:
             cutoff = self._clock() - self.spec.reconcile_after_seconds
             stale = sorted(
                 (
@@ -386,17 +438,40 @@ class Pool:
                 ),
                 key=lambda lease: lease.acquired_at,
             )
-            for lease in stale[: replica.in_flight - running]:
+            for lease in stale[: capacity.leased - running]:
                 self._end(lease, EndReason.RECONCILED)
                 reclaimed.append(lease)
             self.counters.reconciled += len(reclaimed)
-        replica.external = max(0, running - replica.in_flight)
+        # ``running`` is the whole server's load: every pool's leases on it are ours.
+        replica.external = max(0, running - capacity.leased)
         self._dispatch()
+        if reclaimed:
+            self._dispatch_others(capacity.members)
         return reclaimed
 
     def _forget(self, replica: Replica) -> None:
-        if self.replicas.get(replica.address) is replica:
-            del self.replicas[replica.address]
+        if self.replicas.get(replica.address) is not replica:
+            return
+        del self.replicas[replica.address]
+        capacity = replica.capacity
+        if capacity.members.get(self) is replica:
+            del capacity.members[self]
+        if capacity.members:
+            capacity.refresh()
+        elif capacity.leased == 0 and self._capacities.get(replica.address) is capacity:
+            del self._capacities[replica.address]
+
+    def detach(self) -> None:
+        """Forget every replica of an idle pool (a retired pool the registry drops).
+
+        Its replicas stop bounding their addresses' slots, so the other pools that list
+        them are dispatched. Does nothing to a pool with leases or waiters.
+        """
+        if not self.idle:
+            return
+        for replica in list(self.replicas.values()):
+            self._forget(replica)
+            self._dispatch_others(replica.capacity.members)
 
     @property
     def idle(self) -> bool:

@@ -2,6 +2,12 @@
 
 This is the authoritative state. It is synchronous and does no I/O; adapters (ext_proc,
 access log, discovery, metrics) call it from one event loop.
+
+One address is one model server, however many pools list it: the registry keeps one
+``Capacity`` per address, shared by every pool's replica for it, live and retired pools
+alike, so moving a busy replica between pools (a config reload) never overbooks it. See
+``warmroute.state.replica`` for the slot rule and ``warmroute.state.pool`` for dispatch
+and the invariants.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRem
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import POLICIES
 from warmroute.state.pool import Clock, IdFactory, Pool, PoolSpec
+from warmroute.state.replica import Capacity
 from warmroute.state.snapshot import PoolView, RegistryView, ReplicaView
 
 
@@ -34,16 +41,28 @@ class Registry:
         self.pools: dict[str, Pool] = {}
         self._by_model: dict[str, Pool] = {}
         self._retired: list[Pool] = []
+        # Address -> its slots across every pool (live or retired) that lists it.
+        self._capacities: dict[str, Capacity] = {}
 
     @property
     def clock(self) -> Clock:
         return self._clock
 
+    @property
+    def retired(self) -> tuple[Pool, ...]:
+        """Pools dropped from the config that still have leases or waiters."""
+        return tuple(self._retired)
+
+    def capacity(self, address: str) -> Capacity | None:
+        """The address's slots and leases across all pools, or None if no pool lists it."""
+        return self._capacities.get(address)
+
     def configure(self, specs: Iterable[PoolSpec]) -> None:
         """Make the pools match ``specs``: add new, update changed, drop removed ones.
 
         A dropped pool's waiters stay until they time out or are cancelled and its
-        leases stay until they end; it simply stops being found by model.
+        leases stay until they end; it simply stops being found by model. Its replicas
+        keep their share of their addresses' slots until it is idle and forgotten.
         """
         wanted = {s.name: s for s in specs}
         for name in list(self.pools):
@@ -60,6 +79,7 @@ class Registry:
                     leases=self.leases,
                     by_request=self._by_request,
                     policy=POLICIES[spec.policy],
+                    capacities=self._capacities,
                 )
             else:
                 pool.spec = spec
@@ -97,7 +117,13 @@ class Registry:
         overdue = [lease for lease in self.leases.values() if lease.deadline <= now]
         for lease in overdue:
             lease.release(EndReason.EXPIRED)
-        self._retired = [p for p in self._retired if not p.idle]
+        retired = []
+        for pool in self._retired:
+            if pool.idle:
+                pool.detach()  # its replicas stop bounding their addresses' slots
+            else:
+                retired.append(pool)
+        self._retired = retired
         return overdue
 
     def view(self) -> RegistryView:

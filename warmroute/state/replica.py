@@ -1,8 +1,25 @@
-"""A replica of a model server and its lifecycle phase."""
+"""A replica of a model server, its lifecycle phase, and the capacity of its address.
+
+One address (``ip:port``) is one model server, whatever pools list it. A config reload
+may move it from one pool to another while the first pool's requests still run on it,
+and a retired pool keeps its leases until they end. So slots are counted per address,
+not per (pool, address): every pool's ``Replica`` for an address shares one
+``Capacity``, which counts the leases on it across all pools. A pool may lease a replica
+only while ``capacity.leased + replica.external < capacity.slots``.
+
+When pools disagree on an address's slots, the smaller wins: ``capacity.slots`` is the
+smallest ``slots`` among its replicas that are not GONE (a GONE replica only lingers
+until its leases end, so its figure is stale). It is never above the leasing pool's own
+``slots``, so a pool never leases beyond what it was told either.
+"""
 
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from warmroute.state.pool import Pool
 
 
 class Phase(enum.Enum):
@@ -14,20 +31,69 @@ class Phase(enum.Enum):
     GONE = "gone"  # removed; kept only until its last lease ends
 
 
-class Replica:
-    """One model-server endpoint. Owned and mutated only by its ``Pool``.
+_GONE = Phase.GONE
 
-    ``address`` is ``ip:port``, exactly the string Envoy's override_host policy matches.
-    ``external`` counts slots busy with traffic warmroute did not lease (seen in the
-    replica's own metrics); they are not free.
+
+class Capacity:
+    """The slots of one address, shared by every pool's ``Replica`` for it.
+
+    ``leased`` counts the active leases on the address across all pools, retired ones
+    included; ``members`` maps each pool that knows the address to its ``Replica``.
+    Owned by the ``Registry`` (or by a lone ``Pool``) and mutated only by pools.
     """
 
-    __slots__ = ("address", "external", "in_flight", "last_used", "leased_total", "phase", "slots")
+    __slots__ = ("address", "leased", "members", "slots")
 
-    def __init__(self, address: str, slots: int, phase: Phase = Phase.LOADING) -> None:
+    def __init__(self, address: str, slots: int) -> None:
+        self.address = address
+        self.slots = slots
+        self.leased = 0
+        self.members: dict[Pool, Replica] = {}
+
+    def refresh(self) -> None:
+        """Recompute ``slots``: the smallest figure among the members not GONE."""
+        live = [r.slots for r in self.members.values() if r.phase is not _GONE]
+        if live:
+            self.slots = min(live)
+        elif self.members:
+            self.slots = min(r.slots for r in self.members.values())
+
+    def __repr__(self) -> str:
+        return f"Capacity({self.address} {self.leased}/{self.slots} pools={len(self.members)})"
+
+
+class Replica:
+    """One pool's view of one model-server endpoint. Owned and mutated only by its ``Pool``.
+
+    ``address`` is ``ip:port``, exactly the string Envoy's override_host policy matches.
+    ``slots`` is what this pool's discovery reports; ``in_flight`` counts this pool's
+    leases on it; ``capacity`` is shared with other pools' replicas of the same address
+    and decides what is free. ``external`` counts slots busy with traffic warmroute did
+    not lease (seen in the replica's own metrics); they are not free.
+    """
+
+    __slots__ = (
+        "address",
+        "capacity",
+        "external",
+        "in_flight",
+        "last_used",
+        "leased_total",
+        "phase",
+        "slots",
+    )
+
+    def __init__(
+        self,
+        address: str,
+        slots: int,
+        phase: Phase = Phase.LOADING,
+        capacity: Capacity | None = None,
+    ) -> None:
         self.address = address
         self.slots = slots
         self.phase = phase
+        self.capacity = Capacity(address, slots) if capacity is None else capacity
         self.in_flight = 0
         self.external = 0
         self.last_used = 0.0
@@ -35,13 +101,15 @@ class Replica:
 
     @property
     def free(self) -> int:
-        """Slots that may be leased now (0 unless WARM)."""
+        """Slots that may be leased now, counting every pool's leases (0 unless WARM)."""
         if self.phase is not Phase.WARM:
             return 0
-        return max(0, self.slots - self.in_flight - self.external)
+        c = self.capacity
+        return max(0, c.slots - c.leased - self.external)
 
     def __repr__(self) -> str:
+        c = self.capacity
         return (
             f"Replica({self.address} {self.phase.value} "
-            f"{self.in_flight}/{self.slots} ext={self.external})"
+            f"{self.in_flight}/{self.slots} all={c.leased}/{c.slots} ext={self.external})"
         )
