@@ -216,3 +216,35 @@ def test_external_load_and_reconcile_count_every_pools_leases() -> None:
     assert lease_b.ended is None
     capacity = registry.capacity(R)
     assert capacity is not None and capacity.leased == 1
+
+
+def test_more_slots_in_one_pool_wake_the_other_pools_waiters() -> None:
+    registry, _ = make_registry()
+    warm(registry, "a", 1)
+    warm(registry, "b", 2)
+    [lease_a] = fill(registry, "a", 1)
+    requester = Requester()
+    waiter = registry.pools["b"].enqueue("b-0", requester.on_grant)
+    assert waiter.state is WaitState.WAITING  # the smaller figure (a's 1) rules
+    warm(registry, "a", 3)  # now b's 2 is the smaller: one slot is free, and b's
+    assert waiter.state is WaitState.GRANTED
+    lease_a.release()
+
+
+def test_forgetting_an_idle_retired_pool_frees_the_slots_it_bounded() -> None:
+    registry, clock = make_registry()
+    warm(registry, "a", 1)
+    warm(registry, "b", 2)
+    [lease_a] = fill(registry, "a", 1)
+    registry.configure([B])  # a is retired; its replica still says 1 slot
+    requester = Requester()
+    waiter = registry.pools["b"].enqueue("b-0", requester.on_grant)
+    assert waiter.state is WaitState.WAITING
+    lease_a.release()  # a's replica is WARM, not GONE: it still bounds R to 1 slot
+    assert waiter.state is WaitState.GRANTED
+    waiter_2 = registry.pools["b"].enqueue("b-1", requester.on_grant)
+    assert waiter_2.state is WaitState.WAITING
+    clock.now += 1.0
+    registry.expire()  # a is idle: forgotten, R's slots are b's 2
+    assert registry.retired == ()
+    assert waiter_2.state is WaitState.GRANTED
