@@ -185,6 +185,8 @@ class ControlPlane:
             inference_pools=self.pool_discovery.status if self.pool_discovery else None,
         )
         self._configs: dict[str, Config] = {}
+        # Pools a reload dropped that Envoys on the old version may still route to.
+        self._kept_pools: list[PoolConfig] = []
         self._generation = 0
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -257,9 +259,12 @@ class ControlPlane:
         keep = [s for name, s in old.items() if name not in {n.name for n in new}]
         self.registry.configure([*new, *keep])
         self.metrics.declare(p.name for p in cfg.pools)
+        # Their replicas too: a request an old-version Envoy routes there is served, not
+        # left to time out in an empty queue.
+        self._kept_pools = [self.config.pool(s.name) for s in keep]
         self.config = cfg
         self.rollout.policy = cfg.xds.rollout
-        await self.discovery.update(cfg)
+        await self.discovery.update(cfg, self._kept_pools)
         if self.kube_discovery is not None:
             await self.kube_discovery.update(cfg)
         if self.pool_discovery is not None:
@@ -311,6 +316,12 @@ class ControlPlane:
             if rollout.stage is Stage.HALTED:
                 self.config = stable
             self.registry.configure(stable.specs())
+            # Every node is on one version: replicas of pools it lacks stop being probed.
+            self._kept_pools = []
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(
+                asyncio.create_task(self.discovery.update(self.config), name="discovery-settle")
+            )
             self.publisher.publish()
         self._forget_configs()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from warmroute.config import Config
+from warmroute.config import Config, PoolConfig
 from warmroute.discovery.probe import Prober, Readiness, Target
 from warmroute.state import ReplicaEvent
 
@@ -15,10 +15,12 @@ class StaticDiscovery:
     def __init__(self, emit: Callable[[ReplicaEvent], None]) -> None:
         self.prober = Prober(emit)
 
-    async def update(self, cfg: Config) -> None:
+    async def update(self, cfg: Config, kept: Sequence[PoolConfig] = ()) -> None:
+        """Follow ``cfg``; ``kept`` are pools a reload dropped that Envoys not yet on the
+        new version still route to: their replicas stay probed (and leasable) until then."""
         wanted = {
             (p.name, r.address): Target(p.name, r.address, p.replica_slots(r), p.probe)
-            for p in cfg.pools
+            for p in [*cfg.pools, *kept]
             if p.kubernetes is None
             for r in p.all_replicas()
         }
