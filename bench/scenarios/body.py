@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import math
 import os
-import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -34,11 +33,10 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import trace
 from bench.chat_body import chat_body, post_request, size_label
 from bench.contenders.base import Backends, Contender
-from bench.loadgen import Client, Outcome, Progress, open_loop
-from bench.scenarios.overhead import RateRun, cpu_by_role, cpu_seconds, processes
+from bench.loadgen import Client, Outcome
+from bench.scenarios.overhead import RateRun, cpu_by_role, cpu_seconds, fixed_rate, processes
 from bench.stats import Summary, percentile
 from bench.util import MODEL, RESULTS, LogDir, say
 from warmroute.xds.resources import CONTROL_CLUSTER
@@ -216,30 +214,15 @@ def payload(size: int, header: bool) -> bytes:
     return post_request("127.0.0.1", PATH, chat_body(size, MODEL, seed=size), headers)
 
 
-async def send(
-    c: Contender, data: bytes, rate: int, seconds: float, seed: int, label: str
-) -> list[Outcome]:
-    offsets = trace.fixed_rate_offsets(rate, seconds, random.Random(seed * 100_003 + rate))
-    client = Client("127.0.0.1", c.port)
-    try:
-        with Progress(label, len(offsets)) as progress:
-            return await open_loop(
-                client, offsets, lambda _: data,
-                timeout=10.0, deadline=seconds + 15.0, progress=progress,
-            )  # fmt: skip
-    finally:
-        client.close()
-
-
 async def measure(
     c: Contender, data: bytes, rate: int, p: Plan, seed: int, label: str, idle: dict[str, float]
 ) -> Sample:
     """Warm up at ``rate``, then measure: latencies, CPU per process, bytes, machine CPU."""
-    await send(c, data, rate, p.warm_seconds, seed + 7, f"{label} warm-up")
+    await fixed_rate(c, rate, p.warm_seconds, seed + 7, f"{label} warm-up", data)
     roles = processes(c)
     tx0, busy0, cpu0 = await envoy_tx(c), machine_busy_seconds(), cpu_by_role(roles)
     t0 = time.monotonic()
-    outcomes = await send(c, data, rate, p.seconds, seed, label)
+    outcomes = await fixed_rate(c, rate, p.seconds, seed, label, data)
     cpu1, t1, busy1 = cpu_by_role(roles), time.monotonic(), machine_busy_seconds()
     tx1 = await envoy_tx(c)
     run = RateRun(rate, outcomes, {r: cpu1[r] - cpu0[r] for r in roles}, t1 - t0)

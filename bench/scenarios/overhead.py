@@ -77,10 +77,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def fixed_rate(
-    contender: Contender, rate: int, seconds: float, seed: int, label: str
+    contender: Contender,
+    rate: int,
+    seconds: float,
+    seed: int,
+    label: str,
+    payload: bytes | None = None,
 ) -> list[Outcome]:
+    """Open-loop requests at ``rate``/s; ``payload`` is the raw HTTP request (default: a
+    header-routed request the replica answers at once)."""
     offsets = trace.fixed_rate_offsets(rate, seconds, random.Random(seed * 100_003 + rate))
-    payload = http_request("127.0.0.1", 0.0)
+    if payload is None:
+        payload = http_request("127.0.0.1", 0.0)
     client = Client("127.0.0.1", contender.port)
     try:
         with Progress(label, len(offsets)) as progress:

@@ -86,9 +86,9 @@ def test_header_and_body_agree_or_refuse(header: str, body_model: str) -> None:
 
 def _view() -> RegistryView:
     reps = (
-        ReplicaView("10.0.0.1:8000", "warm", 2, 1, 0, 5),
-        ReplicaView("10.0.0.2:8000", "warm", 2, 0, 1, 5),
-        ReplicaView("10.0.0.3:8000", "loading", 4, 0, 0, 0),
+        ReplicaView("10.0.0.1:8000", "warm", 2, 1, 0, 5, free=1),
+        ReplicaView("10.0.0.2:8000", "warm", 2, 0, 1, 5, free=1),
+        ReplicaView("10.0.0.3:8000", "loading", 4, 0, 0, 0, free=0),
     )
     pool = PoolView("p", ("a", "b"), reps, 3, 100, 0, 0, 0, 0, 0, 0, 0)
     return RegistryView((pool,), 1)

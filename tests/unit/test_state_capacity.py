@@ -248,3 +248,17 @@ def test_forgetting_an_idle_retired_pool_frees_the_slots_it_bounded() -> None:
     registry.expire()  # a is idle: forgotten, R's slots are b's 2
     assert registry.retired == ()
     assert waiter_2.state is WaitState.GRANTED
+
+
+def test_view_shows_address_wide_free_slots_in_every_pool() -> None:
+    """What /v1/models and status pages read: a slot A holds is not free in B's view."""
+    registry, _ = make_registry()
+    registry.apply(ReplicaUpsert("a", R, 2, Phase.WARM))
+    registry.apply(ReplicaUpsert("b", R, 2, Phase.WARM))
+    lease = registry.pools["a"].try_acquire("r1")
+    assert lease is not None
+    free = {p.name: [r.free for r in p.replicas] for p in registry.view().pools}
+    assert free == {"a": [1], "b": [1]}
+    lease.release()
+    free = {p.name: [r.free for r in p.replicas] for p in registry.view().pools}
+    assert free == {"a": [2], "b": [2]}

@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from warmroute.state import Phase, RegistryView
+from warmroute.state import Phase, PoolView, RegistryView
 
 _WARM = Phase.WARM.value
 
 
-def _entry(model: str, pool: Any) -> dict[str, Any]:
+def _entry(model: str, pool: PoolView) -> dict[str, Any]:
     warm = [r for r in pool.replicas if r.phase == _WARM]
-    slots = sum(r.slots for r in warm)
-    busy = sum(r.in_flight + r.external for r in warm)
     return {
         "id": model,
         "object": "model",
@@ -27,8 +25,9 @@ def _entry(model: str, pool: Any) -> dict[str, Any]:
         # warmroute's own fields (OpenAI clients ignore unknown keys):
         "pool": pool.name,
         "warm_replicas": len(warm),
-        "warm_slots": slots,
-        "free_slots": max(0, slots - busy),
+        "warm_slots": sum(r.slots for r in warm),
+        # Address-wide: a replica another pool also leases is as busy here as there.
+        "free_slots": sum(r.free for r in warm),
         "waiting": pool.waiting,
     }
 

@@ -132,7 +132,13 @@ class Registry:
         for pool in self.pools.values():
             replicas = tuple(
                 ReplicaView(
-                    r.address, r.phase.value, r.slots, r.in_flight, r.external, r.leased_total
+                    r.address,
+                    r.phase.value,
+                    r.slots,
+                    r.in_flight,
+                    r.external,
+                    r.leased_total,
+                    r.free,
                 )
                 for r in sorted(pool.replicas.values(), key=lambda r: r.address)
             )

@@ -14,6 +14,8 @@ class ReplicaView:
     in_flight: int
     external: int
     leased_total: int
+    # Slots free right now, across every pool leasing this address (0 unless warm).
+    free: int = 0
 
 
 @dataclass(frozen=True, slots=True)
