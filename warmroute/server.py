@@ -7,11 +7,11 @@ ext_proc (which replica?) and the access log (request finished).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -20,10 +20,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from kubernetes import client as k8s
 
 from warmroute import config as config_mod
+from warmroute import config_watch
 from warmroute.admin import AdminServer
 from warmroute.autoscale.controller import Autoscaler, Scaler
 from warmroute.autoscale.local import LocalScaler
 from warmroute.config import Config, GrpcTlsConfig, PoolConfig
+from warmroute.config_manager import ConfigManager
+from warmroute.config_watch import ConfigFileWatcher
 from warmroute.discovery.inference_pool import InferencePoolDiscovery
 from warmroute.discovery.kubernetes import KubernetesDiscovery
 from warmroute.discovery.scrape import MetricsScraper
@@ -32,17 +35,14 @@ from warmroute.epp import PickerService
 from warmroute.errors import ConfigError
 from warmroute.extproc.accesslog import AccessLogService
 from warmroute.extproc.processor import ExternalProcessor
-from warmroute.k8s.client import api_client
 from warmroute.k8s.leader import LeaderElector
 from warmroute.k8s.scale import KubernetesScaler
 from warmroute.metrics import Metrics
 from warmroute.state import Registry, ReplicaExternalLoad
 from warmroute.xds.ads import AdsServer
-from warmroute.xds.builder import config_snapshot
 from warmroute.xds.cache import SnapshotCache, StreamEvent, StreamObserver
 from warmroute.xds.endpoints import EndpointPublisher
-from warmroute.xds.rollout import Rollout, Stage
-from warmroute.xds.snapshot import Snapshot
+from warmroute.xds.rollout import Rollout
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +75,6 @@ def _server_credentials(tls: GrpcTlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def _kube_api(cfg: Config) -> k8s.ApiClient | None:
-    if any(p.kubernetes is not None or p.inference_pool is not None for p in cfg.pools) or (
-        cfg.kubernetes.leader_election.enabled
-    ):
-        return api_client(cfg.kubernetes)
-    return None
-
-
 class _PoolScaler:
     """Scales each pool where its replicas come from: Kubernetes or local processes."""
 
@@ -94,9 +86,10 @@ class _PoolScaler:
         if pool.kubernetes is None:
             return self._plane.local_scaler
         if self._kube is None:
-            plane = self._plane
-            assert plane.kube_api is not None and plane.kube_discovery is not None
-            self._kube = KubernetesScaler(plane.kube_api, plane.kube_discovery.pod_name)
+            kube = self._plane.manager.kube
+            if kube is None:  # a pool's config says kubernetes, so apply() built it
+                raise RuntimeError(f"pool {pool.name}: no Kubernetes API client")
+            self._kube = KubernetesScaler(kube.api, kube.pods.pod_name)
         return self._kube
 
     async def get_replicas(self, pool: PoolConfig) -> int:
@@ -122,14 +115,11 @@ class ControlPlane:
         config_path: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = cfg
         self.config_path = Path(config_path) if config_path else None
         self.registry = Registry(clock=clock)
-        self.registry.configure(cfg.specs())
         self.cache = SnapshotCache()
         self.rollout = Rollout(self.cache, cfg.xds.rollout)
         self.metrics = Metrics(self.registry.view, self.rollout.status)
-        self.metrics.declare(p.name for p in cfg.pools)
         self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
         self.access_log = AccessLogService(self.registry, self.metrics)
         self.publisher = EndpointPublisher(
@@ -137,20 +127,8 @@ class ControlPlane:
             self.cache,
             on_routable=lambda pool, addr, s: self.metrics.endpoint_ready.observe(s),
         )
-        self.rollout.on_change = self._on_rollout_change
         self.ads = AdsServer(self.cache, _Fanout(self.publisher, self.rollout, self.metrics))
         self.discovery = StaticDiscovery(self.publisher.emit)
-        self.kube_api = _kube_api(cfg)
-        self.kube_discovery = (
-            KubernetesDiscovery(self.kube_api, self.publisher.emit)
-            if self.kube_api is not None
-            else None
-        )
-        self.pool_discovery = (  # pools from a Gateway API InferencePool
-            InferencePoolDiscovery(self.kube_api, self.publisher.emit)
-            if self.kube_api is not None
-            else None
-        )
         self.local_scaler = LocalScaler(self.discovery.prober)
         self.autoscaler = Autoscaler(
             self.registry,
@@ -166,33 +144,62 @@ class ControlPlane:
         if self.epp is not None:
             self.epp.picker.on_queued = self.autoscaler.poke
         self.scraper = MetricsScraper(self.registry, self.publisher.emit)
-        self.scraper.configure(cfg)
+        # Every config change (reload, rollback, settle) goes through the manager.
+        self.manager = ConfigManager(
+            cfg,
+            registry=self.registry,
+            metrics=self.metrics,
+            rollout=self.rollout,
+            publisher=self.publisher,
+            static=self.discovery,
+            autoscaler=self.autoscaler,
+            scraper=self.scraper,
+            epp=self.epp,
+            source=str(self.config_path or "<config>"),
+        )
         self.elector: LeaderElector | None = None
         if cfg.kubernetes.leader_election.enabled:
-            if self.kube_api is None:
-                raise ValueError("leader election needs Kubernetes API access")
+            kube = self.manager.kube
+            assert kube is not None  # leader election needs the API: built with the manager
             self.processor.serving = False  # a standby until elected
             if self.epp is not None:
                 self.epp.set_serving(False)
             self.elector = LeaderElector(
-                self.kube_api, cfg.kubernetes.leader_election, self._on_leadership
+                kube.api, cfg.kubernetes.leader_election, self._on_leadership
             )
         self.admin = AdminServer(
             self.metrics,
             self.registry.view,
             lambda: self.processor.serving,
             xds_status=self.rollout.status,
-            inference_pools=self.pool_discovery.status if self.pool_discovery else None,
+            inference_pools=self._inference_pools,
         )
-        self._configs: dict[str, Config] = {}
-        # Pools a reload dropped that Envoys on the old version may still route to.
-        self._kept_pools: list[PoolConfig] = []
-        self._generation = 0
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._file_stamp: tuple[float, int] | None = None
+        self._watcher: ConfigFileWatcher | None = None
         self._stopped = False
         self.grpc_port = 0
+
+    @property
+    def config(self) -> Config:
+        """The config every component follows now (the newest applied)."""
+        return self.manager.config
+
+    @property
+    def kube_api(self) -> k8s.ApiClient | None:
+        return self.manager.kube.api if self.manager.kube else None
+
+    @property
+    def kube_discovery(self) -> KubernetesDiscovery | None:
+        return self.manager.kube.pods if self.manager.kube else None
+
+    @property
+    def pool_discovery(self) -> InferencePoolDiscovery | None:
+        return self.manager.kube.pools if self.manager.kube else None
+
+    def _inference_pools(self) -> dict[str, dict[str, Any]]:
+        kube = self.manager.kube
+        return kube.pools.status() if kube is not None else {}
 
     async def start(self) -> None:
         cfg = self.config
@@ -217,17 +224,11 @@ class ControlPlane:
             ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {cfg.control.grpc}")
-        self.rollout.propose(self._snapshot(cfg))
-        self.publisher.publish()
+        await self.manager.start()
         await server.start()
         self._grpc = server
         host, _, port = cfg.control.admin.rpartition(":")
         await self.admin.start(host, int(port))
-        await self.discovery.update(cfg)
-        if self.kube_discovery is not None:
-            await self.kube_discovery.update(cfg)
-        if self.pool_discovery is not None:
-            await self.pool_discovery.update(cfg)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         # Always running (idle without work), so a reload can turn either on.
         self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
@@ -235,59 +236,33 @@ class ControlPlane:
         if self.elector is not None:
             self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))
         if self.config_path is not None:
-            self._file_stamp = self._stamp()
-            self._tasks.append(asyncio.create_task(self._watch_file(), name="config watch"))
+            self._watcher = ConfigFileWatcher(self.config_path, self._reload_changed_file)
+            self._tasks.append(asyncio.create_task(self._watcher.run(), name="config watch"))
         logger.info(
             "control plane up: gRPC (ADS, ext_proc, access log) %s, admin http://%s:%d",
             cfg.control.grpc, host, self.admin.port,
         )  # fmt: skip
 
-    def _snapshot(self, cfg: Config) -> Snapshot:
-        self._generation += 1
-        digest = hashlib.blake2b(cfg.model_dump_json().encode(), digest_size=4).hexdigest()
-        label = f"v{self._generation}-{digest}"
-        self._configs[label] = cfg
-        return config_snapshot(cfg, label)
-
     async def reload(self, cfg: Config) -> str:
-        """Adopt a validated config; roll it out to Envoys. Returns its version label."""
-        snapshot = self._snapshot(cfg)
-        # Envoys still on the old version may route to pools the new one drops: keep them
-        # until the rollout settles (see _on_rollout_change).
-        old = {s.name: s for s in self.config.specs()}
-        new = cfg.specs()
-        keep = [s for name, s in old.items() if name not in {n.name for n in new}]
-        self.registry.configure([*new, *keep])
-        self.metrics.declare(p.name for p in cfg.pools)
-        # Their replicas too: a request an old-version Envoy routes there is served, not
-        # left to time out in an empty queue.
-        self._kept_pools = [self.config.pool(s.name) for s in keep]
-        self.config = cfg
-        self.rollout.policy = cfg.xds.rollout
-        await self.discovery.update(cfg, self._kept_pools)
-        if self.kube_discovery is not None:
-            await self.kube_discovery.update(cfg)
-        if self.pool_discovery is not None:
-            await self.pool_discovery.update(cfg)
-        self.autoscaler.configure(cfg)
-        if self.epp is not None:
-            self.epp.configure(cfg)
-        self.scraper.configure(cfg)
-        self.rollout.propose(snapshot)
-        self.publisher.publish()
-        self.metrics.config_reloads.labels("applied").inc()
-        return snapshot.label
+        """Adopt a validated config; roll it out to Envoys. Returns its version label.
+
+        Raises ConfigError, changing nothing, if it changes what only a restart can."""
+        return await self.manager.reload(cfg)
 
     async def reload_from_file(self) -> bool:
         """Re-read ``config_path``. An invalid file changes nothing; the error is logged."""
         if self.config_path is None:
             return False
+        path = self.config_path
         # What we read now is what the watcher must not read again.
-        self._file_stamp = await asyncio.to_thread(self._stamp)
+        content = await asyncio.to_thread(config_watch.digest, path)
+        if self._watcher is not None:
+            self._watcher.seen(content)
         try:
-            cfg = await asyncio.to_thread(config_mod.load, self.config_path)
+            cfg = await asyncio.to_thread(config_mod.load, path)
             if self.epp is not None:  # the mode was chosen at start (e.g. `serve --epp`)
-                cfg = config_mod.enable_epp(cfg, str(self.config_path))
+                cfg = config_mod.enable_epp(cfg, str(path))
+            label = await self.manager.reload(cfg)
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             # One line per bad key, so line-based log shippers keep each one whole.
@@ -297,33 +272,11 @@ class ControlPlane:
                     exc.path, problem,
                 )  # fmt: skip
             return False
-        label = await self.reload(cfg)
-        logger.info("config %s loaded from %s", label, self.config_path)
+        logger.info("config %s loaded from %s", label, path)
         return True
 
-    def _forget_configs(self) -> None:
-        """Keep only the configs a node can still be on."""
-        live = {s.label for s in (self.rollout.stable, self.rollout.candidate) if s is not None}
-        self._configs = {k: v for k, v in self._configs.items() if k in live}
-
-    def _on_rollout_change(self, rollout: Rollout) -> None:
-        """Settled (promoted, or halted and rolled back): the registry follows the version
-        every node is on, and configs no node can be on any more are dropped."""
-        if rollout.stage not in (Stage.STABLE, Stage.HALTED) or rollout.stable is None:
-            return
-        stable = self._configs.get(rollout.stable.label)
-        if stable is not None:
-            if rollout.stage is Stage.HALTED:
-                self.config = stable
-            self.registry.configure(stable.specs())
-            # Every node is on one version: replicas of pools it lacks stop being probed.
-            self._kept_pools = []
-            self._tasks = [t for t in self._tasks if not t.done()]
-            self._tasks.append(
-                asyncio.create_task(self.discovery.update(self.config), name="discovery-settle")
-            )
-            self.publisher.publish()
-        self._forget_configs()
+    async def _reload_changed_file(self) -> None:
+        await self.reload_from_file()
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop everything; a second call does nothing."""
@@ -334,13 +287,12 @@ class ControlPlane:
             self.epp.stopping()
         for t in self._tasks:
             t.cancel()
+        if self._watcher is not None:
+            self._watcher.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.manager.close()
         await self.discovery.close()
-        if self.kube_discovery is not None:
-            await self.kube_discovery.close()
-        if self.pool_discovery is not None:
-            await self.pool_discovery.close()
         await self.local_scaler.close()
         # End ADS streams first: Envoy then reconnects with backoff instead of hanging on a
         # stream the server no longer serves.
@@ -379,9 +331,8 @@ class ControlPlane:
         )  # fmt: skip
 
     async def _housekeeping(self) -> None:
-        interval = self.config.control.expire_interval_seconds
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.config.control.expire_interval_seconds)
             for lease in self.registry.expire():
                 logger.warning(
                     "lease %s of request %s on %s expired: its end was never reported",
@@ -390,21 +341,3 @@ class ControlPlane:
             # Replicas whose last request ended leave EDS; soak periods end.
             self.publisher.publish()
             self.rollout.tick()
-
-    def _stamp(self) -> tuple[float, int] | None:
-        assert self.config_path is not None
-        try:
-            st = self.config_path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size)
-
-    async def _watch_file(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            stamp = await asyncio.to_thread(self._stamp)
-            if stamp is not None and stamp != self._file_stamp:
-                try:
-                    await self.reload_from_file()
-                except Exception:  # the watcher must survive anything a reload throws
-                    logger.exception("config reload from %s failed", self.config_path)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes import client as k8s
@@ -283,9 +283,11 @@ class InferencePoolDiscovery:
         self._pools: dict[str, _PoolWatch] = {}
         self._stopped: list[ListWatcher] = []
 
-    async def update(self, cfg: Config) -> None:
+    async def update(self, cfg: Config, kept: Sequence[PoolConfig] = ()) -> None:
+        """Follow ``cfg``; ``kept`` pools (dropped by a reload that is still rolling out)
+        stay watched until every Envoy has left the version that routes to them."""
         loop = asyncio.get_running_loop()
-        wanted = {p.name: p for p in cfg.pools if p.inference_pool is not None}
+        wanted = {p.name: p for p in [*cfg.pools, *kept] if p.inference_pool is not None}
         for name in list(self._pools):
             if wanted.get(name) != self._pools[name].pool:
                 self._stopped += self._pools.pop(name).stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes import client as k8s
@@ -87,9 +87,11 @@ class KubernetesDiscovery:
         self._on_status = on_status
         self._pools: dict[str, tuple[PoolConfig, _PoolPods, PodWatcher]] = {}
 
-    async def update(self, cfg: Config) -> None:
+    async def update(self, cfg: Config, kept: Sequence[PoolConfig] = ()) -> None:
+        """Follow ``cfg``; ``kept`` are pools a reload dropped that Envoys not yet on the
+        new version still route to: their pods stay watched (and leasable) until then."""
         loop = asyncio.get_running_loop()
-        wanted = {p.name: p for p in cfg.pools if p.kubernetes is not None}
+        wanted = {p.name: p for p in [*cfg.pools, *kept] if p.kubernetes is not None}
         for name in list(self._pools):
             pool, pods, watcher = self._pools[name]
             if wanted.get(name) != pool:
