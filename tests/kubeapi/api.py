@@ -117,6 +117,7 @@ class KubeApi:
         try:
             verb = verb_of(request.method, target, request.query)
             self.counts[(target.resource, verb)] += 1
+            await self.faults.hold(target.resource, verb)
             fault = self.faults.check(target.resource, verb)
             if fault is not None:
                 raise fault

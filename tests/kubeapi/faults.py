@@ -8,6 +8,7 @@ logic is testable without a server; safe to use from one event loop only.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class Faults:
         self._clock = clock
         self._rules: list[_Rule] = []
         self.injected = 0
+        self._hangs: list[tuple[str | None, str | None]] = []
+        self._released: asyncio.Event | None = None
+        self.hanging = 0  # requests held unanswered right now
 
     def add_count(
         self,
@@ -67,8 +71,32 @@ class Faults:
         deadline = self._clock() + seconds
         self._rules.append(_Rule(code, None, deadline, resource, verb, retry_after))
 
+    def add_hang(self, *, resource: str | None = None, verb: str | None = None) -> None:
+        """Hold every matching request unanswered (a hung server) until
+        :meth:`release_hangs` or :meth:`clear`; the client sees only its own timeout."""
+        self._hangs.append((resource, verb))
+
+    def release_hangs(self) -> None:
+        """Let held requests go on (to their error rules, then to be served)."""
+        self._hangs.clear()
+        if self._released is not None:
+            self._released.set()
+            self._released = None
+
+    async def hold(self, resource: str, verb: str) -> None:
+        """Wait while a hang rule matches this request."""
+        while any(r in (None, resource) and v in (None, verb) for r, v in self._hangs):
+            if self._released is None:
+                self._released = asyncio.Event()
+            self.hanging += 1
+            try:
+                await self._released.wait()
+            finally:
+                self.hanging -= 1
+
     def clear(self) -> None:
         self._rules.clear()
+        self.release_hangs()
 
     def check(self, resource: str, verb: str) -> ApiError | None:
         """The failure to answer this request with, consuming one count; None to serve it."""

@@ -176,6 +176,13 @@ class KubeApiServer:
             seconds, status, resource=resource, verb=verb, retry_after=retry_after
         )
 
+    def hang(self, *, resource: str | None = None, verb: str | None = None) -> None:
+        """Leave every matching resource request unanswered until :meth:`release_hangs`."""
+        self.faults.add_hang(resource=resource, verb=verb)
+
+    def release_hangs(self) -> None:
+        self.faults.release_hangs()
+
     def clear_faults(self) -> None:
         self.faults.clear()
 
