@@ -551,6 +551,48 @@ class RegistryMachine(RuleBasedStateMachine):
             assert lease.pool in self._live_pools()
 
     @invariant()
+    def lease_index_is_the_active_leases_by_replica(self) -> None:
+        """Each replica's lease index holds exactly its pool's active leases on it, in
+        grant order, so events read one replica's leases and never scan the registry; per
+        address and per pool, the indexes add up to the active leases there."""
+        by_replica: dict[int, list[str]] = {}
+        by_address: dict[str, set[str]] = {}
+        by_pool: dict[int, set[str]] = {}
+        for lease in self.active.values():  # in grant order
+            by_replica.setdefault(id(lease.replica), []).append(lease.id)
+            by_address.setdefault(lease.address, set()).add(lease.id)
+            by_pool.setdefault(id(lease.pool), set()).add(lease.id)
+        for pool in self._live_pools():
+            for r in pool.replicas.values():
+                assert list(r.leases) == by_replica.get(id(r), []), r
+                assert all(lease.replica is r for lease in r.leases.values())
+                assert len(r.leases) == r.in_flight
+            assert {lease.id for lease in pool.active_leases()} == by_pool.get(id(pool), set())
+        for address in ADDRESSES:
+            on = {lease.id for lease in self.registry.leases_on(address)}
+            assert on == by_address.get(address, set()), address
+
+    @invariant()
+    def pool_load_reads_the_replicas(self) -> None:
+        """``Registry.load`` and ``addresses`` agree with the pool: its own leases as
+        ``in_flight``, the server's leases of every pool plus external as ``busy``."""
+        for name in self.names:
+            pool = self.registry.pools[name]
+            load = self.registry.load(name)
+            assert load is not None and load.waiting == len(pool.queue)
+            assert [r.address for r in load.replicas] == list(pool.replicas)
+            for got in load.replicas:
+                r = pool.replicas[got.address]
+                assert (got.phase, got.slots, got.in_flight) == (r.phase, r.slots, r.in_flight)
+                assert got.busy == self._leased_on(r.address) + r.external
+                assert self.registry.replica(name, r.address) is r
+            assert load.in_flight == sum(r.in_flight for r in pool.replicas.values())
+            live = [a for a, r in pool.replicas.items() if r.phase is not Phase.GONE]
+            assert self.registry.addresses(name) == live
+            assert self.registry.addresses(name, live_only=False) == list(pool.replicas)
+            assert [r.address for r in load.live] == live
+
+    @invariant()
     def capacity_is_one_truth_per_address(self) -> None:
         """One Capacity per address, shared by every live pool's replica for it, counting
         the active leases of all pools, with the smallest non-GONE slots."""

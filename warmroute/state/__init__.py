@@ -5,7 +5,7 @@ from warmroute.state.lease import EndReason, Lease
 from warmroute.state.pool import Pool, PoolSpec
 from warmroute.state.registry import Registry
 from warmroute.state.replica import Capacity, Phase, Replica
-from warmroute.state.snapshot import PoolView, RegistryView, ReplicaView
+from warmroute.state.snapshot import PoolLoad, PoolView, RegistryView, ReplicaLoad, ReplicaView
 from warmroute.state.waiters import Waiter, WaitState
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Lease",
     "Phase",
     "Pool",
+    "PoolLoad",
     "PoolSpec",
     "PoolView",
     "Registry",
@@ -21,6 +22,7 @@ __all__ = [
     "Replica",
     "ReplicaEvent",
     "ReplicaExternalLoad",
+    "ReplicaLoad",
     "ReplicaRemoved",
     "ReplicaUpsert",
     "ReplicaView",

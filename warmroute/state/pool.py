@@ -47,6 +47,7 @@ from warmroute.errors import QueueFull
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import Policy, least_loaded
 from warmroute.state.replica import Capacity, Phase, Replica
+from warmroute.state.snapshot import PoolLoad, ReplicaLoad
 from warmroute.state.waiters import GrantCallback, Waiter, WaitQueue, WaitState
 
 _WARM = Phase.WARM
@@ -233,6 +234,7 @@ class Pool:
         self._leases.pop(lease.id, None)
         self._unindex(lease)
         replica = lease.replica
+        del replica.leases[lease.id]
         replica.in_flight -= 1
         replica.capacity.leased -= 1
         replica.last_used = self._clock()
@@ -260,6 +262,7 @@ class Pool:
             now,
             now + self.spec.max_request_seconds + self.spec.lease_grace_seconds,
         )
+        replica.leases[lease.id] = lease
         replica.in_flight += 1
         replica.capacity.leased += 1
         replica.leased_total += 1
@@ -349,6 +352,7 @@ class Pool:
         self._leases.pop(lease.id, None)
         self._unindex(lease)
         replica = lease.replica
+        del replica.leases[lease.id]
         replica.in_flight -= 1
         replica.capacity.leased -= 1
         replica.leased_total -= 1
@@ -421,7 +425,9 @@ class Pool:
         Beyond our leases they count as busy slots. With ``reconcile``, leases the replica
         no longer has are reclaimed: if it runs fewer requests than we leased, the oldest
         leases older than ``reconcile_after_seconds`` (so not still on their way to it)
-        end as RECONCILED. Returns those leases.
+        end as RECONCILED (only this pool's: another pool's leases on a shared address
+        are its own to reconcile). Returns those leases. Touches only this replica's
+        leases (its index), never the registry's.
         """
         replica = self.replicas.get(address)
         if replica is None:
@@ -430,12 +436,10 @@ class Pool:
         reclaimed: list[Lease] = []
         if reconcile and running < capacity.leased:
             cutoff = self._clock() - self.spec.reconcile_after_seconds
+            # In grant order, which is acquisition order; sorted anyway (a stable sort of
+            # a handful) so an injected clock that steps back cannot reorder them.
             stale = sorted(
-                (
-                    lease
-                    for lease in self._leases.values()
-                    if lease.replica is replica and lease.acquired_at <= cutoff
-                ),
+                (lease for lease in replica.leases.values() if lease.acquired_at <= cutoff),
                 key=lambda lease: lease.acquired_at,
             )
             for lease in stale[: capacity.leased - running]:
@@ -478,5 +482,26 @@ class Pool:
         """No waiter and no lease: nothing would be lost by forgetting this pool."""
         return not self.queue and not any(r.in_flight for r in self.replicas.values())
 
+    # -- reads for adapters ----------------------------------------------------------------
+
+    def addresses(self, *, live_only: bool = True) -> list[str]:
+        """This pool's replica addresses, in the pool's order; ``live_only`` skips GONE
+        replicas (removed, lingering only until their leases end)."""
+        if not live_only:
+            return list(self.replicas)
+        return [a for a, r in self.replicas.items() if r.phase is not Phase.GONE]
+
+    def load(self) -> PoolLoad:
+        """Waiting requests and every replica's phase, slots and load, as values."""
+        return PoolLoad(
+            waiting=len(self.queue),
+            replicas=tuple(
+                ReplicaLoad(r.address, r.phase, r.slots, r.in_flight, r.busy)
+                for r in self.replicas.values()
+            ),
+        )
+
     def active_leases(self) -> list[Lease]:
-        return [lease for lease in self._leases.values() if lease.pool is self]
+        """This pool's active leases (from its replicas' indexes: a replica with a lease
+        in flight is never forgotten)."""
+        return [lease for r in self.replicas.values() for lease in r.leases.values()]

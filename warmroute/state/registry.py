@@ -20,8 +20,8 @@ from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRem
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import POLICIES
 from warmroute.state.pool import Clock, IdFactory, Pool, PoolSpec
-from warmroute.state.replica import Capacity
-from warmroute.state.snapshot import PoolView, RegistryView, ReplicaView
+from warmroute.state.replica import Capacity, Replica
+from warmroute.state.snapshot import PoolLoad, PoolView, RegistryView, ReplicaView
 
 
 def _new_lease_id() -> str:
@@ -101,6 +101,31 @@ class Registry:
         elif isinstance(event, ReplicaExternalLoad):
             pool.set_external(event.address, event.running, reconcile=event.reconcile)
 
+    # -- narrow reads for adapters (they never walk pools' internals) ----------------------
+
+    def replica(self, pool: str, address: str) -> Replica | None:
+        """Pool ``pool``'s replica at ``address``, or None. Read only: the pool owns it."""
+        p = self.pools.get(pool)
+        return None if p is None else p.replicas.get(address)
+
+    def addresses(self, pool: str, *, live_only: bool = True) -> list[str]:
+        """A configured pool's replica addresses (empty if unknown); ``live_only`` skips
+        GONE replicas, which linger only until their leases end."""
+        p = self.pools.get(pool)
+        return [] if p is None else p.addresses(live_only=live_only)
+
+    def load(self, pool: str) -> PoolLoad | None:
+        """A configured pool's demand and per-replica load, or None if unknown. Costs one
+        pass over that pool's replicas, not a full ``view()``."""
+        p = self.pools.get(pool)
+        return None if p is None else p.load()
+
+    def leases_on(self, address: str) -> list[Lease]:
+        """The active leases on ``address``, every pool's, retired ones included (from the
+        per-replica index: costs the address's leases, not the registry's)."""
+        capacity = self._capacities.get(address)
+        return [] if capacity is None else capacity.leases()
+
     def lease(self, lease_id: str) -> Lease | None:
         return self.leases.get(lease_id)
 
@@ -139,6 +164,7 @@ class Registry:
                     r.external,
                     r.leased_total,
                     r.free,
+                    r.busy,
                 )
                 for r in sorted(pool.replicas.values(), key=lambda r: r.address)
             )

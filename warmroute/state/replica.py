@@ -19,6 +19,7 @@ import enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from warmroute.state.lease import Lease
     from warmroute.state.pool import Pool
 
 
@@ -58,6 +59,10 @@ class Capacity:
         elif self.members:
             self.slots = min(r.slots for r in self.members.values())
 
+    def leases(self) -> list[Lease]:
+        """The active leases on this address, every pool's (retired ones included)."""
+        return [lease for replica in self.members.values() for lease in replica.leases.values()]
+
     def __repr__(self) -> str:
         return f"Capacity({self.address} {self.leased}/{self.slots} pools={len(self.members)})"
 
@@ -66,10 +71,12 @@ class Replica:
     """One pool's view of one model-server endpoint. Owned and mutated only by its ``Pool``.
 
     ``address`` is ``ip:port``, exactly the string Envoy's override_host policy matches.
-    ``slots`` is what this pool's discovery reports; ``in_flight`` counts this pool's
-    leases on it; ``capacity`` is shared with other pools' replicas of the same address
-    and decides what is free. ``external`` counts slots busy with traffic warmroute did
-    not lease (seen in the replica's own metrics); they are not free.
+    ``slots`` is what this pool's discovery reports; ``leases`` indexes this pool's active
+    leases on it (lease id -> lease, in grant order), so an event about one replica touches
+    only its own leases; ``in_flight`` is their number. ``capacity`` is shared with other
+    pools' replicas of the same address and decides what is free. ``external`` counts slots
+    busy with traffic warmroute did not lease (seen in the replica's own metrics); they are
+    not free.
     """
 
     __slots__ = (
@@ -79,6 +86,7 @@ class Replica:
         "in_flight",
         "last_used",
         "leased_total",
+        "leases",
         "phase",
         "slots",
     )
@@ -94,6 +102,7 @@ class Replica:
         self.slots = slots
         self.phase = phase
         self.capacity = Capacity(address, slots) if capacity is None else capacity
+        self.leases: dict[str, Lease] = {}
         self.in_flight = 0
         self.external = 0
         self.last_used = 0.0
@@ -106,6 +115,11 @@ class Replica:
             return 0
         c = self.capacity
         return max(0, c.slots - c.leased - self.external)
+
+    @property
+    def busy(self) -> int:
+        """Slots busy on the server: every pool's leases on the address plus external load."""
+        return self.capacity.leased + self.external
 
     def __repr__(self) -> str:
         c = self.capacity

@@ -1,9 +1,18 @@
-"""Immutable views of the registry, safe to hand to other tasks, JSON and metrics."""
+"""Immutable views of the registry, safe to hand to other tasks, JSON and metrics.
+
+Two kinds of "how many in flight", and they differ when pools share an address:
+``in_flight`` counts one pool's leases on a replica; ``busy`` counts the slots busy on
+the model server itself, every pool's leases plus load warmroute did not lease. Ask
+``busy`` for "how busy is this GPU" (scaling down, deletion costs, saturation), and
+``in_flight`` for "what is this pool doing".
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from warmroute.state.replica import Phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +25,8 @@ class ReplicaView:
     leased_total: int
     # Slots free right now, across every pool leasing this address (0 unless warm).
     free: int = 0
+    # Slots busy on the server: every pool's leases on the address plus external load.
+    busy: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +46,13 @@ class PoolView:
 
     @property
     def in_flight(self) -> int:
+        """This pool's active leases."""
         return sum(r.in_flight for r in self.replicas)
+
+    @property
+    def busy(self) -> int:
+        """Busy slots on this pool's servers, every pool's leases and external load."""
+        return sum(r.busy for r in self.replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +62,41 @@ class RegistryView:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """One replica of a pool as a scaling decision sees it."""
+
+    address: str
+    phase: Phase
+    slots: int  # this pool's figure, from its discovery
+    in_flight: int  # this pool's leases on it
+    busy: int  # the server's busy slots: every pool's leases plus external load
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLoad:
+    """One pool's demand and supply now (``Registry.load``): cheap, no full view built."""
+
+    waiting: int  # requests queued for a slot
+    replicas: tuple[ReplicaLoad, ...]  # every replica the pool knows, GONE ones included
+
+    @property
+    def in_flight(self) -> int:
+        """This pool's active leases."""
+        return sum(r.in_flight for r in self.replicas)
+
+    @property
+    def busy(self) -> int:
+        """Busy slots on the pool's servers, counted per server across all pools."""
+        return sum(r.busy for r in self.replicas)
+
+    @property
+    def live(self) -> tuple[ReplicaLoad, ...]:
+        """The replicas that are not GONE."""
+        return tuple(r for r in self.replicas if r.phase is not Phase.GONE)
+
+    def slots_in(self, phase: Phase) -> int:
+        """This pool's slots on its replicas in ``phase``."""
+        return sum(r.slots for r in self.replicas if r.phase is phase)
