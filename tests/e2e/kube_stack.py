@@ -4,6 +4,8 @@ the control plane discovering them through the real client, and a real Envoy."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,8 @@ from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 NS = "models"
 LABELS = {"app": "sim"}
+# The ``kube_stack_factory`` fixture (tests/e2e/conftest.py): start_kube_stack, stopped after.
+KubeStackFactory = Callable[..., Awaitable["KubeStack"]]
 
 
 @dataclass
@@ -54,11 +58,13 @@ class KubeStack:
         return len(self.plane.registry.pools["main"].replicas)
 
     async def stop(self) -> None:
-        await self.envoy.stop()
-        await self.plane.stop()
-        for sim in self.sims.values():
-            await sim.stop()
-        await self.api.stop()
+        """Stop every part, even when stopping one of them fails (each stop is idempotent)."""
+        async with AsyncExitStack() as parts:  # unwinds last-in first: Envoy goes first
+            parts.push_async_callback(self.api.stop)
+            for sim in self.sims.values():
+                parts.push_async_callback(sim.stop)
+            parts.push_async_callback(self.plane.stop)
+            parts.push_async_callback(self.envoy.stop)
 
 
 def pool_config(**extra: Any) -> dict[str, Any]:
@@ -82,29 +88,30 @@ async def start_kube_stack(
     api: KubeApiServer | None = None, *, pool: dict[str, Any] | None = None
 ) -> KubeStack:
     api = api or KubeApiServer(bookmark_interval=0.2)
-    if not api.running:
-        await api.start()
-    listen = f"127.0.0.1:{free_port()}"
-    cfg = Config.model_validate(
-        {
-            "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
-            "control": {
-                "grpc": f"127.0.0.1:{free_port()}",
-                "admin": f"127.0.0.1:{free_port()}",
-                "expire_interval_seconds": 0.2,
-            },
-            "kubernetes": {"api_url": api.url},
-            "pools": [pool or pool_config()],
-        }
-    )
-    plane = ControlPlane(cfg)
-    await plane.start()
-    envoy = EnvoyProcess(to_json(ads_bootstrap(cfg, node_id="envoy-0")), cfg.envoy.admin)
-    try:
+    async with AsyncExitStack() as started:  # a failure half-way stops what already started
+        if not api.running:
+            started.push_async_callback(api.stop)
+            await api.start()
+        listen = f"127.0.0.1:{free_port()}"
+        cfg = Config.model_validate(
+            {
+                "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
+                "control": {
+                    "grpc": f"127.0.0.1:{free_port()}",
+                    "admin": f"127.0.0.1:{free_port()}",
+                    "expire_interval_seconds": 0.2,
+                },
+                "kubernetes": {"api_url": api.url},
+                "pools": [pool or pool_config()],
+            }
+        )
+        plane = ControlPlane(cfg)
+        started.push_async_callback(plane.stop)
+        await plane.start()
+        envoy = EnvoyProcess(to_json(ads_bootstrap(cfg, node_id="envoy-0")), cfg.envoy.admin)
+        started.push_async_callback(envoy.stop)
         await envoy.start()
-    except BaseException:
-        await plane.stop()
-        raise
+        started.pop_all()
     return KubeStack(api, cfg, plane, envoy, f"http://{listen}")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,14 @@ from warmroute.sim.service_time import ServiceTime
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 MODEL = "sim-model"
+
+# What the fixtures of tests/e2e/conftest.py hand a test: each starts one part and has it
+# stopped after the test.
+StackFactory = Callable[..., Awaitable["Stack"]]
+SimFactory = Callable[..., Awaitable[SimReplica]]
+PlaneFactory = Callable[[Config], Awaitable[ControlPlane]]
+EnvoyFactory = Callable[..., Awaitable[EnvoyProcess]]
+UpFactory = Callable[..., Awaitable[asyncio.subprocess.Process]]
 
 
 @dataclass
@@ -74,12 +85,14 @@ class Stack:
         return envoy
 
     async def stop(self) -> None:
-        for envoy in self.more_envoys:
-            await envoy.stop()
-        await self.envoy.stop()
-        await self.plane.stop()
-        for r in self.replicas + self.extra:
-            await r.stop()
+        """Stop every part, even when stopping one of them fails (each stop is idempotent)."""
+        async with AsyncExitStack() as parts:  # unwinds last-in first: Envoys go first
+            for r in self.replicas + self.extra:
+                parts.push_async_callback(r.stop)
+            parts.push_async_callback(self.plane.stop)
+            parts.push_async_callback(self.envoy.stop)
+            for envoy in self.more_envoys:
+                parts.push_async_callback(envoy.stop)
 
 
 async def start_stack(
@@ -101,52 +114,54 @@ async def start_stack(
     pool_extra: dict[str, Any] | None = None,
     routing_extra: dict[str, Any] | None = None,
 ) -> Stack:
-    sims = [
-        SimReplica(slots, load_seconds, ServiceTime("fixed", service_ms), seed=i, model=MODEL)
-        for i in range(replicas)
-    ]
-    addresses = []
-    for sim in sims:
-        port = await sim.start("127.0.0.1", 0)
-        addresses.append(f"127.0.0.1:{port}")
-    pools: list[dict[str, Any]] = [
-        {
-            "name": "main",
-            "models": [MODEL],
-            "slots": slots,
-            "max_request_seconds": max_request_seconds,
-            "queue": {"max_waiting": max_waiting, "timeout_seconds": queue_timeout},
-            "probe": {"path": "/health", "interval_seconds": probe_interval},
-            "replicas": addresses,
-            **(pool_extra or {}),
-        }
-    ]
-    if extra_pool:
-        pools.append(extra_pool)
-    listen = f"127.0.0.1:{free_port()}"
-    cfg = Config.model_validate(
-        {
-            "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
-            "control": {
-                "grpc": f"127.0.0.1:{free_port()}",
-                "admin": f"127.0.0.1:{free_port()}",
-                "expire_interval_seconds": expire_interval,
-                "lease_grace_seconds": lease_grace,
-                **(control_extra or {}),
-            },
-            "routing": routing_extra or {},
-            "pools": pools,
-        }
-    )
-    plane = ControlPlane(cfg)
-    await plane.start()
-    boot = ads_bootstrap(cfg, node_id=node_id, variant=variant)
-    envoy = EnvoyProcess(to_json(boot), cfg.envoy.admin, log_level="warning")
-    try:
+    # Whatever fails half-way stops what already started; success keeps it all running.
+    async with AsyncExitStack() as started:
+        sims = [
+            SimReplica(slots, load_seconds, ServiceTime("fixed", service_ms), seed=i, model=MODEL)
+            for i in range(replicas)
+        ]
+        addresses = []
+        for sim in sims:
+            started.push_async_callback(sim.stop)
+            port = await sim.start("127.0.0.1", 0)
+            addresses.append(f"127.0.0.1:{port}")
+        pools: list[dict[str, Any]] = [
+            {
+                "name": "main",
+                "models": [MODEL],
+                "slots": slots,
+                "max_request_seconds": max_request_seconds,
+                "queue": {"max_waiting": max_waiting, "timeout_seconds": queue_timeout},
+                "probe": {"path": "/health", "interval_seconds": probe_interval},
+                "replicas": addresses,
+                **(pool_extra or {}),
+            }
+        ]
+        if extra_pool:
+            pools.append(extra_pool)
+        listen = f"127.0.0.1:{free_port()}"
+        cfg = Config.model_validate(
+            {
+                "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
+                "control": {
+                    "grpc": f"127.0.0.1:{free_port()}",
+                    "admin": f"127.0.0.1:{free_port()}",
+                    "expire_interval_seconds": expire_interval,
+                    "lease_grace_seconds": lease_grace,
+                    **(control_extra or {}),
+                },
+                "routing": routing_extra or {},
+                "pools": pools,
+            }
+        )
+        plane = ControlPlane(cfg)
+        started.push_async_callback(plane.stop)
+        await plane.start()
+        boot = ads_bootstrap(cfg, node_id=node_id, variant=variant)
+        envoy = EnvoyProcess(to_json(boot), cfg.envoy.admin, log_level="warning")
+        started.push_async_callback(envoy.stop)
         await envoy.start()
-    except BaseException:
-        await plane.stop()
-        raise
+        started.pop_all()
     return Stack(cfg, plane, envoy, sims, f"http://{listen}")
 
 
@@ -156,3 +171,18 @@ def client(limit: int = 0) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=limit, force_close=False),
         timeout=aiohttp.ClientTimeout(total=60),
     )
+
+
+@asynccontextmanager
+async def background(
+    work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], count: int, *, swallow: bool = False
+) -> AsyncIterator[None]:
+    """Run ``count`` copies of ``work(stop)`` while the block runs; on leaving it (normally or
+    not) set ``stop`` and wait for them all. Their errors are raised unless ``swallow``."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(work(stop)) for _ in range(count)]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=swallow)
