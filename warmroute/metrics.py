@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from warmroute import errors
 from warmroute.state import Phase, RegistryView
-from warmroute.xds.cache import StreamEvent
+from warmroute.xds.cache import EventKind, StreamEvent
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -101,9 +101,6 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.xds_streams = Gauge(
-            "warmroute_xds_streams", "Open ADS streams (connected Envoys).", registry=r
-        )
         self.endpoint_ready = Histogram(
             "warmroute_endpoint_ready_seconds",
             "Time from a replica turning warm to every connected Envoy ACKing it in EDS.",
@@ -143,19 +140,19 @@ class Metrics:
             return pm
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        """Count xDS stream events (an ADS StreamObserver)."""
+        """Count xDS stream events (an ADS StreamObserver). Per-node state (streams,
+        versions, NACKs) is not counted here: ``_XdsNodeCollector`` reads it at scrape time
+        from the ADS node table, through ``xds_status``."""
         kind = event.kind
+        if kind is EventKind.CONNECT or kind is EventKind.DISCONNECT:
+            return
         short = event.type_url.rsplit(".", 1)[-1]
-        if kind == "push":
+        if kind is EventKind.PUSH:
             self.xds_pushes.labels(short).inc()
-        elif kind in ("ack", "nack"):
-            (self.xds_acks if kind == "ack" else self.xds_nacks).labels(short).inc()
+        else:
+            (self.xds_acks if kind is EventKind.ACK else self.xds_nacks).labels(short).inc()
             if event.push_latency is not None:
                 self.xds_push_latency.labels(short).observe(event.push_latency)
-        elif kind == "connect":
-            self.xds_streams.inc()
-        elif kind == "disconnect":
-            self.xds_streams.dec()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -256,7 +253,9 @@ class _RegistryCollector(Collector):
 
 
 class _XdsNodeCollector(Collector):
-    """Per Envoy node: the config version it has ACKed, the one pending, the last NACK."""
+    """Per Envoy node (``xds_status()["nodes"]``, read from the ADS node table): its open
+    streams, the config version it has ACKed, the one pending, the last NACK; and the
+    total of open ADS streams."""
 
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self._status = status
@@ -273,12 +272,24 @@ class _XdsNodeCollector(Collector):
             "1 per Envoy node that has NACKed: the type and message of its last NACK.",
             labels=["node", "type", "message"],
         )
+        streams = GaugeMetricFamily("warmroute_xds_streams", "Open ADS streams (connected Envoys).")
+        node_streams = GaugeMetricFamily(
+            "warmroute_xds_node_streams",
+            "Open ADS streams per Envoy node (0: disconnected, still on its last version).",
+            labels=["node", "cluster"],
+        )
+        total = 0
         for node, n in status.get("nodes", {}).items():
+            total += n.get("streams", 0)
+            node_streams.add_metric([node, n.get("cluster", "")], n.get("streams", 0))
             node_config.add_metric(
                 [node, n["config"] or "", n["pending"] or "", str(n["connected"]).lower()], 1
             )
             if n["last_nack"]:
                 nacks.add_metric([node, n["last_nack_type"], n["last_nack"][:200]], 1)
+        streams.add_metric([], total)
+        yield streams
+        yield node_streams
         yield node_config
         yield nacks
 

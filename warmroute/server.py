@@ -42,6 +42,7 @@ from warmroute.state import Registry, ReplicaExternalLoad
 from warmroute.xds.ads import AdsServer
 from warmroute.xds.cache import SnapshotCache, StreamEvent, StreamObserver
 from warmroute.xds.endpoints import EndpointPublisher
+from warmroute.xds.nodes import NodeTable
 from warmroute.xds.rollout import Rollout
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ class ControlPlane:
         self.config_path = Path(config_path) if config_path else None
         self.registry = Registry(clock=clock)
         self.cache = SnapshotCache()
-        self.rollout = Rollout(self.cache, cfg.xds.rollout)
+        self.nodes = NodeTable()  # per Envoy node, written by self.ads, read by the others
+        self.rollout = Rollout(self.cache, cfg.xds.rollout, nodes=self.nodes)
         self.metrics = Metrics(self.registry.view, self.rollout.status)
         self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
         self.access_log = AccessLogService(self.registry, self.metrics)
@@ -126,8 +128,14 @@ class ControlPlane:
             self.registry,
             self.cache,
             on_routable=lambda pool, addr, s: self.metrics.endpoint_ready.observe(s),
+            nodes=self.nodes,
         )
-        self.ads = AdsServer(self.cache, _Fanout(self.publisher, self.rollout, self.metrics))
+        self.ads = AdsServer(
+            self.cache,
+            _Fanout(self.publisher, self.rollout, self.metrics),
+            nodes=self.nodes,
+            timed=self.rollout,  # soaks end on a timer, not on the housekeeping tick
+        )
         self.discovery = StaticDiscovery(self.publisher.emit)
         self.local_scaler = LocalScaler(self.discovery.prober)
         self.autoscaler = Autoscaler(
@@ -338,6 +346,7 @@ class ControlPlane:
                     "lease %s of request %s on %s expired: its end was never reported",
                     lease.id[:8], lease.request_id, lease.address,
                 )  # fmt: skip
-            # Replicas whose last request ended leave EDS; soak periods end.
+            # Replicas whose last request ended leave EDS. Soaks end on the ADS server's
+            # timer; this tick is only a backstop.
             self.publisher.publish()
             self.rollout.tick()

@@ -31,7 +31,7 @@ from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.xds import resources as builders
 from warmroute.xds.ads import AdsServer
-from warmroute.xds.cache import SnapshotCache, StreamEvent
+from warmroute.xds.cache import EventKind, SnapshotCache, StreamEvent
 from warmroute.xds.resources import Endpoint
 from warmroute.xds.snapshot import (
     CLUSTER,
@@ -153,12 +153,12 @@ class Recorder:
         self.events.append(event)
 
     def of(
-        self, kind: str, type_url: str | None = None, node: str | None = None
+        self, kind: EventKind, type_url: str | None = None, node: str | None = None
     ) -> list[StreamEvent]:
         return [
             e
             for e in self.events
-            if e.kind == kind
+            if e.kind is kind
             and (type_url is None or e.type_url == type_url)
             and (node is None or e.node_id == node)
         ]
@@ -446,7 +446,7 @@ async def envoy_scenario(delta: bool) -> None:
                 await wait_for(lambda: has_hosts({"127.0.0.1:9101"}), 15.0, what="endpoint")
 
                 def acked(snap: Snapshot) -> bool:
-                    have = {e.type_url: e.version for e in h.recorder.of("ack", node=node)}
+                    have = {e.type_url: e.version for e in h.recorder.of(EventKind.ACK, node=node)}
                     return all(have.get(t) == snap.version(t) for t in ORDER)
 
                 await wait_for(lambda: acked(first), 15.0, what="all four types ACKed")
@@ -461,12 +461,12 @@ async def envoy_scenario(delta: bool) -> None:
                 assert found["versions"]["clusters"] == first.version(CLUSTER)
 
                 # Replicas change: the endpoint set follows, nothing else is pushed again.
-                pushes = len(h.recorder.of("push"))
+                pushes = len(h.recorder.of(EventKind.PUSH))
                 second = config(["127.0.0.1:9102", "127.0.0.1:9103"])
                 want = {"127.0.0.1:9102", "127.0.0.1:9103"}
                 await wait_for(lambda: has_hosts(want), 15.0, what="endpoint update")
                 await wait_for(lambda: acked(second), 15.0, what="EDS update ACKed")
-                assert [e.type_url for e in h.recorder.of("push")[pushes:]] == [ENDPOINT]
+                assert [e.type_url for e in h.recorder.of(EventKind.PUSH)[pushes:]] == [ENDPOINT]
 
                 # The cluster changes, its endpoints do not: Envoy re-creates the cluster,
                 # which warms only on a fresh EDS response. Well before Envoy's 15 s
@@ -481,7 +481,7 @@ async def envoy_scenario(delta: bool) -> None:
 
                 await wait_for(warm, 5.0, what="changed cluster warm")
                 assert await hosts() == want
-                assert not h.recorder.of("nack")
+                assert not h.recorder.of(EventKind.NACK)
         except BaseException:
             print(envoy.tail_log())
             raise

@@ -23,6 +23,7 @@ from tests.integration.ads_client import (
     route,
     serve,
 )
+from warmroute.xds.cache import EventKind
 from warmroute.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 
 
@@ -77,8 +78,8 @@ async def test_initial_wildcard_cds_and_lds(h: Harness, channel: grpc.aio.Channe
     lds = await c.recv()
     assert delta_names(lds) == {"l1"}
     await c.ack(lds)
-    await wait_for(lambda: len(h.recorder.of("ack")) == 2, what="two ACKs")
-    assert h.recorder.of("ack", CLUSTER)[0].version == snap.version(CLUSTER)
+    await wait_for(lambda: len(h.recorder.of(EventKind.ACK)) == 2, what="two ACKs")
+    assert h.recorder.of(EventKind.ACK, CLUSTER)[0].version == snap.version(CLUSTER)
     assert h.server.connected_nodes == {"n1": 1}
     assert await c.barrier() == []
 
@@ -124,7 +125,9 @@ async def test_only_changed_resources_are_sent(h: Harness, channel: grpc.aio.Cha
     assert eds.system_version_info == snap.version(ENDPOINT)
     await c.ack(eds)
     await wait_for(
-        lambda: any(e.version == snap.version(ENDPOINT) for e in h.recorder.of("ack", ENDPOINT)),
+        lambda: any(
+            e.version == snap.version(ENDPOINT) for e in h.recorder.of(EventKind.ACK, ENDPOINT)
+        ),
         what="ACK of the new EDS version",
     )
     base(h, eds_a="10.0.0.7:80")  # unchanged: nothing
@@ -137,8 +140,8 @@ async def test_nack_is_reported_and_not_repushed(h: Harness, channel: grpc.aio.C
     bad = base(h, domain="bad.example")
     rds = await c.recv()
     await c.nack(rds, "bad route")
-    await wait_for(lambda: bool(h.recorder.of("nack")), what="NACK reported")
-    nack = h.recorder.of("nack")[0]
+    await wait_for(lambda: bool(h.recorder.of(EventKind.NACK)), what="NACK reported")
+    nack = h.recorder.of(EventKind.NACK)[0]
     assert (nack.type_url, nack.version, nack.error) == (ROUTE, bad.version(ROUTE), "bad route")
     assert await c.barrier() == []
     fixed = base(h, domain="good.example")
@@ -158,8 +161,8 @@ async def test_stale_nonce_is_no_ack_but_subscriptions_apply(
     # ...but a subscription change is a delta and is never dropped.
     await c.request(ENDPOINT, unsubscribe=["b"], nonce="not-a-nonce")
     await c.ack(eds)
-    await wait_for(lambda: len(h.recorder.of("ack", ENDPOINT)) == 2, what="ACK")
-    assert h.recorder.of("nack") == []
+    await wait_for(lambda: len(h.recorder.of(EventKind.ACK, ENDPOINT)) == 2, what="ACK")
+    assert h.recorder.of(EventKind.NACK) == []
     snap = publish(
         h.cache,
         clusters=[cluster("a"), cluster("b")],
@@ -313,7 +316,10 @@ async def test_100_streams_all_receive_an_update(h: Harness) -> None:
         elapsed = max(done) - start
         await wait_for(
             lambda: (
-                sum(e.version == snap.version(ENDPOINT) for e in h.recorder.of("ack", ENDPOINT))
+                sum(
+                    e.version == snap.version(ENDPOINT)
+                    for e in h.recorder.of(EventKind.ACK, ENDPOINT)
+                )
                 == n
             ),
             what="100 ACKs",

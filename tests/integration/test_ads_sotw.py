@@ -23,6 +23,7 @@ from tests.integration.ads_client import (
     serve,
     sotw_names,
 )
+from warmroute.xds.cache import EventKind
 from warmroute.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 from warmroute.xds.sotw import RETAINED_SUFFIX
 
@@ -75,16 +76,16 @@ async def test_initial_wildcard_cds_and_lds(h: Harness, channel: grpc.aio.Channe
     lds = await c.recv()
     assert (lds.version_info, sotw_names(lds)) == (snap.version(LISTENER), {"l1"})
     await c.ack(lds)
-    await wait_for(lambda: len(h.recorder.of("ack")) == 2, what="two ACKs")
-    assert [e.kind for e in h.recorder.events][:1] == ["connect"]
-    ack = h.recorder.of("ack", CLUSTER)[0]
+    await wait_for(lambda: len(h.recorder.of(EventKind.ACK)) == 2, what="two ACKs")
+    assert [e.kind for e in h.recorder.events][:1] == [EventKind.CONNECT]
+    ack = h.recorder.of(EventKind.ACK, CLUSTER)[0]
     assert (ack.node_id, ack.version) == ("n1", snap.version(CLUSTER))
     assert ack.push_latency is not None and ack.push_latency >= 0
     assert h.server.connected_nodes == {"n1": 1}
     # EDS and RDS were never requested: nothing of them was sent.
     assert await c.barrier() == []
     await c.close()
-    await wait_for(lambda: bool(h.recorder.of("disconnect")), what="disconnect")
+    await wait_for(lambda: bool(h.recorder.of(EventKind.DISCONNECT)), what="disconnect")
     assert h.server.connected_nodes == {}
 
 
@@ -122,7 +123,9 @@ async def test_ack_then_new_version_is_pushed(h: Harness, channel: grpc.aio.Chan
     assert (eds.type_url, eds.version_info) == (ENDPOINT, snap.version(ENDPOINT))
     await c.ack(eds)
     await wait_for(
-        lambda: any(e.version == snap.version(ENDPOINT) for e in h.recorder.of("ack", ENDPOINT)),
+        lambda: any(
+            e.version == snap.version(ENDPOINT) for e in h.recorder.of(EventKind.ACK, ENDPOINT)
+        ),
         what="ACK of the new EDS version",
     )
     assert await c.barrier() == []
@@ -135,8 +138,8 @@ async def test_nack_is_reported_and_not_repushed(h: Harness, channel: grpc.aio.C
     rds = await c.recv()
     assert rds.version_info == bad.version(ROUTE)
     await c.nack(rds, "duplicate virtual host domain")
-    await wait_for(lambda: bool(h.recorder.of("nack")), what="NACK reported")
-    nack = h.recorder.of("nack")[0]
+    await wait_for(lambda: bool(h.recorder.of(EventKind.NACK)), what="NACK reported")
+    nack = h.recorder.of(EventKind.NACK)[0]
     assert (nack.type_url, nack.version) == (ROUTE, bad.version(ROUTE))
     assert nack.error == "duplicate virtual host domain"
     assert await c.barrier() == []  # the same version is not sent again
@@ -157,10 +160,12 @@ async def test_stale_nonce_is_ignored(h: Harness, channel: grpc.aio.Channel) -> 
     await c.request(ENDPOINT, nonce=old_nonce, error="late complaint")
     await c.ack(eds)
     await wait_for(
-        lambda: any(e.version == snap.version(ENDPOINT) for e in h.recorder.of("ack", ENDPOINT)),
+        lambda: any(
+            e.version == snap.version(ENDPOINT) for e in h.recorder.of(EventKind.ACK, ENDPOINT)
+        ),
         what="ACK",
     )
-    assert h.recorder.of("nack") == []
+    assert h.recorder.of(EventKind.NACK) == []
     # A request with a stale nonce asking for more names is not answered either...
     await c.request(ENDPOINT, ["a", "b", "c"], nonce=old_nonce)
     assert await c.barrier() == []
@@ -246,7 +251,7 @@ async def test_removed_cluster_goes_after_the_rest_is_acked(
     # Envoy drops the removed cluster's EDS name: a smaller set needs no response.
     await c.request(ENDPOINT, ["a", "c"])
     assert await c.barrier() == []
-    acked = {e.type_url: e.version for e in h.recorder.of("ack")}
+    acked = {e.type_url: e.version for e in h.recorder.of(EventKind.ACK)}
     assert acked[CLUSTER] == snap.version(CLUSTER)
 
 
@@ -331,7 +336,7 @@ async def test_close_ends_every_stream(h: Harness, channel: grpc.aio.Channel) ->
     assert h.server.connected_nodes == {}
     for c in clients:
         assert await c.call.read() is grpc.aio.EOF
-    assert len(h.recorder.of("disconnect")) == 3
+    assert len(h.recorder.of(EventKind.DISCONNECT)) == 3
 
 
 async def test_100_streams_all_receive_an_update(h: Harness) -> None:
@@ -357,7 +362,10 @@ async def test_100_streams_all_receive_an_update(h: Harness) -> None:
         elapsed = max(done) - start
         await wait_for(
             lambda: (
-                sum(e.version == snap.version(ENDPOINT) for e in h.recorder.of("ack", ENDPOINT))
+                sum(
+                    e.version == snap.version(ENDPOINT)
+                    for e in h.recorder.of(EventKind.ACK, ENDPOINT)
+                )
                 == n
             ),
             what="100 ACKs",

@@ -12,8 +12,15 @@ the node's current snapshot. The watcher re-arms ``changed()`` before the loop c
 the snapshot again, and the loop reads the snapshot only after taking the marker off the
 queue, so a change is never lost between reading a snapshot and waiting for the next.
 
-What a stream learns is reported to the observer as ``StreamEvent``s: "connect" (the node
-is known), "push" (a response was written), "ack", "nack" and "disconnect".
+What a stream learns is recorded in the server's ``NodeTable`` (``nodes``: per node its
+streams, cluster, ACKed, pending and NACKed versions) and then reported to the observer as
+a ``StreamEvent`` (``EventKind``: CONNECT once the node is known, PUSH when a response was
+written, ACK, NACK, DISCONNECT). Observers read node state from the table, which already
+holds the event they are told about.
+
+Given a ``timed`` owner (the rollout), the server also keeps one loop timer on its
+``next_deadline()`` and calls its ``tick()`` then (``xds.timer``), re-armed whenever the
+owner says its deadline moved, cancelled by ``close()``.
 """
 
 from __future__ import annotations
@@ -22,17 +29,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from warmroute.xds.cache import SnapshotCache, StreamEvent, StreamObserver
+from warmroute.xds.cache import EventKind, SnapshotCache, StreamEvent, StreamObserver
 from warmroute.xds.delta import DeltaStream
+from warmroute.xds.nodes import NodeTable
 from warmroute.xds.snapshot import Snapshot
 from warmroute.xds.sotw import SotwStream
+from warmroute.xds.timer import DeadlineTimer
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,16 @@ class _Protocol(Protocol[_Req_contra, _Resp_co]):
     ) -> Sequence[tuple[_Resp_co, StreamEvent]]: ...
 
 
+class Timed(Protocol):
+    """Something with a deadline (the rollout's end of soak): see ``xds.timer``."""
+
+    on_deadline: Callable[[], None] | None
+
+    def next_deadline(self) -> float | None: ...
+
+    def tick(self) -> None: ...
+
+
 class _Marker:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -69,8 +87,10 @@ _CLOSE = _Marker("CLOSE")  # end the stream: the client finished, or the server 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """ADS over gRPC (SotW and delta), serving each node ``cache.snapshot_for(node)``.
 
-    ``observer`` receives every ``StreamEvent``, synchronously on the event loop; it must
-    not block (an exception it raises is logged and swallowed). Runs on one event loop;
+    Every ``StreamEvent`` is first recorded in ``nodes`` (the table given, or a new one),
+    then passed to ``observer``, synchronously on the event loop; the observer must not
+    block (an exception it raises is logged and swallowed). ``timed``, if given, gets its
+    ``on_deadline`` hook set to re-arm the server's timer for it. Runs on one event loop;
     not thread-safe.
     """
 
@@ -79,19 +99,24 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         cache: SnapshotCache,
         observer: StreamObserver | None = None,
         *,
+        nodes: NodeTable | None = None,
+        timed: Timed | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cache = cache
         self._observer = observer
         self._clock = clock
-        self._nodes: dict[str, int] = {}
+        self.nodes = NodeTable() if nodes is None else nodes
         self._streams: set[_Stream[Any, Any]] = set()
+        self._timer: DeadlineTimer | None = None
+        if timed is not None:
+            self._timer = DeadlineTimer(timed.next_deadline, timed.tick, clock=clock)
+            timed.on_deadline = self._timer.rearm
 
     @property
-    def connected_nodes(self) -> Mapping[str, int]:
-        """Live read-only view: node id -> number of open streams (nodes with none are
-        absent)."""
-        return MappingProxyType(self._nodes)
+    def connected_nodes(self) -> dict[str, int]:
+        """Node id -> open streams, for the connected nodes (a copy, read from ``nodes``)."""
+        return {n.node_id: n.streams for n in self.nodes if n.connected}
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -109,8 +134,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             stream.close()
 
     async def close(self, timeout: float = 5.0) -> None:
-        """End every open stream and wait (up to ``timeout`` seconds) until they have.
-        Streams opened meanwhile are not waited for; call before stopping the server."""
+        """End every open stream and wait (up to ``timeout`` seconds) until they have;
+        cancel the deadline timer. Streams opened meanwhile are not waited for; call
+        before stopping the server."""
+        if self._timer is not None:
+            self._timer.close()
         streams = list(self._streams)
         for stream in streams:
             stream.close()
@@ -121,32 +149,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     # -- used by _Stream ---------------------------------------------------------------
 
-    def _connected(self, node_id: str, variant: str, peer: str) -> None:
-        self._nodes[node_id] = self._nodes.get(node_id, 0) + 1
-        logger.info("node %s connected (%s ADS, peer %s)", node_id, variant, peer)
-        self._emit(StreamEvent(node_id, "", "", "connect"))
+    def _connected(self, node_id: str, cluster: str, variant: str, peer: str) -> None:
+        logger.info(
+            "node %s (cluster %r) connected (%s ADS, peer %s)", node_id, cluster, variant, peer
+        )
+        self._emit(StreamEvent(node_id, "", "", EventKind.CONNECT, cluster=cluster))
 
     def _disconnected(self, node_id: str, variant: str, why: str) -> None:
-        left = self._nodes.get(node_id, 0) - 1
-        if left > 0:
-            self._nodes[node_id] = left
-        else:
-            self._nodes.pop(node_id, None)
         logger.info("node %s disconnected (%s ADS): %s", node_id, variant, why)
-        self._emit(StreamEvent(node_id, "", "", "disconnect"))
+        self._emit(StreamEvent(node_id, "", "", EventKind.DISCONNECT))
 
     def _emit(self, event: StreamEvent) -> None:
-        if event.kind == "nack":
+        kind = event.kind
+        if kind is EventKind.NACK:
             logger.info(
                 "node %s NACKed %s version %s: %s",
                 event.node_id, event.type_url, event.version, event.error,
             )  # fmt: skip
-        elif event.kind in ("push", "ack"):
+        elif kind is EventKind.PUSH or kind is EventKind.ACK:
             logger.debug(
                 "node %s %s %s version %s%s",
-                event.node_id, event.kind, event.type_url, event.version,
+                event.node_id, kind.value, event.type_url, event.version,
                 "" if event.push_latency is None else f" after {event.push_latency * 1e3:.1f} ms",
             )  # fmt: skip
+        # The table first: observers read it and must find this event in it.
+        self.nodes.record(event, self._clock())
         if self._observer is None:
             return
         try:
@@ -231,7 +258,8 @@ class _Stream(Generic[_Req, _Resp]):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id"
             )
-        self._server._connected(node_id, self._variant, context.peer())
+        cluster = str(first.node.cluster)
+        self._server._connected(node_id, cluster, self._variant, context.peer())
         return self._protocol(node_id)
 
     async def _read(self, requests: AsyncIterator[_Req]) -> None:

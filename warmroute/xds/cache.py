@@ -9,6 +9,7 @@ per node (canaries) by calling ``assign``; endpoint updates replace EDS everywhe
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,16 +62,31 @@ class SnapshotCache:
         event.set()
 
 
+class EventKind(enum.Enum):
+    """What happened on an ADS stream."""
+
+    CONNECT = "connect"  # a stream of the node opened (its first request named the node)
+    DISCONNECT = "disconnect"  # a stream of the node ended
+    PUSH = "push"  # a response was written
+    ACK = "ack"  # the node applied the response in flight
+    NACK = "nack"  # the node rejected it (``error`` says why) and kept what it had
+
+
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """What an ADS stream learned from its Envoy, reported to observers."""
+    """What an ADS stream learned from its Envoy, reported to observers.
+
+    ``type_url`` and ``version`` are empty for CONNECT/DISCONNECT; ``cluster`` (the Envoy
+    Node's ``cluster``) is set on CONNECT only.
+    """
 
     node_id: str
     type_url: str
     version: str
-    kind: str  # "connect", "disconnect", "push", "ack", "nack"
+    kind: EventKind
     error: str = ""
     push_latency: float | None = None  # seconds from push to ACK/NACK
+    cluster: str = ""
 
 
 class StreamObserver(Protocol):

@@ -8,6 +8,10 @@ Discovery events pass through here on their way to the registry:
   * anything else (LOADING, DRAINING, removal) reaches the registry at once, so leasing
     stops first; then EDS drops the replica (LOADING, gone) or marks it DRAINING.
 A removed replica with requests still in flight stays in EDS as DRAINING until they end.
+
+Which nodes are connected and which EDS version each ACKed is read from the ADS server's
+``NodeTable`` (updated before this publisher hears of an event); this class keeps only
+which replicas each recent EDS version contains.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from warmroute.state import (
     ReplicaUpsert,
 )
 from warmroute.xds.builder import endpoint_resources
-from warmroute.xds.cache import SnapshotCache, StreamEvent
+from warmroute.xds.cache import EventKind, SnapshotCache, StreamEvent
+from warmroute.xds.nodes import NodeTable
 from warmroute.xds.resources import Endpoint
 from warmroute.xds.snapshot import ENDPOINT
 
@@ -37,20 +42,29 @@ _KEEP_VERSIONS = 256
 
 
 class EndpointPublisher:
+    """Discovery's events in (``emit``), EDS and the registry out; stream events in
+    (``on_stream_event``) release held-back replicas. ``on_routable(pool, address,
+    seconds_held)`` is called when one becomes leasable. Runs on one event loop; not
+    thread-safe.
+    """
+
     def __init__(
         self,
         registry: Registry,
         cache: SnapshotCache,
         on_routable: Callable[[str, str, float], None] | None = None,
+        *,
+        nodes: NodeTable,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
         self._cache = cache
         self._on_routable = on_routable
+        self._nodes = nodes
+        self._clock = clock
         self._warm: dict[_Key, int] = {}  # replicas discovery calls warm -> slots
         self._pending: dict[_Key, tuple[int, float]] = {}  # held-back WARM: slots, since
         self._versions: OrderedDict[str, frozenset[_Key]] = OrderedDict()
-        self._acked: dict[str, str] = {}  # node -> EDS version it ACKed last
-        self._nodes: dict[str, int] = {}  # node -> open ADS streams
 
     # -- discovery side --------------------------------------------------------------------
 
@@ -69,7 +83,7 @@ class EndpointPublisher:
                     self._registry.apply(
                         ReplicaUpsert(event.pool, event.address, event.slots, Phase.LOADING)
                     )
-                self._pending[key] = (event.slots, time.monotonic())
+                self._pending[key] = (event.slots, self._clock())
         else:
             self._warm.pop(key, None)
             self._pending.pop(key, None)
@@ -98,29 +112,24 @@ class EndpointPublisher:
     # -- Envoy side ------------------------------------------------------------------------
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        node = event.node_id
-        if event.kind == "connect":
-            self._nodes[node] = self._nodes.get(node, 0) + 1
-        elif event.kind == "disconnect":
-            left = self._nodes.get(node, 0) - 1
-            if left <= 0:
-                self._nodes.pop(node, None)
-                self._acked.pop(node, None)
-            else:
-                self._nodes[node] = left
-            self._release()
-        elif event.kind == "ack" and event.type_url == ENDPOINT:
-            self._acked[node] = event.version
+        """An EDS ACK may complete what a held-back replica waits for; a disconnect may
+        remove the last node it waited for."""
+        kind = event.kind
+        if kind is EventKind.DISCONNECT or (kind is EventKind.ACK and event.type_url == ENDPOINT):
             self._release()
 
     def _release(self) -> None:
         if not self._pending:
             return
-        views = [self._versions.get(self._acked.get(node, ""), frozenset()) for node in self._nodes]
+        nodes = self._nodes
+        views = [
+            self._versions.get(nodes.acked(node, ENDPOINT), frozenset())
+            for node in nodes.connected()
+        ]
         for key in [k for k in self._pending if all(k in v for v in views)]:
             slots, since = self._pending.pop(key)
             self._registry.apply(ReplicaUpsert(key[0], key[1], slots, Phase.WARM))
-            waited = time.monotonic() - since
+            waited = self._clock() - since
             logger.info(
                 "replica %s (pool %s) routable: %d Envoy(s) acked it in %.1f ms",
                 key[1], key[0], len(views), waited * 1e3,

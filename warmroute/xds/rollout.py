@@ -6,8 +6,11 @@ default for every node. A NACK from any node halts it: canaries return to the la
 version, which every other node kept all along. Endpoint updates are not config and reach
 every node whatever version it is on (see ``SnapshotCache``).
 
-Pure bookkeeping driven by stream events and an injected clock; ``tick()`` is called
-periodically by the server to end soak periods.
+Pure bookkeeping driven by stream events and an injected clock. Node state (who is
+connected, what each node ACKed) is read from the ADS server's ``NodeTable``, never kept
+here. The end of a soak is a deadline: ``next_deadline()`` says when, ``on_deadline`` is
+called whenever it changes (the ADS server arms one timer on it, see ``xds.timer``), and
+``tick()`` acts on it; with ``soak_seconds: 0`` promotion happens within the ACK event.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from warmroute.config import RolloutConfig
-from warmroute.xds.cache import SnapshotCache, StreamEvent
+from warmroute.xds.cache import EventKind, SnapshotCache, StreamEvent
+from warmroute.xds.nodes import NodeTable
 from warmroute.xds.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -36,36 +39,47 @@ class Stage(enum.Enum):
     HALTED = "halted"  # a node NACKed the candidate; rolled back
 
 
-@dataclass
-class NodeStatus:
-    streams: int = 0
-    acked: dict[str, str] = field(default_factory=dict)  # type_url -> version
-    last_nack: str = ""
-    last_nack_type: str = ""
-
-
 class Rollout:
+    """One config rollout at a time over the nodes of ``nodes`` (the ADS server's table).
+
+    ``on_change(rollout)`` is called when the stage changes; ``on_deadline()`` when
+    ``next_deadline()`` does. Both run synchronously inside the call that caused them.
+    Runs on one event loop; not thread-safe.
+    """
+
     def __init__(
         self,
         cache: SnapshotCache,
         policy: RolloutConfig,
         *,
+        nodes: NodeTable,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cache = cache
         self.policy = policy
+        self.nodes = nodes
         self._clock = clock
         self.stage = Stage.STABLE
         self.stable: Snapshot | None = None
         self.candidate: Snapshot | None = None
         self.canaries: frozenset[str] = frozenset()
-        self.nodes: dict[str, NodeStatus] = {}
         self._soak_until = 0.0
+        self._told_deadline: float | None = None
         self.halt_reason = ""
         self.on_change: Callable[[Rollout], None] | None = None
+        self.on_deadline: Callable[[], None] | None = None
+
+    def next_deadline(self) -> float | None:
+        """When (clock time) ``tick()`` has something to do: the end of the soak; None
+        when nothing is timed."""
+        return self._soak_until if self.stage is Stage.SOAKING else None
 
     def propose(self, snapshot: Snapshot) -> None:
         """Start rolling out ``snapshot`` (replacing any rollout in progress)."""
+        self._start(snapshot)
+        self._deadline_moved()
+
+    def _start(self, snapshot: Snapshot) -> None:
         if self.stable is None or not self.connected():
             self._promote(snapshot, why="no Envoy connected" if self.stable else "first config")
             return
@@ -82,7 +96,8 @@ class Rollout:
         self._check()
 
     def connected(self) -> list[str]:
-        return sorted(n for n, s in self.nodes.items() if s.streams > 0)
+        """Ids of the connected nodes, sorted."""
+        return self.nodes.connected()
 
     def _pick_canaries(self) -> frozenset[str]:
         nodes = self.connected()
@@ -93,32 +108,39 @@ class Rollout:
         return frozenset(nodes[:count])
 
     def on_stream_event(self, event: StreamEvent) -> None:
-        status = self.nodes.setdefault(event.node_id, NodeStatus())
-        if event.kind == "connect":
-            status.streams += 1
-        elif event.kind == "disconnect":
-            status.streams = max(0, status.streams - 1)
-        elif event.kind == "ack":
-            status.acked[event.type_url] = event.version
-        elif event.kind == "nack":
-            status.last_nack = event.error
-            status.last_nack_type = event.type_url
+        """React to an event the node table already holds: a NACK of the candidate halts
+        the rollout; an ACK may end the canary stage (or, with no soak, promote); a
+        disconnect may leave no canary (then start over)."""
+        if event.kind is EventKind.PUSH:
+            return
+        if event.kind is EventKind.NACK:
             cand = self.candidate
             if cand is not None and cand.version(event.type_url) == event.version:
                 self._halt(f"node {event.node_id} rejected {event.type_url}: {event.error}")
         self._check()
+        self._deadline_moved()
 
     def tick(self) -> None:
+        """Act on a deadline that passed (the end of the soak). Safe to call any time."""
         self._check()
+        self._deadline_moved()
+
+    def _deadline_moved(self) -> None:
+        when = self.next_deadline()
+        if when == self._told_deadline:
+            return
+        self._told_deadline = when
+        if self.on_deadline is not None:
+            self.on_deadline()
 
     def _check(self) -> None:
         cand = self.candidate
         if cand is None or self.stage not in (Stage.CANARY, Stage.SOAKING):
             return
-        live = [n for n in self.canaries if self.nodes.get(n, NodeStatus()).streams > 0]
+        live = [n for n in self.canaries if self.nodes.is_connected(n)]
         if not live:
             # Every canary left: start over with whoever is connected now.
-            self.propose(cand)
+            self._start(cand)
             return
         if self.stage is Stage.CANARY and all(self._has(n, cand) for n in live):
             self.stage = Stage.SOAKING
@@ -132,8 +154,13 @@ class Rollout:
             self._promote(cand, why="canaries acked and soaked")
 
     def _has(self, node: str, snap: Snapshot) -> bool:
-        acked = self.nodes[node].acked
-        return all(acked.get(t) == snap.version(t) for t in CONFIG_TYPES if snap.of_type(t).items)
+        """Whether ``node`` ACKed every config type ``snap`` has resources of."""
+        state = self.nodes.get(node)
+        if state is None:
+            return False
+        return all(
+            state.has_acked(t, snap.version(t)) for t in CONFIG_TYPES if snap.of_type(t).items
+        )
 
     def _promote(self, snapshot: Snapshot, why: str) -> None:
         self._cache.set_default(snapshot)
@@ -164,25 +191,26 @@ class Rollout:
             self.on_change(self)
 
     def status(self) -> dict[str, Any]:
-        """For the admin endpoint: the rollout and every node's versions."""
+        """For the admin ``/xds`` endpoint and the per-node gauges: the rollout, and per
+        node the table's view (``NodeTable.status``) plus ``config``, the label of the
+        version it fully ACKed, and ``pending``, the candidate's label on a canary."""
         cand = self.candidate
+        nodes = self.nodes.status(self._clock())
+        for node, entry in nodes.items():
+            entry["config"] = self._label_of(node)
+            entry["pending"] = cand.label if cand and node in self.canaries else None
         return {
             "stage": self.stage.value,
             "stable": self.stable.label if self.stable else None,
             "candidate": cand.label if cand else None,
             "canaries": sorted(self.canaries),
             "halt_reason": self.halt_reason,
-            "nodes": {
-                node: {
-                    "connected": s.streams > 0,
-                    "acked": {t.rsplit(".", 1)[-1]: v for t, v in s.acked.items()},
-                    "config": self._label_of(node),
-                    "pending": cand.label if cand and node in self.canaries else None,
-                    "last_nack": s.last_nack,
-                    "last_nack_type": s.last_nack_type.rsplit(".", 1)[-1],
-                }
-                for node, s in sorted(self.nodes.items())
-            },
+            "soak_seconds_left": (
+                None
+                if self.stage is not Stage.SOAKING
+                else max(0.0, round(self._soak_until - self._clock(), 3))
+            ),
+            "nodes": nodes,
         }
 
     def _label_of(self, node: str) -> str | None:

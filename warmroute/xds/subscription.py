@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
 
-from warmroute.xds.cache import StreamEvent
+from warmroute.xds.cache import EventKind, StreamEvent
 from warmroute.xds.snapshot import WILDCARD_TYPES, Resource, Resources
 
 WILDCARD = "*"
@@ -139,9 +139,11 @@ class TypeState:
         self.synced = None
         latency = now - flight.sent_at
         if error is None:
-            return StreamEvent(node_id, type_url, flight.version, "ack", push_latency=latency)
+            return StreamEvent(
+                node_id, type_url, flight.version, EventKind.ACK, push_latency=latency
+            )
         return StreamEvent(
-            node_id, type_url, flight.version, "nack", error=error, push_latency=latency
+            node_id, type_url, flight.version, EventKind.NACK, error=error, push_latency=latency
         )
 
     def launch(self, version: str, now: float) -> str:
@@ -153,7 +155,7 @@ class TypeState:
 
 
 def push_event(node_id: str, type_url: str, version: str) -> StreamEvent:
-    return StreamEvent(node_id, type_url, version, "push")
+    return StreamEvent(node_id, type_url, version, EventKind.PUSH)
 
 
 def eds_names(clusters: Iterable[Resource]) -> set[str]:
