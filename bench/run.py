@@ -6,6 +6,7 @@
     python bench/run.py coldstart [--quick] [--seed N]
     python bench/run.py config   [--quick]
     python bench/run.py body     [--quick] [--seed N]
+    python bench/run.py converge [--quick] [--label before|after] [--warmroute-src PATH]
 
 Needs the bench extras: ``bash bench/setup.sh`` (matplotlib, Celery, redis-server, wrk).
 Progress goes to stderr; the results page is printed when done. Everything listens and
@@ -22,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SCENARIOS = ("quality", "overhead", "dispatch", "coldstart", "config", "body")
+SCENARIOS = ("quality", "overhead", "dispatch", "coldstart", "config", "body", "converge")
+# Scenarios that live outside bench/scenarios/.
+MODULES = {"converge": "bench.converge"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"quality only: a comma list out of {','.join(NAMES)} (default: all)",
     )
     parser.add_argument("--out", type=Path, default=None, help="results directory")
+    from bench.converge import add_arguments as converge_arguments
+
+    converge_arguments(parser)
     args = parser.parse_args(argv)
     for name in args.contenders or ():
         if name not in NAMES:
@@ -53,6 +59,7 @@ NEEDS = {
     "coldstart": (),
     "config": (),
     "body": (),
+    "converge": (),
 }
 
 
@@ -81,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from bench import report
 
-    scenario = importlib.import_module(f"bench.scenarios.{args.scenario}")
+    scenario = importlib.import_module(
+        MODULES.get(args.scenario, f"bench.scenarios.{args.scenario}")
+    )
     report.begin()
     try:
         path = asyncio.run(scenario.run(args))
