@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 # Events closer than this are one change (an editor's write + rename, a symlink swap).
 _STEP_MS = 20
+# Also read the file this often without an event: a change made before the watch was
+# armed, or on a filesystem that drops notifications, is still noticed (one small read).
+_BACKSTOP_MS = 2_000
 
 
 def digest(path: Path) -> bytes | None:
@@ -66,6 +69,8 @@ class ConfigFileWatcher:
             recursive=False,
             force_polling=force_polling,
             poll_delay_ms=500,
+            rust_timeout=_BACKSTOP_MS,
+            yield_on_timeout=True,
         ):
             await self.check()
 
