@@ -5,66 +5,60 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.e2e import envoy_admin
-from tests.e2e.stack import MODEL, client, start_stack
-from tests.helpers import free_port, wait_for
+from tests.e2e.stack import MODEL, StackFactory, background, client
+from tests.helpers import wait_for
 from warmroute.config import Config
-from warmroute.envoy_process import EnvoyProcess
 from warmroute.server import ControlPlane
 from warmroute.state import Phase, ReplicaRemoved, ReplicaUpsert
-from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 VARIANTS = ["sotw", "delta"]
 CLUSTER = "warmroute_pool_main"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-async def test_endpoints_follow_the_registry(variant: str) -> None:
-    stack = await start_stack(replicas=2, variant=variant)
-    try:
-        await stack.wait_warm()
-        a, b = (r.address for r in stack.replicas)
-        admin = stack.config.envoy.admin
+async def test_endpoints_follow_the_registry(stack_factory: StackFactory, variant: str) -> None:
+    stack = await stack_factory(replicas=2, variant=variant)
+    await stack.wait_warm()
+    a, b = (r.address for r in stack.replicas)
+    admin = stack.config.envoy.admin
 
-        async def envoy_hosts() -> dict[str, str]:
-            return await envoy_admin.hosts(admin, CLUSTER)
+    async def envoy_hosts() -> dict[str, str]:
+        return await envoy_admin.hosts(admin, CLUSTER)
 
-        await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY", b: "HEALTHY"}), what="2 hosts")
+    await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY", b: "HEALTHY"}), what="2 hosts")
 
-        # A replica turning warm while Envoy is connected becomes leasable only once
-        # Envoy has ACKed an EDS version with it.
-        c = await _extra_replica(stack)
-        pool = stack.plane.registry.pools["main"]
-        started = time.perf_counter()
-        stack.plane.publisher.emit(ReplicaUpsert("main", c, 1, Phase.WARM))
-        assert pool.replicas[c].phase is Phase.LOADING  # not before Envoy has it
-        await wait_for(lambda: pool.replicas[c].phase is Phase.WARM, what="c routable")
-        routable_after = time.perf_counter() - started
-        assert (await envoy_hosts())[c] == "HEALTHY"
-        print(
-            f"\n[{variant}] warm -> EDS acked by Envoy -> leasable: {routable_after * 1e3:.1f} ms"
-        )
-        stack.plane.publisher.emit(ReplicaRemoved("main", c))
-        await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY", b: "HEALTHY"}), what="c gone")
+    # A replica turning warm while Envoy is connected becomes leasable only once
+    # Envoy has ACKed an EDS version with it.
+    c = await _extra_replica(stack)
+    pool = stack.plane.registry.pools["main"]
+    started = time.perf_counter()
+    stack.plane.publisher.emit(ReplicaUpsert("main", c, 1, Phase.WARM))
+    assert pool.replicas[c].phase is Phase.LOADING  # not before Envoy has it
+    await wait_for(lambda: pool.replicas[c].phase is Phase.WARM, what="c routable")
+    routable_after = time.perf_counter() - started
+    assert (await envoy_hosts())[c] == "HEALTHY"
+    print(f"\n[{variant}] warm -> EDS acked by Envoy -> leasable: {routable_after * 1e3:.1f} ms")
+    stack.plane.publisher.emit(ReplicaRemoved("main", c))
+    await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY", b: "HEALTHY"}), what="c gone")
 
-        stack.plane.publisher.emit(ReplicaUpsert("main", b, 1, Phase.DRAINING))
-        await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY", b: "DRAINING"}), what="b draining")
-        stack.plane.publisher.emit(ReplicaRemoved("main", b))
-        await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY"}), what="b removed")
-        # A draining replica takes no new request; traffic all goes to a.
-        async with client() as http:
-            for _ in range(4):
-                async with http.post(stack.url + "/v1/x", headers={"x-model": MODEL}) as r:
-                    assert r.status == 200
-        assert stack.replicas[1].stats().received == 0
-        assert stack.replicas[0].stats().received == 4
-    finally:
-        await stack.stop()
+    stack.plane.publisher.emit(ReplicaUpsert("main", b, 1, Phase.DRAINING))
+    await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY", b: "DRAINING"}), what="b draining")
+    stack.plane.publisher.emit(ReplicaRemoved("main", b))
+    await wait_for(lambda: _eq(envoy_hosts(), {a: "HEALTHY"}), what="b removed")
+    # A draining replica takes no new request; traffic all goes to a.
+    async with client() as http:
+        for _ in range(4):
+            async with http.post(stack.url + "/v1/x", headers={"x-model": MODEL}) as r:
+                assert r.status == 200
+    assert stack.replicas[1].stats().received == 0
+    assert stack.replicas[0].stats().received == 4
 
 
 async def _eq(got: Any, want: dict[str, str]) -> bool:
@@ -72,41 +66,36 @@ async def _eq(got: Any, want: dict[str, str]) -> bool:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-async def test_config_change_rolls_out_with_no_failed_request(variant: str) -> None:
-    stack = await start_stack(replicas=2, service_ms=20, variant=variant)
-    try:
-        await stack.wait_warm()
-        second = await stack.add_envoy("envoy-1", variant)
-        await wait_for(lambda: len(stack.plane.rollout.connected()) == 2, what="two Envoys")
-        admin = stack.config.envoy.admin
-        statuses: list[int] = []
-        stop = asyncio.Event()
+async def test_config_change_rolls_out_with_no_failed_request(
+    stack_factory: StackFactory, variant: str
+) -> None:
+    stack = await stack_factory(replicas=2, service_ms=20, variant=variant)
+    await stack.wait_warm()
+    second = await stack.add_envoy("envoy-1", variant)
+    await wait_for(lambda: len(stack.plane.rollout.connected()) == 2, what="two Envoys")
+    admin = stack.config.envoy.admin
+    statuses: list[int] = []
 
-        async def load(http: aiohttp.ClientSession) -> None:
+    new_sim = await _extra_replica(stack)
+    doc = stack.config.model_dump()
+    doc["xds"]["rollout"]["soak_seconds"] = 0.2
+    doc["pools"][0]["max_request_seconds"] = 120
+    doc["pools"].append(
+        {"name": "second", "models": ["other-model"], "probe": None, "replicas": [new_sim]}
+    )
+    async with client() as http:
+
+        async def load(stop: asyncio.Event) -> None:
             while not stop.is_set():
                 async with http.post(stack.url + "/v1/x", headers={"x-model": MODEL}) as r:
                     statuses.append(r.status)
 
-        new_sim = await _extra_replica(stack)
-        doc = stack.config.model_dump()
-        doc["xds"]["rollout"]["soak_seconds"] = 0.2
-        doc["pools"][0]["max_request_seconds"] = 120
-        doc["pools"].append(
-            {"name": "second", "models": ["other-model"], "probe": None, "replicas": [new_sim]}
-        )
-        async with client() as http:
-            workers = [asyncio.create_task(load(http)) for _ in range(4)]
-            try:
-                await _change_config_under_load(stack, doc, statuses, http, second.admin)
-            finally:
-                stop.set()
-                await asyncio.gather(*workers, return_exceptions=True)
-        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-        dump = await envoy_admin.get_json(admin, "/config_dump?resource=dynamic_route_configs")
-        assert '"120s"' in str(dump).replace("'", '"')
-        assert stack.metric("warmroute_xds_nacks_total") == 0
-    finally:
-        await stack.stop()
+        async with background(load, 4, swallow=True):
+            await _change_config_under_load(stack, doc, statuses, http, second.admin)
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    dump = await envoy_admin.get_json(admin, "/config_dump?resource=dynamic_route_configs")
+    assert '"120s"' in str(dump).replace("'", '"')
+    assert stack.metric("warmroute_xds_nacks_total") == 0
 
 
 async def _change_config_under_load(
@@ -154,77 +143,69 @@ async def _extra_replica(stack: Any) -> str:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-async def test_nacked_config_halts_at_the_canary_and_keeps_the_last_good(variant: str) -> None:
-    stack = await start_stack(replicas=1, service_ms=10, variant=variant, node_id="envoy-0")
-    second: EnvoyProcess | None = None
+async def test_nacked_config_halts_at_the_canary_and_keeps_the_last_good(
+    stack_factory: StackFactory, cleanup: AsyncExitStack, variant: str
+) -> None:
+    stack = await stack_factory(replicas=1, service_ms=10, variant=variant, node_id="envoy-0")
+    await stack.wait_warm()
+    # A second Envoy of the fleet, sharing the listener port (SO_REUSEPORT).
+    second = await stack.add_envoy("envoy-1", variant)
+    second_admin = second.admin
+    plane = stack.plane
+    await wait_for(lambda: len(plane.rollout.connected()) == 2, what="two Envoys connected")
+    good = plane.rollout.status()["stable"]
+
+    # A config Envoy must reject: the listener moves to a port something else holds.
     blocker = socket.socket()
-    try:
-        await stack.wait_warm()
-        # A second Envoy of the fleet, sharing the listener port (SO_REUSEPORT).
-        second_admin = f"127.0.0.1:{free_port()}"
-        boot = ads_bootstrap(stack.config, node_id="envoy-1", variant=variant)
-        boot.admin.address.socket_address.port_value = int(second_admin.rsplit(":", 1)[1])
-        second = EnvoyProcess(to_json(boot), second_admin, log_level="warning")
-        await second.start()
-        plane = stack.plane
-        await wait_for(lambda: len(plane.rollout.connected()) == 2, what="two Envoys connected")
-        good = plane.rollout.status()["stable"]
+    cleanup.callback(blocker.close)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    doc = stack.config.model_dump()
+    doc["envoy"]["listen"] = f"127.0.0.1:{blocker.getsockname()[1]}"
+    doc["xds"]["rollout"] = {"canary_nodes": ["envoy-0"], "soak_seconds": 60}
+    await plane.reload(Config.model_validate(doc))
 
-        # A config Envoy must reject: the listener moves to a port something else holds.
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        doc = stack.config.model_dump()
-        doc["envoy"]["listen"] = f"127.0.0.1:{blocker.getsockname()[1]}"
-        doc["xds"]["rollout"] = {"canary_nodes": ["envoy-0"], "soak_seconds": 60}
-        await plane.reload(Config.model_validate(doc))
-
-        await wait_for(lambda: plane.rollout.status()["stage"] == "halted", what="halted")
-        status = plane.rollout.status()
-        assert status["stable"] == good
-        assert status["nodes"]["envoy-0"]["last_nack"], status
-        assert status["nodes"]["envoy-1"]["last_nack"] == ""  # never got the bad version
-        assert status["nodes"]["envoy-1"]["config"] == good
-        assert stack.metric("warmroute_xds_nacks_total") >= 1
-        assert stack.metric("warmroute_xds_node_last_nack_info", node="envoy-0") == 1
-        assert stack.metric("warmroute_xds_node_config_info", node="envoy-1", acked=good) == 1
-        # Both Envoys still serve on the last good listener.
-        async with client() as http:
-            for _ in range(4):
-                async with http.post(stack.url + "/v1/x", headers={"x-model": MODEL}) as r:
-                    assert r.status == 200
-        names = await envoy_admin.dynamic_names(second_admin)
-        assert names["listeners"] == ["warmroute_ingress"]
-    finally:
-        blocker.close()
-        if second is not None:
-            await second.stop()
-        await stack.stop()
+    await wait_for(lambda: plane.rollout.status()["stage"] == "halted", what="halted")
+    status = plane.rollout.status()
+    assert status["stable"] == good
+    assert status["nodes"]["envoy-0"]["last_nack"], status
+    assert status["nodes"]["envoy-1"]["last_nack"] == ""  # never got the bad version
+    assert status["nodes"]["envoy-1"]["config"] == good
+    assert stack.metric("warmroute_xds_nacks_total") >= 1
+    assert stack.metric("warmroute_xds_node_last_nack_info", node="envoy-0") == 1
+    assert stack.metric("warmroute_xds_node_config_info", node="envoy-1", acked=good) == 1
+    # Both Envoys still serve on the last good listener.
+    async with client() as http:
+        for _ in range(4):
+            async with http.post(stack.url + "/v1/x", headers={"x-model": MODEL}) as r:
+                assert r.status == 200
+    names = await envoy_admin.dynamic_names(second_admin)
+    assert names["listeners"] == ["warmroute_ingress"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-async def test_envoy_keeps_config_and_resyncs_after_control_plane_restart(variant: str) -> None:
-    stack = await start_stack(replicas=1, service_ms=10, variant=variant)
-    try:
-        await stack.wait_warm()
-        admin = stack.config.envoy.admin
-        await stack.plane.stop()
-        # Envoy keeps the last config it had while warmroute is away.
-        names = await envoy_admin.dynamic_names(admin)
-        assert CLUSTER in names["clusters"] and names["listeners"] == ["warmroute_ingress"]
-        stack.plane = ControlPlane(stack.config)
-        await stack.plane.start()
-        await wait_for(
-            lambda: stack.plane.rollout.connected() == ["envoy-0"], timeout=20,
-            what="Envoy reconnected to the new control plane",
-        )  # fmt: skip
-        await stack.wait_warm()
-        async with client() as http:
+async def test_envoy_keeps_config_and_resyncs_after_control_plane_restart(
+    stack_factory: StackFactory, variant: str
+) -> None:
+    stack = await stack_factory(replicas=1, service_ms=10, variant=variant)
+    await stack.wait_warm()
+    admin = stack.config.envoy.admin
+    await stack.plane.stop()
+    # Envoy keeps the last config it had while warmroute is away.
+    names = await envoy_admin.dynamic_names(admin)
+    assert CLUSTER in names["clusters"] and names["listeners"] == ["warmroute_ingress"]
+    stack.plane = ControlPlane(stack.config)
+    await stack.plane.start()
+    await wait_for(
+        lambda: stack.plane.rollout.connected() == ["envoy-0"], timeout=20,
+        what="Envoy reconnected to the new control plane",
+    )  # fmt: skip
+    await stack.wait_warm()
+    async with client() as http:
 
-            async def served() -> bool:
-                async with http.post(stack.url + "/v1/x", headers={"x-model": MODEL}) as r:
-                    return r.status == 200
+        async def served() -> bool:
+            async with http.post(stack.url + "/v1/x", headers={"x-model": MODEL}) as r:
+                return r.status == 200
 
-            await wait_for(served, timeout=10, what="requests served again")
-        await stack.wait_idle()
-    finally:
-        await stack.stop()
+        await wait_for(served, timeout=10, what="requests served again")
+    await stack.wait_idle()
