@@ -11,23 +11,19 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 
 import openai
 import pytest
 
-from tests.e2e.stack import MODEL, Stack, client, start_stack
+from tests.e2e.stack import MODEL, Stack, StackFactory, client
 from tests.helpers import wait_for
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    s = await start_stack(replicas=2, slots=1, service_ms=20, max_waiting=100)
-    try:
-        await s.wait_warm()
-        yield s
-    finally:
-        await s.stop()
+async def stack(stack_factory: StackFactory) -> Stack:
+    s = await stack_factory(replicas=2, slots=1, service_ms=20, max_waiting=100)
+    await s.wait_warm()
+    return s
 
 
 def _sdk(stack: Stack) -> openai.AsyncOpenAI:
@@ -155,28 +151,25 @@ async def test_unknown_model_is_not_found(stack: Stack) -> None:
     assert _received(stack) == 0
 
 
-async def test_queue_full_is_a_rate_limit_error() -> None:
-    stack = await start_stack(replicas=1, slots=1, max_waiting=0)
-    try:
-        await stack.wait_warm()
-        async with _sdk(stack) as sdk:
-            hold = await sdk.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2000,
-                stream=True,
-            )  # fmt: skip
-            await wait_for(lambda: stack.plane.registry.view().leases == 1, 5, what="held")
-            with pytest.raises(openai.RateLimitError) as info:
-                await sdk.chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": "y"}]
-                )
-            assert info.value.status_code == 429
-            assert info.value.response.headers.get("retry-after")
-            await hold.close()
-        await stack.wait_idle()
-        assert stack.full_hits() == 0
-        assert _received(stack) == 1
-    finally:
-        await stack.stop()
+async def test_queue_full_is_a_rate_limit_error(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(replicas=1, slots=1, max_waiting=0)
+    await stack.wait_warm()
+    async with _sdk(stack) as sdk:
+        hold = await sdk.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2000,
+            stream=True,
+        )  # fmt: skip
+        await wait_for(lambda: stack.plane.registry.view().leases == 1, 5, what="held")
+        with pytest.raises(openai.RateLimitError) as info:
+            await sdk.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "y"}]
+            )
+        assert info.value.status_code == 429
+        assert info.value.response.headers.get("retry-after")
+        await hold.close()
+    await stack.wait_idle()
+    assert stack.full_hits() == 0
+    assert _received(stack) == 1
 
 
 async def test_a_one_megabyte_prompt_arrives_byte_identical(stack: Stack) -> None:
