@@ -223,6 +223,14 @@ class _RegistryCollector(Collector):
         leases = GaugeMetricFamily(
             "warmroute_leases_in_flight", "Active leases by pool.", labels=["pool"]
         )
+        # Per server, not per pool: a GPU another pool also leases (a replica moved by a
+        # reload, a retired pool's requests) is busy here too. Leases alone undercount it.
+        busy = GaugeMetricFamily(
+            "warmroute_slots_busy",
+            "Busy slots on the pool's replicas: every pool's leases on each server plus "
+            "load warmroute did not lease.",
+            labels=["pool"],
+        )
         waiting = GaugeMetricFamily(
             "warmroute_requests_waiting", "Requests waiting for a slot.", labels=["pool"]
         )
@@ -244,12 +252,13 @@ class _RegistryCollector(Collector):
                 [pool.name], sum(r.slots for r in pool.replicas if r.phase == Phase.WARM.value)
             )
             leases.add_metric([pool.name], pool.in_flight)
+            busy.add_metric([pool.name], pool.busy)
             waiting.add_metric([pool.name], pool.waiting)
             expired.add_metric([pool.name], pool.expired)
             reconciled.add_metric([pool.name], pool.reconciled)
             granted.add_metric([pool.name, "false"], pool.granted_immediately)
             granted.add_metric([pool.name, "true"], pool.granted_after_wait)
-        yield from (replicas, slots, leases, waiting, expired, reconciled, granted)
+        yield from (replicas, slots, leases, busy, waiting, expired, reconciled, granted)
 
 
 class _XdsNodeCollector(Collector):

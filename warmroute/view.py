@@ -10,7 +10,9 @@ def render(state: dict[str, Any]) -> str:
     lines: list[str] = []
     for pool in state["pools"]:
         replicas = pool["replicas"]
-        used = sum(r["in_flight"] for r in replicas)
+        # Busy per server (every pool's leases plus external load); older servers sent
+        # only this pool's leases.
+        used = sum(r.get("busy", r["in_flight"]) for r in replicas)
         slots = sum(r["slots"] for r in replicas if r["phase"] == "warm")
         lines.append(
             f"pool {pool['name']}  models: {', '.join(pool['models'])}  "
@@ -21,7 +23,11 @@ def render(state: dict[str, Any]) -> str:
         )
         lines.append(f"  {'REPLICA':<24}{'PHASE':<10}{'SLOTS':<14}{'LEASED':>8}")
         for r in replicas:
-            bar = "#" * r["in_flight"] + "." * max(0, r["slots"] - r["in_flight"])
+            # '#' this pool's leases, '+' another pool's on the same server (a moved replica).
+            mine = r["in_flight"]
+            others = max(0, r.get("busy", mine) - mine - r["external"])
+            free = r["slots"] - mine - others - r["external"]
+            bar = "#" * mine + "+" * others + "." * max(0, free)
             extra = f" +{r['external']} ext" if r["external"] else ""
             lines.append(
                 f"  {r['address']:<24}{r['phase']:<10}{bar[:12] + extra:<14}{r['leased_total']:>8}"

@@ -3,6 +3,15 @@
 ``poke(pool)`` is called on the request path when a request has to wait; the controller
 wakes at once, decides, and asks the ``Scaler``. A slow tick (``tick_seconds``) only ends
 idle periods. Scale-ups per pool are rate-limited by ``scale_up_interval_seconds``.
+
+Decisions run one at a time: pokes that arrive while the ``Scaler`` is being asked are
+folded into the next decision, which counts what was asked for (``target``) and not yet
+discovered as capacity on its way, so waiting for the platform never asks twice.
+
+Load is read per server (``PoolLoad.busy``: every pool's leases on the address plus load
+warmroute did not lease), not as this pool's leases alone: a replica another pool also
+lists, or a retired pool's requests still running on it, is busy, so the pool is not idle
+and its deletion cost says so.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from typing import Protocol
 
 from warmroute.autoscale.policy import Demand, decide
 from warmroute.config import Config, PoolConfig
-from warmroute.state import Phase, Registry
+from warmroute.state import Phase, PoolLoad, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,11 @@ class Scaler(Protocol):
 
 
 class Autoscaler:
+    """Scales the pools with an ``autoscale`` section; reads the registry, never writes it.
+
+    Not thread-safe: call ``poke`` from the event loop that runs ``run``.
+    """
+
     def __init__(
         self,
         registry: Registry,
@@ -63,43 +77,41 @@ class Autoscaler:
         self._last_active[pool] = self._clock()
         self._wake.set()
 
-    async def run(self) -> None:
+    async def start(self) -> None:
+        """Read each pool's current target from the platform; idle time starts now."""
         for pool in self._pools.values():
             self._targets[pool.name] = await self._scaler.get_replicas(pool)
             self._last_active.setdefault(pool.name, self._clock())
+
+    async def step(self) -> None:
+        """Decide once for every pool (what each wake-up does). A pool whose scaling
+        fails is logged and retried at the next step; the others still run."""
+        for pool in list(self._pools.values()):
+            try:
+                await self._evaluate(pool)
+            except Exception:  # a failed API call must not stop autoscaling
+                logger.exception("autoscaling pool %s failed", pool.name)
+
+    async def run(self) -> None:
+        await self.start()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._tick)
             self._wake.clear()
-            for pool in list(self._pools.values()):
-                try:
-                    await self._evaluate(pool)
-                except Exception:  # a failed API call must not stop autoscaling
-                    logger.exception("autoscaling pool %s failed", pool.name)
+            await self.step()
 
     async def _evaluate(self, cfg: PoolConfig) -> None:
         assert cfg.autoscale is not None
-        pool = self._registry.pools.get(cfg.name)
-        if pool is None:
+        load = self._registry.load(cfg.name)
+        if load is None:
             return
         now = self._clock()
-        in_flight = sum(r.in_flight for r in pool.replicas.values())
-        waiting = len(pool.queue)
-        if in_flight or waiting:
+        if load.busy or load.waiting:
             self._last_active[cfg.name] = now
-        live = [r for r in pool.replicas.values() if r.phase is not Phase.GONE]
         target = self._targets.get(cfg.name)
         if target is None:
             target = self._targets[cfg.name] = await self._scaler.get_replicas(cfg)
-        demand = Demand(
-            waiting=waiting,
-            in_flight=in_flight,
-            target=target,
-            known=len([r for r in live if r.phase is not Phase.DRAINING]),
-            loading_slots=sum(r.slots for r in live if r.phase is Phase.LOADING),
-            slots_per_replica=cfg.slots,
-            idle_for=now - self._last_active.get(cfg.name, now),
-        )
+        demand = _demand(load, target, cfg.slots, now - self._last_active.get(cfg.name, now))
         new = decide(demand, cfg.autoscale)
         if new is None or new == target:
             return
@@ -107,13 +119,33 @@ class Autoscaler:
             if now - self._last_up.get(cfg.name, -1e9) < cfg.autoscale.scale_up_interval_seconds:
                 return
             self._last_up[cfg.name] = now
-            reason = f"{waiting} waiting, {demand.loading_slots} slots loading"
+            reason = f"{demand.waiting} waiting, {demand.loading_slots} slots loading"
         else:
             reason = f"idle for {demand.idle_for:.0f}s"
-            costs = {r.address: (-100 if r.in_flight == 0 else 100 + r.in_flight) for r in live}
-            await self._scaler.mark_deletion_costs(cfg, costs)
+            # Before the platform picks what to delete: idle servers first, then the least
+            # busy, counting every pool's requests on them.
+            await self._scaler.mark_deletion_costs(cfg, deletion_costs(load))
         await self._scaler.set_replicas(cfg, new)
         self._targets[cfg.name] = new
         logger.info("pool %s scaled %d -> %d replicas (%s)", cfg.name, target, new, reason)
         if self._on_scale is not None:
             self._on_scale(cfg.name, target, new, reason)
+
+
+def _demand(load: PoolLoad, target: int, slots_per_replica: int, idle_for: float) -> Demand:
+    live = load.live
+    return Demand(
+        waiting=load.waiting,
+        in_flight=load.busy,
+        target=target,
+        known=sum(r.phase is not Phase.DRAINING for r in live),
+        loading_slots=load.slots_in(Phase.LOADING),
+        slots_per_replica=slots_per_replica,
+        idle_for=idle_for,
+    )
+
+
+def deletion_costs(load: PoolLoad) -> dict[str, int]:
+    """Per live replica: -100 if its server is idle, else 100 plus its busy slots (every
+    pool's leases and external load). The platform removes the lowest first."""
+    return {r.address: (-100 if r.busy == 0 else 100 + r.busy) for r in load.live}

@@ -13,12 +13,12 @@ class Demand:
     """One pool, now."""
 
     waiting: int  # requests queued for a slot
-    in_flight: int  # leased requests
+    in_flight: int  # slots busy on the pool's servers (every pool's leases, external load)
     target: int  # replicas asked of the platform (spec.replicas)
     known: int  # replicas discovered (any phase but gone)
     loading_slots: int  # slots on discovered replicas that are not warm yet
     slots_per_replica: int
-    idle_for: float  # seconds with no request waiting or in flight
+    idle_for: float  # seconds with no request waiting and no server busy
 
 
 def decide(d: Demand, cfg: AutoscaleConfig) -> int | None:

@@ -16,7 +16,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from warmroute.config import Config
-from warmroute.state import Phase, Registry, ReplicaEvent, ReplicaExternalLoad
+from warmroute.state import Registry, ReplicaEvent, ReplicaExternalLoad
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +69,9 @@ class MetricsScraper:
                 await asyncio.sleep(0.1)
 
     async def _scrape_pool(self, session: aiohttp.ClientSession, name: str, path: str) -> None:
-        pool = self._registry.pools.get(name)
-        if pool is None:
+        addresses = self._registry.addresses(name)  # not GONE; none if the pool is gone
+        if not addresses:
             return
-        addresses = [a for a, r in pool.replicas.items() if r.phase is not Phase.GONE]
         results = await asyncio.gather(
             *(self._fetch(session, f"http://{a}{path}") for a in addresses)
         )

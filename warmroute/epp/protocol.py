@@ -237,7 +237,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def _eligible(self, ex: _Exchange, pool: Pool) -> frozenset[str] | None:
         if ex.hint is None:
             return None
-        eligible = messages.eligible_addresses(ex.hint, pool.replicas)
+        eligible = messages.eligible_addresses(ex.hint, pool.addresses(live_only=False))
         if not pool.can_ever_serve(eligible):
             raise NoEligibleEndpoint(
                 f"no replica of pool {pool.name!r} in the gateway's subset "
