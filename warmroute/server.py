@@ -23,7 +23,6 @@ from warmroute import config as config_mod
 from warmroute import config_watch
 from warmroute.admin import AdminServer
 from warmroute.autoscale.controller import Autoscaler, Scaler
-from warmroute.autoscale.local import LocalScaler
 from warmroute.config import Config, GrpcTlsConfig, PoolConfig
 from warmroute.config_manager import ConfigManager
 from warmroute.config_watch import ConfigFileWatcher
@@ -38,6 +37,7 @@ from warmroute.extproc.processor import ExternalProcessor
 from warmroute.k8s.leader import LeaderElector
 from warmroute.k8s.scale import KubernetesScaler
 from warmroute.metrics import Metrics
+from warmroute.sim.scaler import LocalScaler
 from warmroute.state import Registry, ReplicaExternalLoad
 from warmroute.xds.ads import AdsServer
 from warmroute.xds.cache import SnapshotCache, StreamEvent, StreamObserver
