@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.e2e.stack import MODEL, client
+from tests.e2e.stack import MODEL, EnvoyFactory, PlaneFactory, client
 from tests.helpers import free_port, free_ports, wait_for
 from warmroute.config import Config
-from warmroute.envoy_process import EnvoyProcess
-from warmroute.server import ControlPlane
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 
-async def test_burst_at_zero_starts_replicas_and_every_request_is_served() -> None:
+async def test_burst_at_zero_starts_replicas_and_every_request_is_served(
+    plane_factory: PlaneFactory, envoy_factory: EnvoyFactory
+) -> None:
     listen = f"127.0.0.1:{free_port()}"
     cfg = Config.model_validate(
         {
@@ -33,28 +33,25 @@ async def test_burst_at_zero_starts_replicas_and_every_request_is_served() -> No
             ],
         }
     )  # fmt: skip
-    plane = ControlPlane(cfg)
-    await plane.start()
-    envoy = EnvoyProcess(to_json(ads_bootstrap(cfg)), cfg.envoy.admin)
-    try:
-        await envoy.start()
-        assert await plane.local_scaler.get_replicas(cfg.pools[0]) == 0
-        async with client() as http:
+    plane = await plane_factory(cfg)
+    envoy = await envoy_factory(to_json(ads_bootstrap(cfg)), cfg.envoy.admin)
+    assert await plane.local_scaler.get_replicas(cfg.pools[0]) == 0
+    async with client() as http:
 
-            async def post() -> int:
-                async with http.post(f"http://{listen}/v1/x", headers={"x-model": MODEL}) as r:
-                    await r.read()
-                    return r.status
+        async def post() -> int:
+            async with http.post(f"http://{listen}/v1/x", headers={"x-model": MODEL}) as r:
+                await r.read()
+                return r.status
 
-            started = time.monotonic()
-            statuses = await asyncio.gather(*(post() for _ in range(4)))
-            first_served = time.monotonic() - started
-        print(f"\nscale from zero: 4 requests served {first_served:.2f}s after the burst")
-        assert statuses == [200] * 4
-        assert await plane.local_scaler.get_replicas(cfg.pools[0]) == 2
-        assert plane.metrics.scale_events.labels("main", "up")._value.get() >= 1
-        await wait_for(lambda: plane.registry.view().leases == 0, what="no lease left")
-    finally:
-        await envoy.stop()
-        await plane.stop()
+        started = time.monotonic()
+        statuses = await asyncio.gather(*(post() for _ in range(4)))
+        first_served = time.monotonic() - started
+    print(f"\nscale from zero: 4 requests served {first_served:.2f}s after the burst")
+    assert statuses == [200] * 4
+    assert await plane.local_scaler.get_replicas(cfg.pools[0]) == 2
+    assert plane.metrics.scale_events.labels("main", "up")._value.get() >= 1
+    await wait_for(lambda: plane.registry.view().leases == 0, what="no lease left")
+    # Stopping is under test here: it must reap the replica processes the scaler started.
+    await envoy.stop()
+    await plane.stop()
     assert await plane.local_scaler.get_replicas(cfg.pools[0]) == 0  # processes reaped
