@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import string
-from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,12 @@ import pytest
 import yaml
 
 from tests.e2e.envoy_admin import get_json
-from tests.e2e.stack import MODEL, client
+from tests.e2e.stack import MODEL, EnvoyFactory, PlaneFactory, SimFactory, client
 from tests.helpers import free_port, wait_for
 from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.server import ControlPlane
 from warmroute.sim.replica import SimReplica
-from warmroute.sim.service_time import ServiceTime
 
 FIXTURE = Path(__file__).parent / "fixtures" / "epp-envoy.yaml"
 PICKER_LOGGER = "warmroute.epp.protocol"
@@ -73,12 +72,15 @@ class EppStack:
             assert stats.max_in_flight <= stats.slots, r.address
 
 
-async def start_epp_stack(replicas: int = 3, slots: int = 1) -> EppStack:
-    sims = [
-        SimReplica(slots, 0.0, ServiceTime("fixed", 50.0), seed=i, model=MODEL)
-        for i in range(replicas)
-    ]
-    addresses = [f"127.0.0.1:{await sim.start('127.0.0.1', 0)}" for sim in sims]
+async def start_epp_stack(
+    sims: SimFactory,
+    planes: PlaneFactory,
+    envoys: EnvoyFactory,
+    replicas: int = 3,
+    slots: int = 1,
+) -> EppStack:
+    """Replicas, warmroute as the picker, the gateway's Envoy; the factories stop them."""
+    started = [await sims(slots=slots, service_ms=50.0, seed=i) for i in range(replicas)]
     picker_port, listen_port, admin_port = free_port(), free_port(), free_port()
     cfg = Config.model_validate(
         {
@@ -92,33 +94,22 @@ async def start_epp_stack(replicas: int = 3, slots: int = 1) -> EppStack:
                     "models": [MODEL],
                     "slots": slots,
                     "probe": {"path": "/health", "interval_seconds": 0.05},
-                    "replicas": addresses,
+                    "replicas": [sim.address for sim in started],
                 }
             ],
             "epp": {"enabled": True},  # TLS on: a self-signed certificate
         }
     )
-    plane = ControlPlane(cfg)
-    await plane.start()
-    envoy = EnvoyProcess(
+    plane = await planes(cfg)
+    envoy = await envoys(
         gateway_bootstrap(listen_port, admin_port, picker_port), f"127.0.0.1:{admin_port}"
     )
-    try:
-        await envoy.start()
-        await wait_for(lambda: _picker_healthy(envoy.admin), what="picker healthy in Envoy")
-        await wait_for(
-            lambda: (
-                sum(r.phase == "warm" for r in plane.registry.view().pools[0].replicas) == replicas
-            ),
-            what="replicas warm",
-        )
-    except BaseException:
-        await envoy.stop()
-        await plane.stop()
-        for sim in sims:
-            await sim.stop()
-        raise
-    return EppStack(plane, envoy, sims, f"http://127.0.0.1:{listen_port}")
+    await wait_for(lambda: _picker_healthy(envoy.admin), what="picker healthy in Envoy")
+    await wait_for(
+        lambda: sum(r.phase == "warm" for r in plane.registry.view().pools[0].replicas) == replicas,
+        what="replicas warm",
+    )
+    return EppStack(plane, envoy, started, f"http://127.0.0.1:{listen_port}")
 
 
 async def _picker_healthy(admin: str) -> bool:
@@ -131,15 +122,10 @@ async def _picker_healthy(admin: str) -> bool:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[EppStack]:
-    s = await start_epp_stack()
-    try:
-        yield s
-    finally:
-        await s.envoy.stop()
-        await s.plane.stop()
-        for r in s.replicas:
-            await r.stop()
+async def stack(
+    sim_factory: SimFactory, plane_factory: PlaneFactory, envoy_factory: EnvoyFactory
+) -> EppStack:
+    return await start_epp_stack(sim_factory, plane_factory, envoy_factory)
 
 
 def _body(prompt_bytes: int, **extra: Any) -> bytes:
@@ -223,13 +209,11 @@ async def test_client_leaving_mid_stream_frees_its_slot_promptly(stack: EppStack
 
 async def test_queued_client_that_leaves_leaves_nothing(stack: EppStack) -> None:
     headers = {"x-sim-stream-chunks": "100", "x-sim-service-ms": "20000"}
-    holders = client()
-    leaver = client()
-    streams: list[aiohttp.ClientResponse] = []
-    try:
+    # However the block ends: the holders' streams closed, then both sessions.
+    async with client() as holders, client() as leaver, AsyncExitStack() as streams:
         for _ in stack.replicas:  # every slot taken by a long stream
             r = await holders.post(f"{stack.url}/v1/completions", data=_body(500), headers=headers)
-            streams.append(r)
+            streams.callback(r.close)
             await r.content.readline()
         assert stack.leases() == len(stack.replicas)
         queued = asyncio.create_task(
@@ -241,11 +225,6 @@ async def test_queued_client_that_leaves_leaves_nothing(stack: EppStack) -> None
         await leaver.close()
         await wait_for(lambda: stack.waiting() == 0, what="the waiter withdrawn")
         assert stack.leases() == len(stack.replicas)
-    finally:
-        for r in streams:
-            r.close()
-        await leaver.close()
-        await holders.close()
     await stack.quiescent()
     assert sum(r.stats().received for r in stack.replicas) == len(stack.replicas)
 
