@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from tests.e2e.stack import UpFactory
 from tests.helpers import free_port, free_ports, wait_for
 
 
@@ -25,10 +25,12 @@ async def _run(*args: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode()
 
 
-async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: Path) -> None:
+async def test_up_serves_requests_shows_status_and_stops_every_child(
+    tmp_path: Path, up_factory: UpFactory
+) -> None:
     listen, control_admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     base = free_ports(2)
-    cfg = {
+    cfg: dict[str, Any] = {
         "envoy": {"listen": listen, "admin": f"127.0.0.1:{free_port()}"},
         "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": control_admin},
         "xds": {"rollout": {"soak_seconds": 0}},
@@ -49,21 +51,17 @@ async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: P
     }
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    log = (tmp_path / "up.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "warmroute", "up", "-c", str(path), "--quiet",
-        stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with (tmp_path / "up.log").open("wb") as log:
+        proc = await up_factory(path, output=log, new_session=True)
         async with aiohttp.ClientSession() as http:
 
             async def two_warm() -> bool:
                 try:
                     async with http.get(f"http://{control_admin}/state") as r:
-                        state = await r.json()
+                        state: dict[str, Any] = await r.json()
                 except aiohttp.ClientError:
                     return False
-                return sum(x["phase"] == "warm" for x in state["pools"][0]["replicas"]) == 2
+                return bool(sum(x["phase"] == "warm" for x in state["pools"][0]["replicas"]) == 2)
 
             await wait_for(two_warm, timeout=30, interval=0.1, what="`up` with 2 warm replicas")
 
@@ -99,11 +97,6 @@ async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: P
         assert json.loads(out)["pools"][0]["granted_immediately"] >= 7
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        log.close()
     # Every child (Envoy and the simulated replicas) is gone: their ports are free again.
     for port in (base, base + 1, int(listen.rsplit(":", 1)[1])):
         reader_writer = asyncio.open_connection("127.0.0.1", port)
@@ -115,7 +108,7 @@ async def test_up_serves_requests_shows_status_and_stops_every_child(tmp_path: P
         raise AssertionError(f"port {port} still open after `warmroute up` stopped")
 
 
-async def test_children_die_with_a_killed_up(tmp_path: Path) -> None:
+async def test_children_die_with_a_killed_up(tmp_path: Path, up_factory: UpFactory) -> None:
     control_admin, base = f"127.0.0.1:{free_port()}", free_ports(2)
     cfg = {
         "envoy": {"listen": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
@@ -125,10 +118,7 @@ async def test_children_die_with_a_killed_up(tmp_path: Path) -> None:
     }  # fmt: skip
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "warmroute", "up", "-c", str(path), "--quiet",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = await up_factory(path)
 
     async def port_open(port: int) -> bool:
         try:
@@ -138,11 +128,9 @@ async def test_children_die_with_a_killed_up(tmp_path: Path) -> None:
         w.close()
         return True
 
-    try:
-        await wait_for(lambda: port_open(base + 1), timeout=30, what="replicas up")
-    finally:
-        proc.kill()  # SIGKILL: `up` runs no cleanup at all
-        await proc.wait()
+    await wait_for(lambda: port_open(base + 1), timeout=30, what="replicas up")
+    proc.kill()  # SIGKILL: `up` runs no cleanup at all
+    await proc.wait()
     # The parent-death signal still takes the replicas (and Envoy) down.
     await wait_for(
         lambda: _all_closed(port_open, (base, base + 1)), timeout=10, what="children gone"
