@@ -64,7 +64,10 @@ class AdminServer:
         return web.json_response({"status": "ok"})
 
     async def _get_xds(self, request: web.Request) -> web.Response:
-        """Rollout stage and, per Envoy node, ACKed and pending versions and the last NACK."""
+        """Rollout stage and, per Envoy node (from the ADS node table, see
+        ``Rollout.status`` and ``NodeTable.status``): cluster, open streams, ACKed and
+        in-flight versions per type, the config version it is on, the pending one, and the
+        last NACK."""
         return web.json_response(self._xds_status() if self._xds_status else {})
 
     async def _get_ready(self, request: web.Request) -> web.Response:
