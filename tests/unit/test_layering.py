@@ -1,24 +1,165 @@
-"""The state core stays pure: no I/O, gRPC, Kubernetes, metrics or servers inside it."""
+"""The architecture as a table, checked over every module's imports with ``ast``.
+
+``LAYERS`` says which of warmroute's units (a subpackage, or a top-level module) each unit
+may import. Read it top to bottom: the pure core, the adapters around it, the wiring and
+entry points. Every import of every module under ``warmroute/`` must be an allowed edge,
+lazy and ``TYPE_CHECKING`` imports included (they couple the code just the same). A new
+unit must be placed in the table before it can be imported at all.
+
+``PENDING`` lists edges the architecture forbids but the code still has, each with its
+planned fix; the test fails once one disappears, so the list only shrinks.
+
+The state core is checked more strictly too: only the standard library, minus I/O.
+"""
 
 from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-STATE = Path(__file__).resolve().parents[2] / "warmroute" / "state"
+PACKAGE = Path(__file__).resolve().parents[2] / "warmroute"
+STATE = PACKAGE / "state"
+
+_ENTRY = {"cli", "up", "soak", "__main__"}  # processes and commands: they wire the rest
+
+
+def _units(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+LAYERS: dict[str, frozenset[str]] = {
+    # -- the core and its vocabulary ---------------------------------------------------------
+    "errors": _units(""),  # the error tree; each error has a code
+    "state": _units("errors"),  # pure, synchronous, no I/O: pools, replicas, leases, waiters
+    "config": _units("errors state"),  # the validated config; builds the core's PoolSpecs
+    "children": _units(""),  # child-process plumbing (parent death, environment)
+    "view": _units(""),  # renders /state documents as text
+    "warmroute": _units(""),  # the package's own __init__
+    "defaults": _units(""),  # packaged demo config (data)
+    # -- adapters: each sees the core, never the reverse -------------------------------------
+    "k8s": _units("config"),  # Kubernetes API clients (watch, scale, lease): no discovery
+    "discovery": _units("config k8s state"),  # replicas and phases in, typed events out
+    "xds": _units("config state"),  # Envoy resources, snapshots, ADS streams
+    "metrics": _units("errors state xds"),  # a sink: adapters record, gauges read views
+    "extproc": _units("errors metrics state"),  # the request path; never the xDS server
+    "epp": _units("config errors extproc metrics state"),  # a second front end
+    "autoscale": _units("config state"),  # the Scaler protocol only; never a platform
+    "sim": _units("children config discovery"),  # simulated replicas + their local scaler
+    "admin": _units("metrics state"),  # /metrics and /state
+    "leadership": _units("state"),  # the takeover fence
+    # -- wiring and entry points ---------------------------------------------------------------
+    "config_watch": _units(""),
+    "config_manager": _units("autoscale config discovery epp errors k8s metrics state xds"),
+    "envoy_process": _units("children"),
+    "server": _units(
+        "admin autoscale config config_manager config_watch discovery epp errors extproc k8s "
+        "leadership metrics sim state xds"
+    ),
+    "up": _units("config envoy_process server sim view xds"),
+    "soak": _units("config envoy_process server sim xds"),
+    "cli": _units("config errors server sim soak up view xds"),
+    "__main__": _units("cli"),
+}
+
+PENDING: dict[tuple[str, str], str] = {
+    ("k8s", "discovery"): (
+        "k8s/pods.py returns discovery's Readiness: move pod_state into discovery, its only "
+        "user (discovery/pods.py)"
+    ),
+    ("extproc", "xds"): (
+        "the Envoy metadata names (namespaces, destination key, pool key) live in "
+        "xds/resources.py: move them to a neutral module both import, after the xds refactor"
+    ),
+    ("epp", "xds"): "the same metadata names, read by epp/messages.py",
+}
+
 ALLOWED_PROJECT = ("warmroute.state", "warmroute.errors")
 FORBIDDEN_STDLIB = {"asyncio", "socket", "ssl", "subprocess", "threading", "http", "urllib"}
 
 
+def _unit(module: str) -> str:
+    """``warmroute.x.y`` -> ``x``; ``warmroute`` itself -> ``warmroute``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(rel.parts).removesuffix(".__init__")
+
+
 def _imports(path: Path) -> list[str]:
+    """Absolute module names imported anywhere in the file (``from warmroute import x``
+    counts as ``warmroute.x``)."""
     names: list[str] = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import (house style: absolute)"
+            if node.module == "warmroute":
+                names += [f"warmroute.{a.name}" for a in node.names]
+            elif node.module:
+                names.append(node.module)
     return names
+
+
+def _edges() -> Iterator[tuple[str, str, str]]:
+    """(unit, imported unit, file) for every import between two different units."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        src = _unit(_module_of(path))
+        for name in _imports(path):
+            if name == "warmroute" or name.startswith("warmroute."):
+                dst = _unit(name)
+                if dst != src:
+                    yield src, dst, str(path.relative_to(PACKAGE))
+
+
+def test_every_unit_has_a_place_in_the_table() -> None:
+    units = {_unit(_module_of(path)) for path in PACKAGE.rglob("*.py")}
+    assert units - LAYERS.keys() == set(), "place new units in LAYERS"
+    assert LAYERS.keys() - units == set(), "drop units that no longer exist"
+    assert {d for deps in LAYERS.values() for d in deps} <= LAYERS.keys()
+
+
+def test_every_import_is_an_allowed_edge() -> None:
+    problems = sorted(
+        f"{file}: {src} may not import {dst}"
+        for src, dst, file in _edges()
+        if dst not in LAYERS.get(src, frozenset()) and (src, dst) not in PENDING
+    )
+    assert problems == []
+
+
+def test_pending_edges_still_exist_and_are_forbidden() -> None:
+    """Remove an entry from PENDING once its fix lands (and never add an allowed one)."""
+    present = {(src, dst) for src, dst, _ in _edges()}
+    assert [edge for edge in PENDING if edge not in present] == []
+    assert [edge for edge in PENDING if edge[1] in LAYERS[edge[0]]] == []
+
+
+def test_layers_are_one_way() -> None:
+    """The table is acyclic: no two units may import each other, even through others."""
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(unit: str, path: tuple[str, ...]) -> None:
+        assert unit not in visiting, f"cycle: {' -> '.join((*path, unit))}"
+        if unit in order:
+            return
+        visiting.add(unit)
+        for dep in sorted(LAYERS[unit]):
+            visit(dep, (*path, unit))
+        visiting.discard(unit)
+        order.append(unit)
+
+    for unit in sorted(LAYERS):
+        visit(unit, ())
+    # The core imports no adapter, and nothing below the entry points imports them.
+    assert LAYERS["state"] <= {"errors"}
+    assert all(not (deps & _ENTRY) for unit, deps in LAYERS.items() if unit not in _ENTRY)
 
 
 def test_state_core_imports_only_stdlib_and_itself() -> None:

@@ -1,4 +1,10 @@
-"""A ``Scaler`` that runs simulated replicas as local processes (``warmroute up``)."""
+"""A ``Scaler`` that runs simulated replicas as local processes (``warmroute up``).
+
+It lives beside the simulator it starts, not in ``warmroute.autoscale``: the autoscaler
+knows only the ``Scaler`` protocol, so it never imports the simulator (or Kubernetes,
+whose scaler is ``warmroute.k8s.scale``). The replicas it starts are handed to the
+prober, which reports them warm like any other discovery source.
+"""
 
 from __future__ import annotations
 
