@@ -370,8 +370,8 @@ async def test_100_streams_all_receive_an_update(h: Harness) -> None:
             ),
             what="100 ACKs",
         )
+        # Printed, not asserted: each recv has its own deadline; wall time is the machine's.
         print(f"\nSotW: {n} streams received an EDS update in {elapsed * 1e3:.1f} ms")
-        assert elapsed < 5.0
     finally:
         for ch in channels:
             await ch.close()
