@@ -419,7 +419,7 @@ class Stack:
             if "stage" not in status:
                 return True
             nodes = status.get("nodes", {})
-            connected = all(nodes.get(n, {}).get("connected") for n in NODES)
+            connected = all(n in nodes and nodes[n].get("connected", True) for n in NODES)
             return bool(status["stage"] == "stable" and connected)
 
         await until(stable, "the rollout to settle")
