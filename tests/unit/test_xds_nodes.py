@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from warmroute.metrics import Metrics
+from warmroute.state import Registry
 from warmroute.xds.cache import EventKind, StreamEvent
 from warmroute.xds.nodes import Nack, NodeTable
 from warmroute.xds.snapshot import CLUSTER, ENDPOINT
@@ -185,3 +189,29 @@ def test_status_is_json_ready_with_short_type_names() -> None:
             "last_nack_seconds_ago": 7.5,
         }
     }
+
+
+def test_metrics_read_streams_per_node_from_the_status() -> None:
+    table = NodeTable()
+    play(
+        table,
+        [
+            (0.0, ev(CONNECT, "a", cluster="edge")),
+            (0.0, ev(CONNECT, "a", cluster="edge")),
+            (0.0, ev(CONNECT, "b")),
+            (1.0, ev(DISCONNECT, "b")),
+        ],
+    )
+
+    def status() -> dict[str, Any]:
+        nodes = table.status(2.0)
+        for entry in nodes.values():
+            entry.update(config=None, pending=None)  # the rollout's part
+        return {"nodes": nodes}
+
+    metrics = Metrics(Registry().view, status)
+    metrics.on_stream_event(ev(CONNECT, "c"))  # counted from the table, not from events
+    text = metrics.exposition().decode()
+    assert "warmroute_xds_streams 2.0" in text
+    assert 'warmroute_xds_node_streams{cluster="edge",node="a"} 2.0' in text
+    assert 'warmroute_xds_node_streams{cluster="",node="b"} 0.0' in text
