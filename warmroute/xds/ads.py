@@ -90,8 +90,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     Every ``StreamEvent`` is first recorded in ``nodes`` (the table given, or a new one),
     then passed to ``observer``, synchronously on the event loop; the observer must not
     block (an exception it raises is logged and swallowed). ``timed``, if given, gets its
-    ``on_deadline`` hook set to re-arm the server's timer for it. Runs on one event loop;
-    not thread-safe.
+    ``on_deadline`` hook set to re-arm the server's timer for it; its deadlines must be in
+    ``clock``'s time (both default to ``time.monotonic``). Runs on one event loop; not
+    thread-safe.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if timed is not None:
             self._timer = DeadlineTimer(timed.next_deadline, timed.tick, clock=clock)
             timed.on_deadline = self._timer.rearm
+            self._timer.rearm()  # a deadline it already had (needs a running loop)
 
     @property
     def connected_nodes(self) -> dict[str, int]:
