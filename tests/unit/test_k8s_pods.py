@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
+from warmroute.discovery.pods import pod_state
 from warmroute.discovery.probe import Readiness
-from warmroute.k8s.pods import pod_state
 
 
 def _pod(**kw: Any) -> dict[str, Any]:

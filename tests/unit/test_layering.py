@@ -64,10 +64,6 @@ LAYERS: dict[str, frozenset[str]] = {
 }
 
 PENDING: dict[tuple[str, str], str] = {
-    ("k8s", "discovery"): (
-        "k8s/pods.py returns discovery's Readiness: move pod_state into discovery, its only "
-        "user (discovery/pods.py)"
-    ),
     ("extproc", "xds"): (
         "the Envoy metadata names (namespaces, destination key, pool key) live in "
         "xds/resources.py: move them to a neutral module both import, after the xds refactor"

@@ -30,6 +30,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from warmroute.config import Config, PoolConfig
+from warmroute.discovery.pods import pod_state
 from warmroute.discovery.probe import Prober, Readiness, Target
 from warmroute.k8s.inference_pool import (
     FAIL_OPEN,
@@ -39,7 +40,6 @@ from warmroute.k8s.inference_pool import (
     InferencePoolSpec,
     inference_pool_spec,
 )
-from warmroute.k8s.pods import pod_state
 from warmroute.k8s.watch import ListWatcher, Obj, PodWatcher, WatchStats
 from warmroute.state import ReplicaEvent
 

@@ -18,8 +18,8 @@ from typing import Any
 from kubernetes import client as k8s
 
 from warmroute.config import Config, PoolConfig
+from warmroute.discovery.pods import pod_state
 from warmroute.discovery.probe import Prober, Target
-from warmroute.k8s.pods import pod_state
 from warmroute.k8s.watch import PodWatcher, WatchStats
 from warmroute.state import ReplicaEvent
 

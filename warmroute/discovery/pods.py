@@ -1,4 +1,8 @@
-"""What a Pod means to warmroute: its address and how ready it is. Pure functions."""
+"""What a Pod means to discovery: its address and how ready it is. Pure functions.
+
+It lives in discovery, not beside the Kubernetes clients in ``warmroute.k8s``: readiness is
+discovery's vocabulary, and the clients must not import discovery (tests/unit/test_layering.py).
+"""
 
 from __future__ import annotations
 
