@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,9 +37,10 @@ from warmroute.extproc.accesslog import AccessLogService
 from warmroute.extproc.processor import ExternalProcessor
 from warmroute.k8s.leader import LeaderElector
 from warmroute.k8s.scale import KubernetesScaler
+from warmroute.leadership import TakeoverFence
 from warmroute.metrics import Metrics
 from warmroute.sim.scaler import LocalScaler
-from warmroute.state import Registry, ReplicaExternalLoad
+from warmroute.state import Registry
 from warmroute.xds.ads import AdsServer
 from warmroute.xds.cache import SnapshotCache, StreamEvent, StreamObserver
 from warmroute.xds.endpoints import EndpointPublisher
@@ -120,7 +122,7 @@ class ControlPlane:
         self.registry = Registry(clock=clock)
         self.cache = SnapshotCache()
         self.nodes = NodeTable()  # per Envoy node, written by self.ads, read by the others
-        self.rollout = Rollout(self.cache, cfg.xds.rollout, nodes=self.nodes)
+        self.rollout = Rollout(self.cache, cfg.xds.rollout, nodes=self.nodes, clock=clock)
         self.metrics = Metrics(self.registry.view, self.rollout.status)
         self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
         self.access_log = AccessLogService(self.registry, self.metrics)
@@ -129,12 +131,14 @@ class ControlPlane:
             self.cache,
             on_routable=lambda pool, addr, s: self.metrics.endpoint_ready.observe(s),
             nodes=self.nodes,
+            clock=clock,
         )
         self.ads = AdsServer(
             self.cache,
             _Fanout(self.publisher, self.rollout, self.metrics),
             nodes=self.nodes,
             timed=self.rollout,  # soaks end on a timer, not on the housekeeping tick
+            clock=clock,
         )
         self.discovery = StaticDiscovery(self.publisher.emit)
         self.local_scaler = LocalScaler(self.discovery.prober)
@@ -145,6 +149,7 @@ class ControlPlane:
             on_scale=lambda pool, old, new, why: self.metrics.scale_events.labels(
                 pool, "up" if new > old else "down"
             ).inc(),
+            clock=clock,
         )
         self.processor.on_queued = self.autoscaler.poke
         # Endpoint picker mode (`serve --epp`): a gateway owns Envoy; chosen at start.
@@ -173,8 +178,12 @@ class ControlPlane:
             if self.epp is not None:
                 self.epp.set_serving(False)
             self.elector = LeaderElector(
-                kube.api, cfg.kubernetes.leader_election, self._on_leadership
+                kube.api, cfg.kubernetes.leader_election, self._on_leadership, clock=clock
             )
+        # A new leader counts every slot as taken until it knows the replica's real load.
+        self.fence = TakeoverFence(
+            self.registry, lambda key: self.scraper.last_scrape.get(key, -math.inf)
+        )
         self.admin = AdminServer(
             self.metrics,
             self.registry.view,
@@ -293,6 +302,7 @@ class ControlPlane:
         self._stopped = True
         if self.epp is not None:  # gateways' health checks see it first
             self.epp.stopping()
+        self.fence.cancel()
         for t in self._tasks:
             t.cancel()
         if self._watcher is not None:
@@ -314,29 +324,13 @@ class ControlPlane:
         if self.epp is not None:
             self.epp.set_serving(leader)
         if not leader:
+            self.fence.cancel()
             # Envoy must report request ends to the new leader, not here.
             self.access_log.close_streams()
             return
         # The previous leader's requests may still run on any replica: count every slot
         # as taken until a metrics scrape shows the truth or the grace period ends.
-        grace = self.config.kubernetes.leader_election.takeover_grace_seconds
-        fenced = []
-        for name, pool in self.registry.pools.items():
-            for address, replica in pool.replicas.items():
-                self.registry.apply(ReplicaExternalLoad(name, address, replica.slots))
-                fenced.append((name, address))
-        started = time.monotonic()
-
-        def lift() -> None:
-            for name, address in fenced:
-                if self.scraper.last_scrape.get((name, address), 0.0) < started:
-                    self.registry.apply(ReplicaExternalLoad(name, address, 0))
-
-        asyncio.get_running_loop().call_later(grace, lift)
-        logger.info(
-            "leading: %d replicas fenced for up to %gs until their load is known",
-            len(fenced), grace,
-        )  # fmt: skip
+        self.fence.begin(self.config.kubernetes.leader_election.takeover_grace_seconds)
 
     async def _housekeeping(self) -> None:
         while True:
