@@ -24,6 +24,8 @@ class _Rule:
     resource: str | None
     verb: str | None
     retry_after: int | None
+    every: int = 1  # fail only every n-th matching request (the others are served)
+    seen: int = 0
 
     def active(self, now: float) -> bool:
         spent = self.remaining is not None and self.remaining <= 0
@@ -71,6 +73,18 @@ class Faults:
         deadline = self._clock() + seconds
         self._rules.append(_Rule(code, None, deadline, resource, verb, retry_after))
 
+    def add_every(
+        self,
+        every: int,
+        code: int,
+        *,
+        resource: str | None = None,
+        verb: str | None = None,
+    ) -> None:
+        """Fail every ``every``-th matching request from now on (2: every other one, a
+        flapping server), until :meth:`clear`."""
+        self._rules.append(_Rule(code, None, None, resource, verb, None, every))
+
     def add_hang(self, *, resource: str | None = None, verb: str | None = None) -> None:
         """Hold every matching request unanswered (a hung server) until
         :meth:`release_hangs` or :meth:`clear`; the client sees only its own timeout."""
@@ -104,6 +118,9 @@ class Faults:
         self._rules = [r for r in self._rules if r.active(now)]
         for rule in self._rules:
             if rule.matches(resource, verb):
+                rule.seen += 1
+                if rule.seen % rule.every:
+                    continue
                 if rule.remaining is not None:
                     rule.remaining -= 1
                 self.injected += 1

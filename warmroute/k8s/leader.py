@@ -209,6 +209,7 @@ class LeaderElector:
     async def _call(self, fn: Callable[[], T]) -> T:
         """``fn()`` in a worker thread, within the request timeout and, while leading,
         before the renew deadline; raises CallTimeout (the thread may still be running)."""
+        self._sync()  # a deadline passed during the previous call: say so before this one
         limit = self._cfg.request_timeout
         if self._deadline is not None:
             limit = min(limit, self._deadline - self._clock())
