@@ -350,3 +350,32 @@ async def test_a_released_lease_is_taken_over_at_once(sim: Sim) -> None:
     await sim.run_until(released + 15.0, until=lambda: b.leading)
     assert b.leading
     assert first(b.changes, True) <= released + 2.0  # its next poll, not the lease's expiry
+
+
+async def test_in_real_time_a_hung_server_unseats_the_leader_while_its_call_hangs() -> None:
+    """The production clock and sleep: the timer racing ``asyncio.to_thread`` decides, not
+    the client's own timeout (60 s here, far beyond this test's waits)."""
+    server = KubeApiServer()
+    await server.start()
+    api = api_client(server.port, retries=0)
+    told: list[tuple[bool, int]] = []  # (leader, requests the server held unanswered then)
+    cfg = LeaderElectionConfig.model_validate(
+        {**CFG, "identity": "a", "lease_seconds": 3, "renew_seconds": 0.1,
+         "renew_deadline_seconds": 1, "retry_seconds": 0.1, "request_timeout_seconds": 60}
+    )  # fmt: skip
+    elector = LeaderElector(api, cfg, lambda led: told.append((led, server.faults.hanging)))
+    task = asyncio.create_task(elector.run())
+    try:
+        await wait_for(lambda: elector.is_leader, what="a leads")
+        server.hang(resource="leases")
+        await wait_for(lambda: server.faults.hanging > 0, what="a renewal hangs")
+        await wait_for(lambda: len(told) == 2, what="a steps down")
+        assert told[0][0] is True
+        assert told[1][0] is False and told[1][1] >= 1  # its renewal still hung in its thread
+        assert not elector.is_leader
+    finally:
+        server.release_hangs()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop()
+        api.close()

@@ -145,7 +145,11 @@ class LeaderElector:
                     wait = min(wait, self._deadline - self._clock())
                 await self._sleep(max(wait, 0.0))
         finally:
-            held = self._deadline is not None
+            # Release if the record still names us, even past our deadline: a standby then
+            # need not wait out the lease.
+            held = self._deadline is not None or (
+                self._lease is not None and self._lease.spec.holder_identity == self.identity
+            )
             self._deadline = None
             self._sync()  # stop leading before giving the lease away
             if held:
@@ -174,7 +178,7 @@ class LeaderElector:
             # since; read and decide.
             try:
                 return self._saw(await self._call(partial(self._replace, self._lease, True)))
-            except (ApiException, CallTimeout, OSError) as exc:
+            except Exception as exc:  # e.g. 409, a timeout, a refused connection
                 logger.debug("renewing %s optimistically failed: %s", self._cfg.lease_name, exc)
                 self._lease = None
         lease = await self._call(self._read)
