@@ -248,7 +248,11 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def _reject(self, ex: _Exchange, exc: RequestRejected) -> ep.ProcessingResponse:
         ex.outcome = f"rejected_{exc.code}"
         self._metrics.pool(self.settings.pool).count(ex.outcome)
-        logger.info("request %s rejected: %s (%s)", ex.request_id, exc.code, exc.message)
+        # One INFO line, never WARNING: under overload every request may be refused, and the
+        # metric above is what alerts; the line is for finding one request.
+        logger.info(
+            "request %s pool %s %s: %s", ex.request_id, self.settings.pool, ex.outcome, exc.message
+        )
         return responses.rejected(exc, ex.request_id)
 
     def _check_served(self, ex: _Exchange, served: str | None) -> None:

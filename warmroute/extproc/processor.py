@@ -125,8 +125,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 waited = 0.0
         except RequestRejected as exc:
             pool_name = pool.name if pool is not None else "none"
-            self._metrics.pool(pool_name).count(f"rejected_{exc.code}")
-            logger.info("request %s rejected: %s (%s)", request_id, exc.code, exc.message)
+            outcome = f"rejected_{exc.code}"
+            self._metrics.pool(pool_name).count(outcome)
+            # One INFO line, never WARNING: under overload every request may be refused, and
+            # the metric above is what alerts; the line is for finding one request.
+            logger.info("request %s pool %s %s: %s", request_id, pool_name, outcome, exc.message)
             return responses.rejected(exc, request_id)
         except asyncio.CancelledError:
             logger.debug("request %s left while waiting in pool %s", request_id, pool)
