@@ -74,9 +74,11 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     if args.static:
-        boot = static_bootstrap(cfg, node_id=args.node_id)
+        boot = static_bootstrap(cfg, node_id=args.node_id, cluster=args.node_cluster)
     else:
-        boot = ads_bootstrap(cfg, node_id=args.node_id, variant=args.variant)
+        boot = ads_bootstrap(
+            cfg, node_id=args.node_id, variant=args.variant, cluster=args.node_cluster
+        )
     print(to_json(boot) if args.format == "json" else to_yaml(boot), end="")
     return 0
 
@@ -141,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bootstrap", help="print the minimal Envoy bootstrap (ADS pointing at warmroute)"
     )
     p.add_argument("-c", "--config", help="YAML config (default: built-in demo)")
-    p.add_argument("--node-id", default="warmroute-envoy")
+    p.add_argument("--node-id", default="warmroute-envoy", help="this Envoy's node id")
+    p.add_argument(
+        "--node-cluster",
+        default="warmroute",
+        help="this Envoy's node cluster (e.g. its zone): picks its envoy.nodes entry",
+    )
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.add_argument(
         "--variant", choices=["sotw", "delta"], help="ADS variant (default: xds.variant)"

@@ -249,4 +249,8 @@ class ConfigManager:
 
 def _same_config(a: Snapshot, b: Snapshot) -> bool:
     """Same listeners, routes and clusters: an Envoy would see no difference."""
-    return all(a.version(t) == b.version(t) for t in CONFIG_TYPES)
+
+    def per_node(s: Snapshot) -> list[tuple[str, str | None, str | None, str]]:
+        return [(o.type_url, o.node_id, o.cluster, o.resources.version) for o in s.overrides]
+
+    return all(a.version(t) == b.version(t) for t in CONFIG_TYPES) and per_node(a) == per_node(b)

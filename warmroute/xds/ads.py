@@ -230,7 +230,8 @@ class _Stream(Generic[_Req, _Resp]):
                         server._emit(event)
                 if stream is None or not self._queue.empty():
                     continue  # answer once for a burst of requests
-                snapshot = server._cache.snapshot_for(stream.node_id)
+                node = server.nodes.get(stream.node_id)
+                snapshot = server._cache.snapshot_for(stream.node_id, node.cluster if node else "")
                 for response, event in stream.responses(snapshot, server._clock()):
                     await context.write(response)
                     server._emit(event)

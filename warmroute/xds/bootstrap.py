@@ -13,33 +13,47 @@ from warmroute.config import Config
 from warmroute.xds import resources
 from warmroute.xds.resources import Endpoint
 
+NODE_CLUSTER = "warmroute"  # the bootstrap's node.cluster unless told otherwise
 
-def static_bootstrap(cfg: Config, node_id: str = "warmroute-envoy") -> bootstrap_pb2.Bootstrap:
+
+def static_bootstrap(
+    cfg: Config, node_id: str = "warmroute-envoy", cluster: str = NODE_CLUSTER
+) -> bootstrap_pb2.Bootstrap:
     """Everything inline: listener, routes, the control cluster and one STATIC cluster per
     pool listing every configured replica. Which replica is routable is decided per
     request by warmroute, so loading replicas may sit in the cluster harmlessly."""
+    addresses = cfg.envoy.for_node(node_id, cluster)
     clusters = [resources.control_cluster(cfg)]
     for pool in cfg.pools:
         endpoints = [Endpoint(r.address) for r in pool.all_replicas()]
         clusters.append(resources.pool_cluster(pool, static_endpoints=endpoints))
     boot = bootstrap_pb2.Bootstrap(
-        node=base_pb2.Node(id=node_id, cluster="warmroute"),
+        node=base_pb2.Node(id=node_id, cluster=cluster),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            listeners=[resources.listener(cfg, resources.route_configuration(cfg))],
+            listeners=[
+                resources.listener(
+                    cfg, resources.route_configuration(cfg), address=addresses.listen
+                )
+            ],
             clusters=clusters,
         ),
     )
-    boot.admin.address.CopyFrom(resources.socket_address(cfg.envoy.admin))
+    boot.admin.address.CopyFrom(resources.socket_address(addresses.admin))
     return boot
 
 
 def ads_bootstrap(
-    cfg: Config, node_id: str = "warmroute-envoy", variant: str | None = None
+    cfg: Config,
+    node_id: str = "warmroute-envoy",
+    variant: str | None = None,
+    cluster: str = NODE_CLUSTER,
 ) -> bootstrap_pb2.Bootstrap:
     """The minimal bootstrap: who this Envoy is, where warmroute is, admin on loopback.
 
     Listeners, routes, clusters and endpoints all come over ADS; the one static cluster
-    reaches warmroute itself (xDS, ext_proc and the access log share it).
+    reaches warmroute itself (xDS, ext_proc and the access log share it). ``node_id`` and
+    ``cluster`` pick the node's own settings in ``envoy.nodes`` (its admin address here;
+    its listener comes over LDS).
     """
     variant = variant or cfg.xds.variant
     clusters = [resources.control_cluster(cfg)]
@@ -60,7 +74,7 @@ def ads_bootstrap(
         set_node_on_first_message_only=True,
     )
     boot = bootstrap_pb2.Bootstrap(
-        node=base_pb2.Node(id=node_id, cluster="warmroute"),
+        node=base_pb2.Node(id=node_id, cluster=cluster),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=ads,
             cds_config=resources.ads_config_source(),
@@ -68,7 +82,9 @@ def ads_bootstrap(
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=clusters),
     )
-    boot.admin.address.CopyFrom(resources.socket_address(cfg.envoy.admin))
+    boot.admin.address.CopyFrom(
+        resources.socket_address(cfg.envoy.for_node(node_id, cluster).admin)
+    )
     return boot
 
 

@@ -7,7 +7,16 @@ from collections.abc import Iterable, Mapping
 from warmroute.config import Config
 from warmroute.xds import resources
 from warmroute.xds.resources import Endpoint
-from warmroute.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, Resources, Snapshot
+from warmroute.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    NodeOverride,
+    Resource,
+    Resources,
+    Snapshot,
+)
 
 
 def config_snapshot(cfg: Config, label: str = "") -> Snapshot:
@@ -26,7 +35,22 @@ def config_snapshot(cfg: Config, label: str = "") -> Snapshot:
             ROUTE: Resources.of([Resource.of(resources.ROUTE_CONFIG_NAME, route)]),
         },
         label=label,
+        overrides=tuple(_node_listeners(cfg)),
     )
+
+
+def _node_listeners(cfg: Config) -> Iterable[NodeOverride]:
+    """The listener of nodes that listen elsewhere (``envoy.nodes``)."""
+    for node in cfg.envoy.nodes:
+        if node.listen is None or node.listen == cfg.envoy.listen:
+            continue
+        listener = resources.listener(cfg, address=node.listen)
+        yield NodeOverride(
+            LISTENER,
+            Resources.of([Resource.of(resources.LISTENER_NAME, listener)]),
+            node_id=node.id,
+            cluster=node.cluster,
+        )
 
 
 def endpoint_resources(

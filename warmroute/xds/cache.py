@@ -24,9 +24,12 @@ class SnapshotCache:
         self._endpoints = Resources.of(())
         self._event = asyncio.Event()
 
-    def snapshot_for(self, node_id: str) -> Snapshot:
+    def snapshot_for(self, node_id: str, cluster: str = "") -> Snapshot:
+        """What this node should have: its version (pinned or default) as the node gets it
+        (``Snapshot.for_node``: its own listener, if ``envoy.nodes`` gives it one), with the
+        current endpoints."""
         base = self._by_node.get(node_id, self._default)
-        return base.with_type(ENDPOINT, self._endpoints)
+        return base.for_node(node_id, cluster).with_type(ENDPOINT, self._endpoints)
 
     @property
     def default(self) -> Snapshot:

@@ -273,12 +273,15 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
 
 
 def listener(
-    cfg: Config, route_config: route_pb2.RouteConfiguration | None = None
+    cfg: Config,
+    route_config: route_pb2.RouteConfiguration | None = None,
+    address: str | None = None,
 ) -> listener_pb2.Listener:
+    """The one listener; ``address`` (default ``envoy.listen``) for a node's own setting."""
     hcm = http_connection_manager(cfg, route_config)
     return listener_pb2.Listener(
         name=LISTENER_NAME,
-        address=socket_address(cfg.envoy.listen),
+        address=socket_address(address or cfg.envoy.listen),
         # The most a request body may hold while json_to_metadata buffers it (Envoy then
         # answers 413). Measured on Envoy 1.40: the route's and virtual host's
         # request_body_buffer_limit do not bound that filter's buffer; the listener's does.

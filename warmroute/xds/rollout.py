@@ -115,7 +115,10 @@ class Rollout:
             return
         if event.kind is EventKind.NACK:
             cand = self.candidate
-            if cand is not None and cand.version(event.type_url) == event.version:
+            if (
+                cand is not None
+                and self._as_node(event.node_id, cand).version(event.type_url) == event.version
+            ):
                 self._halt(f"node {event.node_id} rejected {event.type_url}: {event.error}")
         self._check()
         self._deadline_moved()
@@ -158,9 +161,14 @@ class Rollout:
         state = self.nodes.get(node)
         if state is None:
             return False
+        snap = snap.for_node(node, state.cluster)  # its own listener, if it has one
         return all(
             state.has_acked(t, snap.version(t)) for t in CONFIG_TYPES if snap.of_type(t).items
         )
+
+    def _as_node(self, node: str, snap: Snapshot) -> Snapshot:
+        state = self.nodes.get(node)
+        return snap.for_node(node, state.cluster if state is not None else "")
 
     def _promote(self, snapshot: Snapshot, why: str) -> None:
         self._cache.set_default(snapshot)

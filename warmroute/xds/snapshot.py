@@ -63,11 +63,28 @@ _EMPTY = Resources.of(())
 
 
 @dataclass(frozen=True, slots=True)
+class NodeOverride:
+    """Resources of one type that replace the snapshot's for some nodes: those whose id is
+    ``node_id``, or (if no override names their id) whose cluster is ``cluster``."""
+
+    type_url: str
+    resources: Resources
+    node_id: str | None = None
+    cluster: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Resources by type URL. ``label`` names the config version it came from."""
+    """Resources by type URL. ``label`` names the config version it came from.
+
+    ``overrides`` give some nodes their own resources of a type (their own listener
+    address): ``for_node`` is what one node gets; every per-node comparison of versions
+    (ACKs, NACKs) must go through it.
+    """
 
     resources: Mapping[str, Resources] = field(default_factory=dict)
     label: str = ""
+    overrides: tuple[NodeOverride, ...] = ()
 
     def of_type(self, type_url: str) -> Resources:
         return self.resources.get(type_url, _EMPTY)
@@ -78,4 +95,21 @@ class Snapshot:
     def with_type(self, type_url: str, resources: Resources) -> Snapshot:
         merged = dict(self.resources)
         merged[type_url] = resources
+        return Snapshot(MappingProxyType(merged), self.label, self.overrides)
+
+    def for_node(self, node_id: str, cluster: str = "") -> Snapshot:
+        """The snapshot as this node gets it (itself when no override applies)."""
+        if not self.overrides:
+            return self
+        chosen: dict[str, Resources] = {}
+        for o in self.overrides:  # by cluster first, so that an id match replaces it
+            if o.cluster is not None and o.cluster == cluster:
+                chosen.setdefault(o.type_url, o.resources)
+        for o in self.overrides:
+            if o.node_id is not None and o.node_id == node_id:
+                chosen[o.type_url] = o.resources
+        if not chosen:
+            return self
+        merged = dict(self.resources)
+        merged.update(chosen)
         return Snapshot(MappingProxyType(merged), self.label)
