@@ -1,4 +1,5 @@
-"""The admin HTTP endpoint: /metrics, /state, /healthz. Binds loopback unless configured."""
+"""The admin HTTP endpoint: /metrics, /state, /healthz, /readyz and /xds (the rollout and
+each Envoy's config versions). Binds loopback unless configured."""
 
 from __future__ import annotations
 

@@ -14,8 +14,10 @@ Tree:
     │   └── NotServing             503 + Retry-After: this instance does not lease requests now
     └── ConfigError                a config file is invalid (file, key path, expectation)
 
-Request errors are translated to an ext_proc ``ImmediateResponse`` in exactly one place,
-``warmroute.extproc.responses``.
+Request errors are translated to an ext_proc ``ImmediateResponse`` in one place,
+``warmroute.extproc.responses``, for both ext_proc services. Envoy's own 413 for a body
+over the limit (own-Envoy mode) is a local reply in the same JSON shape, configured in
+``warmroute.xds.resources``.
 """
 
 from __future__ import annotations

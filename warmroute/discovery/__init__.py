@@ -1,1 +1,2 @@
-"""Where replicas come from: static config with warm probes (Kubernetes comes later)."""
+"""Where replicas come from: static config, Kubernetes Pods or an InferencePool, each made
+WARM by its warm probe; and what their own metrics say about load warmroute did not lease."""

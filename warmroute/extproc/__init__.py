@@ -1,1 +1,2 @@
-"""The per-request plane: lease on request headers (ext_proc), release on the access log."""
+"""The per-request plane of warmroute's own Envoy: lease on request headers (ext_proc),
+release when the access log reports the request's end (the lease deadline is the net)."""

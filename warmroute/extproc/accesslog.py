@@ -2,7 +2,13 @@
 
 Envoy writes one entry per finished HTTP request (success, upstream failure or client
 disconnect alike) carrying the stream's dynamic metadata, where ext_proc left the lease
-id. That id is the only thing that releases a lease; no header can.
+id. An entry releases the lease that id names or, without our metadata, the lease of its
+request id, which Envoy made itself; no client header can name or end a lease.
+
+This is how a request's end normally arrives in own-Envoy mode, not the only release: a
+lease whose end is never logged is reclaimed at its deadline, or sooner when the replica's
+scraped metrics show fewer requests running than were leased to it. In endpoint-picker
+mode the ext_proc stream's end releases (``warmroute.epp.protocol``); no access log there.
 """
 
 from __future__ import annotations

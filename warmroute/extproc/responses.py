@@ -1,6 +1,8 @@
 """ext_proc replies: the routing decision, or a rejection as an ImmediateResponse.
 
-This is the one place where warmroute's request errors become HTTP responses.
+This is the one place where warmroute's request errors become HTTP responses, for the
+own-Envoy ext_proc and the endpoint picker alike (Envoy's own 413 for a body over the limit
+is a local reply in ``warmroute.xds.resources``, in the same JSON shape).
 """
 
 from __future__ import annotations
