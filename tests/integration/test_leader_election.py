@@ -270,6 +270,15 @@ async def test_a_standby_takes_over_only_after_seeing_no_change_for_the_lease_du
     assert took <= last_change + 15.0 + 2.0 + 2.0
 
 
+async def test_candidates_starting_together_elect_exactly_one(sim: Sim) -> None:
+    cs = [sim.add(f"c{i}", wall_offset=10.0 * i, mono_offset=100.0 * i) for i in range(3)]
+    for c in cs:  # all read "no lease" and race to create it: one create wins, two get 409
+        sim.start(c)
+    await sim.run_until(60.0)
+    assert [c.changes for c in cs if c.leading] == [[(0.0, True)]]
+    assert sum(bool(c.changes) for c in cs) == 1
+
+
 # -- a hung API server -----------------------------------------------------------------
 
 

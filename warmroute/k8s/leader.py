@@ -187,7 +187,7 @@ class LeaderElector:
                 metadata=k8s.V1ObjectMeta(name=self._cfg.lease_name, namespace=self._cfg.namespace),
                 spec=k8s.V1LeaseSpec(),
             )
-            return self._saw(await self._call(partial(self._create, body)))
+            return await self._write(partial(self._create, body))
         self._saw(lease)
         holder = lease.spec.holder_identity
         duration = lease.spec.lease_duration_seconds or self._cfg.lease_seconds
@@ -198,7 +198,15 @@ class LeaderElector:
                 "%s: lease %s unchanged for %gs since seen, taking it from %s",
                 self.identity, self._cfg.lease_name, self._clock() - self._seen_at, holder,
             )  # fmt: skip
-        return self._saw(await self._call(partial(self._replace, lease, holder == self.identity)))
+        return await self._write(partial(self._replace, lease, holder == self.identity))
+
+    async def _write(self, fn: Callable[[], Any]) -> bool:
+        try:
+            return self._saw(await self._call(fn))
+        except ApiException as exc:
+            if exc.status == 409 and not self.is_leader:
+                return False  # another candidate wrote first: it won this round
+            raise  # a leader retries until its deadline
 
     def _saw(self, lease: Any) -> bool:
         """Remember ``lease`` (read or just written); True if we hold it."""
