@@ -230,5 +230,8 @@ def test_load_counts_waiters_and_unknown_pools_read_as_nothing() -> None:
     load = registry.load("a")
     assert load is not None and load.waiting == 1
     assert registry.load("nope") is None
+    assert registry.pool_names() == ["a", "b"]
+    registry.configure([B])  # a retires (its waiter is still queued): not listed
+    assert registry.pool_names() == ["b"] and registry.load("a") is None
     assert registry.addresses("nope") == []
     assert registry.replica("nope", R1) is None and registry.replica("a", R2) is None

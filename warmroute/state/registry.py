@@ -103,6 +103,10 @@ class Registry:
 
     # -- narrow reads for adapters (they never walk pools' internals) ----------------------
 
+    def pool_names(self) -> list[str]:
+        """The configured pools, in config order (retired ones are not listed)."""
+        return list(self.pools)
+
     def replica(self, pool: str, address: str) -> Replica | None:
         """Pool ``pool``'s replica at ``address``, or None. Read only: the pool owns it."""
         p = self.pools.get(pool)
