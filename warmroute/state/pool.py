@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from warmroute.errors import QueueFull
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import Policy, least_loaded
+from warmroute.state.priority import PrioritySpec
 from warmroute.state.replica import Capacity, Phase, Replica
 from warmroute.state.snapshot import PoolLoad, ReplicaLoad
 from warmroute.state.waiters import GrantCallback, Waiter, WaitQueue, WaitState
@@ -73,6 +74,9 @@ class PoolSpec:
     # have reached the replica (or its metrics) yet.
     reconcile_after_seconds: float = 5.0
     policy: str = "least_loaded"
+    # Bands and fairness (None: one FIFO, as always). ``max_waiting`` still bounds the
+    # whole queue; each band also has its own bound and queue timeout.
+    priority: PrioritySpec | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +92,7 @@ class PoolCounters:
     waits_cancelled: int = 0
     waits_timed_out: int = 0
     rejected_queue_full: int = 0
+    displaced: int = 0
     ended: dict[str, int] = field(default_factory=dict)
 
 
@@ -119,7 +124,8 @@ class Pool:
         self._policy = policy
         self._capacities: dict[str, Capacity] = {} if capacities is None else capacities
         self.replicas: dict[str, Replica] = {}
-        self.queue = WaitQueue()
+        self.queue = _new_queue(spec.priority)
+        self._queue_priority = spec.priority  # the bands ``queue`` was built for
         self.counters = PoolCounters()
         self._dispatching = False
 
@@ -157,6 +163,9 @@ class Pool:
         timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
         eligible: frozenset[str] | None = None,
+        band: int | str | None = None,
+        key: str = "",
+        on_displaced: Callable[[], None] | None = None,
     ) -> Waiter:
         """Queue a request for the next free slot (of a replica in ``eligible``, if given).
 
@@ -164,7 +173,19 @@ class Pool:
         call back into the pool. Raises QueueFull when ``max_waiting`` are queued, whatever
         their eligible sets. The waiter stays queued even if nothing in ``eligible`` can
         serve it (check ``can_ever_serve`` first); it then times out like any other.
+
+        With a ``priority`` spec, the request waits in ``band`` (index or name; None or an
+        unknown name: the default band) and in ``key``'s lane of it, for at most the
+        band's timeout. Raises QueueFull when its band is at its bound, or when the pool
+        is and no lower band has a waiter; otherwise a full pool first displaces the
+        newest waiter of the lowest band below, whose ``on_displaced`` is called. Without
+        a priority spec ``band`` and ``key`` are ignored.
         """
+        if self.spec.priority is not None:
+            return self._enqueue_ranked(
+                self.spec.priority, request_id, on_grant, timeout, on_timeout, eligible,
+                band, key, on_displaced,
+            )  # fmt: skip
         if len(self.queue) >= self.spec.max_waiting:
             self.counters.rejected_queue_full += 1
             raise QueueFull(f"pool {self.name!r} has {len(self.queue)} requests waiting")
@@ -175,6 +196,71 @@ class Pool:
         # A slot may be free with an empty queue only if try_acquire was skipped.
         self._dispatch()
         return waiter
+
+    def _enqueue_ranked(
+        self,
+        priority: PrioritySpec,
+        request_id: str,
+        on_grant: GrantCallback,
+        timeout: float | None,
+        on_timeout: Callable[[], None] | None,
+        eligible: frozenset[str] | None,
+        band: int | str | None,
+        key: str,
+        on_displaced: Callable[[], None] | None,
+    ) -> Waiter:
+        queue = self._ranked_queue(priority)
+        index = priority.index(band)
+        spec = priority.bands[index]
+        if queue.band_len(index) >= spec.max_waiting:
+            self.counters.rejected_queue_full += 1
+            raise QueueFull(
+                f"pool {self.name!r} has {queue.band_len(index)} {spec.name!r} requests waiting"
+            )
+        if len(queue) >= self.spec.max_waiting:
+            victim = queue.newest_below(index)
+            if victim is None:
+                self.counters.rejected_queue_full += 1
+                raise QueueFull(f"pool {self.name!r} has {len(queue)} requests waiting")
+            self._displace(victim)
+        now = self._clock()
+        wait = spec.queue_timeout if timeout is None else timeout
+        lane = None if index == priority.default and not key else (index, key)
+        waiter = Waiter(
+            request_id, now, now + wait, on_grant, on_timeout, eligible, lane, on_displaced
+        )
+        queue.push(waiter)
+        self._dispatch()
+        return waiter
+
+    def _displace(self, victim: Waiter) -> None:
+        """Turn a waiter away to make room for a higher band's request."""
+        self.queue.remove(victim)
+        victim.state = WaitState.DISPLACED
+        self.counters.displaced += 1
+        if victim.on_displaced is not None:
+            victim.on_displaced()
+
+    def _ranked_queue(self, priority: PrioritySpec) -> WaitQueue:
+        """The queue, rebuilt first if the pool's bands changed since it was built.
+
+        Waiters keep their arrival order and fairness key; each moves to the band of the
+        same name, or to the default band if there is none any more.
+        """
+        old = self._queue_priority
+        if old is not None and old.names == priority.names and old.default == priority.default:
+            return self.queue
+        queue = _new_queue(priority)
+        for w in list(self.queue):
+            name = None
+            if old is not None:
+                name = old.bands[old.default if w.lane is None else w.lane[0]].name
+            index = priority.index(name)
+            key = "" if w.lane is None else w.lane[1]
+            w.lane = None if index == priority.default and not key else (index, key)
+            queue.push(w)
+        self.queue, self._queue_priority = queue, priority
+        return queue
 
     def can_ever_serve(self, eligible: frozenset[str] | None) -> bool:
         """False if no replica in ``eligible`` could ever take the request.
@@ -275,8 +361,10 @@ class Pool:
     def _dispatch(self) -> None:
         """Give free slots to waiters, oldest first, until one side runs out.
 
-        With no eligible sets queued: the queue head takes the policy's pick, as always.
-        Otherwise each round serves the oldest waiter that a free replica may serve.
+        With only the default lane's unrestricted waiters queued: the queue head takes the
+        policy's pick, as always. Otherwise each round serves the waiter the queue selects
+        for the free replicas: highest band, then the lane whose turn it is, then its
+        oldest waiter that a free replica may serve.
         """
         if self._dispatching:
             return
@@ -290,7 +378,7 @@ class Pool:
                     if pick is None:
                         return
                     waiter, replica = pick
-                    queue.remove(waiter)
+                    queue.take(waiter)
                 elif unrestricted:
                     found = self._policy(self.replicas.values())
                     if found is None:
@@ -319,7 +407,8 @@ class Pool:
             self._dispatching = False
 
     def _next_for_subsets(self) -> tuple[Waiter, Replica] | None:
-        """The oldest waiter a free replica may serve, and the policy's replica for it.
+        """The next waiter a free replica may serve (``WaitQueue.select``), and the
+        policy's replica for it.
 
         Costs one pass over the replicas plus, per distinct eligible set queued, a lookup
         of each free address in it: waiters that share a set are never scanned one by one.
@@ -331,12 +420,7 @@ class Pool:
         ]
         if not free:
             return None
-        queue = self.queue
-        best = queue.head_unrestricted()  # any free replica suits it
-        addresses = [r.address for r in free]
-        for subset, head in queue.subset_heads():
-            if (best is None or head.seq < best.seq) and not subset.isdisjoint(addresses):
-                best = head
+        best = self.queue.select([r.address for r in free])
         if best is None:
             return None
         eligible = best.eligible
@@ -505,3 +589,9 @@ class Pool:
         """This pool's active leases (from its replicas' indexes: a replica with a lease
         in flight is never forgotten)."""
         return [lease for r in self.replicas.values() for lease in r.leases.values()]
+
+
+def _new_queue(priority: PrioritySpec | None) -> WaitQueue:
+    if priority is None:
+        return WaitQueue()
+    return WaitQueue(len(priority.bands), priority.default)
