@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from warmroute.envoy_names import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 from warmroute.state import Lease
-from warmroute.xds.resources import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"

@@ -21,9 +21,9 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from google.protobuf import empty_pb2
 
+from warmroute.envoy_names import METADATA_NAMESPACE
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Registry
-from warmroute.xds.resources import METADATA_NAMESPACE
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import json
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from warmroute.envoy_names import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 from warmroute.errors import RequestRejected
 from warmroute.state import Lease
-from warmroute.xds.resources import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 
 # Headers a client must not be able to send to influence routing or name a lease: Envoy is
 # not configured to read them, and we strip them so no replica or later hop trusts them.

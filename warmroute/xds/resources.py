@@ -50,25 +50,22 @@ from envoy.type.v3 import http_status_pb2, percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, struct_pb2, wrappers_pb2
 
 from warmroute.config import Config, EnvoyClientTls, PoolConfig
+from warmroute.envoy_names import (
+    BODY_NAMESPACE,
+    DESTINATION_KEY,
+    LB_NAMESPACE,
+    METADATA_NAMESPACE,
+    POOL_METADATA_KEY,
+)
 
 LISTENER_NAME = "warmroute_ingress"
 ROUTE_CONFIG_NAME = "warmroute_routes"
 CONTROL_CLUSTER = "warmroute_control"
 XDS_CLUSTER = "warmroute_xds"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
-# Where override_host reads the chosen endpoint: the Gateway API Inference Extension's key.
-LB_NAMESPACE = "envoy.lb"
-DESTINATION_KEY = "x-gateway-destination-endpoint"
-# Our own dynamic-metadata namespace: lease id and pool. Clients can never write it.
-METADATA_NAMESPACE = "warmroute"
-# What Envoy's json_to_metadata filter read from the request body, forwarded to ext_proc:
-# ``model`` and ``stream`` when present, ``body`` = "no_model" / "invalid" otherwise.
-BODY_NAMESPACE = "warmroute.body"
 JSON_TO_METADATA_FILTER = "envoy.filters.http.json_to_metadata"
 # Paths that answer the gateway's own health without ext_proc and without a slot.
 HEALTH_PATHS = ("/health", "/healthz", "/readyz", "/livez")
-# gRPC initial metadata a route attaches to its ext_proc stream: the pool Envoy routed to.
-POOL_METADATA_KEY = "x-warmroute-pool"
 ACCESS_LOG_NAME = "warmroute"
 
 
