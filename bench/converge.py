@@ -362,7 +362,9 @@ class Stack:
 
     async def start(self, http: aiohttp.ClientSession) -> Doc:
         self.control_admin = f"127.0.0.1:{free_port()}"
-        self.config_path = Path(self.tree.workdir, f"warmroute-soak{self.soak:g}.yaml")
+        # Alone in its directory, which the new code watches: only config writes land there.
+        folder = tempfile.mkdtemp(dir=self.tree.workdir, prefix=f"config-soak{self.soak:g}-")
+        self.config_path = Path(folder, "warmroute.yaml")
         base = self.base()
         write_atomically(self.config_path, base)
         tag = f"soak{self.soak:g}"
@@ -550,7 +552,7 @@ def write_report(data: Mapping[str, Any], out_dir: Path) -> Path:
         "## Runs",
         "",
         report.table(
-            ["label", "source tree", "commit", "date", "rounds", "command"],
+            ["label", "source tree", "commit", "date", "rounds", "load avg at end", "command"],
             [
                 [
                     lb,
@@ -558,6 +560,7 @@ def write_report(data: Mapping[str, Any], out_dir: Path) -> Path:
                     runs[lb]["commit"],
                     runs[lb]["date"],
                     runs[lb]["reps"],
+                    runs[lb].get("load", "—"),
                     f"`{runs[lb]['command']}`",
                 ]
                 for lb in labels
@@ -652,6 +655,7 @@ async def run(args: argparse.Namespace) -> Path:
         "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "reps": reps,
+        "load": round(os.getloadavg()[0], 2),
         "command": report.command_line(),
         "results": results,
     }

@@ -3,6 +3,7 @@ admin output, what each kind of change must make appear, and the atomic config w
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from bench.converge import (
     parse_duration,
     route_timeouts,
     run_record,
+    save,
     summary,
     want_of,
     write_atomically,
@@ -199,3 +201,21 @@ def test_run_record_and_summary() -> None:
     assert rec["kinds"]["route timeout"] == {"all": [], "first": [], "timeouts": 1}
     assert summary([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 4.6, 5.0)
     assert all(math.isnan(v) for v in summary([]))
+
+
+def test_save_keeps_one_run_per_label_and_shows_them_side_by_side(tmp_path: Path) -> None:
+    def run(seconds: float, commit: str) -> dict[str, Any]:
+        samples = [Sample("add pool", [seconds / 2, seconds])] * 3
+        return {"src": "/src", "commit": commit, "date": "d", "reps": 3, "command": "c",
+                "results": [run_record(samples, 1.0)]}  # fmt: skip
+
+    save(tmp_path, "after", run(9.0, "old"))
+    save(tmp_path, "before", run(2.0, "b"))
+    page = save(tmp_path, "after", run(0.05, "new")).read_text()
+    data = json.loads((tmp_path / "converge.json").read_text())
+    assert sorted(data["runs"]) == ["after", "before"]
+    assert data["runs"]["after"]["commit"] == "new"
+    # before's column first; "add pool" measured, the other kinds not run: dashes.
+    assert "| add pool | 2,000 / 2,000 / 2,000 | 1,000 | 50 / 50 / 50 | 25 |" in page
+    assert "| route timeout | — | — | — | — |" in page
+    assert "9,000" not in page
