@@ -69,10 +69,12 @@ class TakeoverFence:
         A second ``begin`` (leadership lost and won again) replaces the first."""
         self.cancel()
         self._since = self._registry.clock()
-        for name, pool in self._registry.pools.items():
-            for address, replica in pool.replicas.items():
-                self._registry.apply(ReplicaExternalLoad(name, address, replica.slots))
-                self._fenced.append((name, address))
+        registry = self._registry
+        for name in registry.pool_names():
+            load = registry.load(name)
+            for r in load.replicas if load is not None else ():
+                registry.apply(ReplicaExternalLoad(name, r.address, r.slots))
+                self._fenced.append((name, r.address))
         self._timer = self._schedule(grace, self._lift_now)
         logger.info(
             "leading: %d replicas fenced for up to %gs until their load is known",
@@ -89,8 +91,7 @@ class TakeoverFence:
         self._timer = None
         lifted = 0
         for name, address in self._fenced:
-            pool = self._registry.pools.get(name)
-            if pool is None or address not in pool.replicas:
+            if self._registry.replica(name, address) is None:
                 continue  # gone since: nothing to lift
             if self._last_scrape((name, address)) < self._since:
                 self._registry.apply(ReplicaExternalLoad(name, address, 0))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 import aiohttp
@@ -42,10 +41,15 @@ def running_requests(text: str) -> int | None:
 
 
 class MetricsScraper:
-    """Scrapes every non-gone replica of pools with ``metrics`` configured."""
+    """Scrapes every non-gone replica of pools with ``metrics`` configured.
+
+    ``last_scrape`` stamps each replica's last answer with the registry's clock, which
+    the takeover fence compares with its own start.
+    """
 
     def __init__(self, registry: Registry, emit: Callable[[ReplicaEvent], None]) -> None:
         self._registry = registry
+        self._clock = registry.clock
         self._emit = emit
         self._pools: dict[str, tuple[str, float]] = {}
         self.last_scrape: dict[tuple[str, str], float] = {}
@@ -61,7 +65,7 @@ class MetricsScraper:
         async with aiohttp.ClientSession() as session:
             next_at: dict[str, float] = {}
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 for name, (path, interval) in list(self._pools.items()):
                     if next_at.get(name, 0.0) <= now:
                         next_at[name] = now + interval
@@ -77,7 +81,7 @@ class MetricsScraper:
         )
         for address, running in zip(addresses, results, strict=True):
             if running is not None:
-                self.last_scrape[(name, address)] = time.monotonic()
+                self.last_scrape[(name, address)] = self._clock()
                 self._emit(ReplicaExternalLoad(name, address, running, reconcile=True))
 
     async def _fetch(self, session: aiohttp.ClientSession, url: str) -> int | None:

@@ -92,16 +92,20 @@ class EndpointPublisher:
 
     def publish(self) -> None:
         """Rebuild EDS from the desired state (cheap: unchanged content is not pushed)."""
-        by_pool: dict[str, list[Endpoint]] = {name: [] for name in self._registry.pools}
+        registry = self._registry
+        names = registry.pool_names()
+        by_pool: dict[str, list[Endpoint]] = {name: [] for name in names}
         for pool_name, address in self._warm:
             by_pool.setdefault(pool_name, []).append(Endpoint(address))
-        for name, pool in self._registry.pools.items():
-            for replica in pool.replicas.values():
+        for name in names:
+            load = registry.load(name)
+            for replica in load.replicas if load is not None else ():
                 if (name, replica.address) in self._warm:
                     continue
+                # EDS membership is per pool's cluster: this pool's own leases keep it.
                 if replica.phase is Phase.DRAINING or replica.in_flight:
                     by_pool[name].append(Endpoint(replica.address, draining=True))
-        eds = endpoint_resources(self._registry.pools, by_pool)
+        eds = endpoint_resources(names, by_pool)
         if eds.version not in self._versions:
             self._versions[eds.version] = frozenset(self._warm)
             while len(self._versions) > _KEEP_VERSIONS:
@@ -138,5 +142,4 @@ class EndpointPublisher:
                 self._on_routable(key[0], key[1], waited)
 
     def _replica(self, key: _Key) -> Replica | None:
-        pool = self._registry.pools.get(key[0])
-        return None if pool is None else pool.replicas.get(key[1])
+        return self._registry.replica(*key)
