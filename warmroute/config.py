@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from warmroute.errors import ConfigError
 from warmroute.state.pool import PoolSpec
+from warmroute.state.priority import BandSpec, PrioritySpec
 
 
 def _host_port(value: str) -> str:
@@ -195,6 +196,68 @@ class QueueConfig(_Model):
     timeout_seconds: float = Field(default=30.0, gt=0, le=86_400)
 
 
+HeaderName = Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=128)]
+
+
+class BandConfig(_Model):
+    name: Name
+    # Unset: the pool's queue.max_waiting / queue.timeout_seconds.
+    max_waiting: int | None = Field(default=None, ge=0, le=1_000_000)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+
+class FairnessConfig(_Model):
+    # Requests with the same value of this header share a lane of their band; lanes take
+    # turns. Without the header a request is in the band's no-key lane.
+    header: HeaderName
+
+
+class PriorityConfig(_Model):
+    """Bands in priority order (the first is served first); see README "Priorities"."""
+
+    bands: list[BandConfig] = Field(min_length=1, max_length=16)
+    # The band of a request that names none (or an unknown one); default: the last band.
+    default: Name | None = None
+    # A request header naming the request's band; an unknown name is ignored.
+    header: HeaderName | None = None
+    # model -> band; a band the header names wins.
+    models: dict[Annotated[str, Field(min_length=1, max_length=256)], Name] = {}
+    fairness: FairnessConfig | None = None
+
+    @model_validator(mode="after")
+    def _bands_known(self) -> PriorityConfig:
+        names = [b.name for b in self.bands]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _located(f"band {name!r} is listed twice", "bands", i, "name")
+        if self.default is not None and self.default not in names:
+            raise _located(f"default band {self.default!r} is not one of {names}", "default")
+        for model, band in self.models.items():
+            if band not in names:
+                raise _located(f"band {band!r} is not one of {names}", "models", model)
+        return self
+
+    def spec(self, queue: QueueConfig) -> PrioritySpec:
+        names = [b.name for b in self.bands]
+        return PrioritySpec(
+            bands=tuple(
+                BandSpec(
+                    b.name,
+                    queue.max_waiting if b.max_waiting is None else b.max_waiting,
+                    queue.timeout_seconds if b.timeout_seconds is None else b.timeout_seconds,
+                )
+                for b in self.bands
+            ),
+            default=len(names) - 1 if self.default is None else names.index(self.default),
+            header=self.header or "",
+            model_bands=tuple((m, names.index(b)) for m, b in self.models.items()),
+            fairness_header=self.fairness.header if self.fairness else "",
+        )
+
+    def max_timeout(self, queue: QueueConfig) -> float:
+        return max(b.queue_timeout for b in self.spec(queue).bands)
+
+
 class ProbeConfig(_Model):
     path: Annotated[str, Field(pattern=r"^/")] = "/health"
     expected_status: int = Field(default=200, ge=100, le=599)
@@ -327,6 +390,7 @@ class PoolConfig(_Model):
     policy: Literal["least_loaded", "first_free"] = "least_loaded"
     max_request_seconds: float = Field(default=600.0, gt=0, le=7 * 86_400)
     queue: QueueConfig = QueueConfig()
+    priority: PriorityConfig | None = None
     probe: ProbeConfig | None = ProbeConfig()
     replicas: list[ReplicaConfig] = []
     simulate: SimulateConfig | None = None
@@ -393,6 +457,7 @@ class PoolConfig(_Model):
             queue_timeout=self.queue.timeout_seconds,
             max_request_seconds=self.max_request_seconds,
             policy=self.policy,
+            priority=self.priority.spec(self.queue) if self.priority else None,
         )
 
     def replica_slots(self, replica: ReplicaConfig) -> int:
@@ -601,7 +666,10 @@ class Config(_Model):
 
     @property
     def max_queue_timeout(self) -> float:
-        return max(p.queue.timeout_seconds for p in self.pools)
+        return max(
+            p.priority.max_timeout(p.queue) if p.priority else p.queue.timeout_seconds
+            for p in self.pools
+        )
 
 
 def _located(message: str, *at: str | int) -> PydanticCustomError:

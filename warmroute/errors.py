@@ -9,6 +9,7 @@ Tree:
     │   ├── BodyTooLarge           413: the body is over ``routing.max_body_bytes``
     │   ├── UnknownModel           404: the model names no pool
     │   ├── QueueFull              429: the pool's wait queue is at its bound
+    │   ├── Displaced              429 + Retry-After: a higher band took its place in the queue
     │   ├── QueueTimeout           503 + Retry-After: waited longer than the pool allows
     │   ├── NoEligibleEndpoint     503 + Retry-After: EPP subset hint names nothing servable
     │   └── NotServing             503 + Retry-After: this instance does not lease requests now
@@ -75,6 +76,14 @@ class UnknownModel(RequestRejected):
 
 class QueueFull(RequestRejected):
     code = "queue_full"
+    http_status = 429
+    retry_after = 1.0
+
+
+class Displaced(RequestRejected):
+    """Waited in a lower priority band and was turned away for a higher band's request."""
+
+    code = "displaced"
     http_status = 429
     retry_after = 1.0
 

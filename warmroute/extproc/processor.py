@@ -7,7 +7,8 @@ Per stream (= per HTTP request), in order:
   2. choose the model (header wins, must agree with the body; see ``request_model``) and
      resolve the pool: the one the route marked on the stream's gRPC metadata, else the
      body's model, whose pool route Envoy takes after we set the model header;
-  3. lease a slot, waiting in the pool's FIFO if none is free;
+  3. lease a slot, waiting in the pool's FIFO if none is free (in a pool with priority
+     bands, in the band and fairness lane its headers or model give it);
   4. reply with ``envoy.lb`` metadata pinning the replica and our lease id in the
      ``warmroute`` namespace. The access log returns that id when the request ends;
   5. end the stream with an OK status at once (Envoy needs nothing more from us), so no
@@ -41,6 +42,7 @@ from warmroute.extproc.request_model import (
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Lease, Pool, Registry
+from warmroute.state.priority import MAX_KEY_LEN, PrioritySpec
 from warmroute.xds.resources import BODY_NAMESPACE, POOL_METADATA_KEY
 
 logger = logging.getLogger(__name__)
@@ -119,7 +121,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if self.on_queued is not None:
                     self.on_queued(pool.name)
                 wait_start = time.perf_counter()
-                lease = await acquire(pool, request_id)
+                priority = pool.spec.priority
+                if priority is None:
+                    lease = await acquire(pool, request_id)
+                else:
+                    band, key = _rank(request.request_headers, priority, model)
+                    lease = await acquire(pool, request_id, band=band, key=key)
                 waited = time.perf_counter() - wait_start
             else:
                 waited = 0.0
@@ -206,6 +213,23 @@ def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str 
             if path == MODELS_PATH or path.startswith(_MODELS_PREFIX):
                 models_path = path
     return request_id, model, models_path
+
+
+def _rank(headers: ep.HttpHeaders, priority: PrioritySpec, model: str) -> tuple[int, str]:
+    """(band, fairness key) of a request that has to wait in a pool with bands.
+
+    Read only then: requests that lease at once, or pools without bands, never pay for
+    it. The headers only order the queue; they never choose a replica.
+    """
+    named: str | None = None
+    key = ""
+    band_header, key_header = priority.header, priority.fairness_header
+    for h in headers.headers.headers:
+        if h.key == band_header:
+            named = _value(h)
+        elif h.key == key_header:
+            key = _value(h)[:MAX_KEY_LEN]
+    return priority.choose(named, model), key
 
 
 def _check_body_in_pool(body: BodyModel, pool: Pool) -> str:

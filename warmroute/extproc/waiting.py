@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import asyncio
 
-from warmroute.errors import QueueTimeout
+from warmroute.errors import Displaced, QueueTimeout
 from warmroute.state import EndReason, Lease, Pool
 
 
-async def acquire(pool: Pool, request_id: str, eligible: frozenset[str] | None = None) -> Lease:
+async def acquire(
+    pool: Pool,
+    request_id: str,
+    eligible: frozenset[str] | None = None,
+    *,
+    band: int | None = None,
+    key: str = "",
+) -> Lease:
     """A lease on ``pool``, waiting in its FIFO if no slot is free.
 
     ``eligible`` (EPP mode: the gateway's subset hint) limits the pick to replicas with
-    those addresses; None allows any.
+    those addresses; None allows any. ``band`` and ``key`` place the wait in a pool with
+    priority bands (see ``Pool.enqueue``); None and "" are its default band and lane.
 
-    Raises QueueFull at once if the queue is at its bound, QueueTimeout after the pool's
-    queue timeout. If the calling task is cancelled (Envoy reset the stream: the client
-    left), the waiter is withdrawn, or a lease granted in the same instant is released,
-    so nothing leaks.
+    Raises QueueFull at once if the queue (or the band) is at its bound, QueueTimeout
+    after the pool's (or the band's) queue timeout, Displaced if a higher band's request
+    takes its place while it waits. If the calling task is cancelled (Envoy reset the
+    stream: the client left), the waiter is withdrawn, or a lease granted in the same
+    instant is released, so nothing leaks.
     """
     # Without a subset, exactly the calls own-Envoy mode always made.
     lease = (
@@ -36,9 +45,20 @@ async def acquire(pool: Pool, request_id: str, eligible: frozenset[str] | None =
 
     def on_timeout() -> None:
         if not fut.done():
-            fut.set_exception(_timeout(pool))
+            fut.set_exception(_timeout(pool, waiter.deadline - waiter.enqueued_at))
 
-    if eligible is None:
+    def on_displaced() -> None:
+        if not fut.done():
+            fut.set_exception(
+                Displaced(f"a higher-priority request took this one's place in {pool.name!r}")
+            )
+
+    if band is not None or key:
+        waiter = pool.enqueue(
+            request_id, on_grant, on_timeout=on_timeout, eligible=eligible, band=band, key=key,
+            on_displaced=on_displaced,
+        )  # fmt: skip
+    elif eligible is None:
         waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout)
     else:
         waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout, eligible=eligible)
@@ -49,7 +69,8 @@ async def acquire(pool: Pool, request_id: str, eligible: frozenset[str] | None =
         if pool.mark_timed_out(waiter):
             on_timeout()
 
-    timer = loop.call_later(pool.spec.queue_timeout, on_timer)
+    # The wait the pool gave it: the queue timeout, or its band's.
+    timer = loop.call_later(waiter.deadline - waiter.enqueued_at, on_timer)
     try:
         return await fut
     except asyncio.CancelledError:
@@ -61,7 +82,5 @@ async def acquire(pool: Pool, request_id: str, eligible: frozenset[str] | None =
         timer.cancel()
 
 
-def _timeout(pool: Pool) -> QueueTimeout:
-    return QueueTimeout(
-        f"no free replica in pool {pool.name!r} within {pool.spec.queue_timeout:g}s"
-    )
+def _timeout(pool: Pool, wait: float) -> QueueTimeout:
+    return QueueTimeout(f"no free replica in pool {pool.name!r} within {wait:g}s")
