@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -110,14 +111,22 @@ class Fleet:
     base: dict[str, Any]  # every config section but `pools`
     pools: list[dict[str, Any]] = field(default_factory=list)  # as last applied
 
-    def write(self, pools: list[dict[str, Any]]) -> None:
-        write_config(self.path, self.base, pools)
+    def write(self, pools: list[dict[str, Any]], soak_seconds: float | None = None) -> None:
+        base = self.base
+        if soak_seconds is not None:
+            rollout = {**base["xds"]["rollout"], "soak_seconds": soak_seconds}
+            base = {**base, "xds": {**base["xds"], "rollout": rollout}}
+        write_config(self.path, base, pools)
 
-    async def apply(self, pools: list[dict[str, Any]], timeout: float = 30.0) -> None:
-        """Write ``pools`` to the config file, reload it, and wait until both Envoys run it."""
-        await asyncio.to_thread(self.write, pools)
+    async def reload(self, pools: list[dict[str, Any]], soak_seconds: float | None = None) -> None:
+        """Write ``pools`` to the config file and reload it (the rollout starts)."""
+        await asyncio.to_thread(self.write, pools, soak_seconds)
         assert await self.plane.reload_from_file(), "the control plane rejected a valid file"
         self.pools = pools
+
+    async def apply(self, pools: list[dict[str, Any]], timeout: float = 30.0) -> None:
+        """:meth:`reload`, then wait until both Envoys run ``pools``."""
+        await self.reload(pools)
         await self.wait_converged(timeout)
 
     async def views(self) -> dict[str, EnvoyView]:
@@ -217,11 +226,13 @@ async def start_fleet(
 
 @dataclass(frozen=True)
 class Answer:
+    seq: int  # 0, 1, ... in the order requests were sent
     model: str
-    phase: str
+    phase: str  # the test's phase when the request was sent
     status: int
     code: str | None  # the JSON error code of a non-200 answer
     replica: str | None  # the replica that served a 200
+    detail: str = ""  # a non-200's body and headers, for the failure message
 
 
 def client_session() -> aiohttp.ClientSession:
@@ -240,6 +251,7 @@ class Traffic:
     def __init__(self, url: str) -> None:
         self.url = url
         self.phase = "start"
+        self.sent = 0  # requests sent so far
         self.answers: list[Answer] = []
         self._workers: dict[str, list[asyncio.Task[None]]] = {}
         self._stop: dict[str, asyncio.Event] = {}
@@ -252,15 +264,25 @@ class Traffic:
         http: aiohttp.ClientSession | None = None,
     ) -> Answer:
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        seq, phase = self.sent, self.phase
+        self.sent += 1
         async with (http or self._http).post(
             self.url + "/v1/chat/completions", json=body, headers=headers
         ) as r:
-            data = await r.json(content_type=None)
-        phase = self.phase  # when the answer came
+            text = await r.text()
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
         if r.status == 200:
-            answer = Answer(model, phase, 200, None, data.get("replica"))
+            answer = Answer(seq, model, phase, 200, None, data["replica"])
         else:
-            answer = Answer(model, phase, r.status, data.get("error", {}).get("code"), None)
+            # warmroute and Envoy answer {"error": {"code": ...}}; a replica {"error": "..."}.
+            error = data.get("error") if isinstance(data, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+            seen = {k: v for k, v in r.headers.items() if k.lower() not in ("date", "server")}
+            detail = f"{text[:300]!r} {seen}"
+            answer = Answer(seq, model, phase, r.status, code, None, detail)
         self.answers.append(answer)
         return answer
 
@@ -274,6 +296,13 @@ class Traffic:
 
         tasks = self._workers.setdefault(model, [])
         tasks += [asyncio.create_task(loop(), name=f"traffic {model}") for _ in range(workers)]
+
+    def check(self) -> None:
+        """Raise what ended a client early (a hang must not pass for no traffic)."""
+        for tasks in self._workers.values():
+            for t in tasks:
+                if t.done() and not t.cancelled() and (exc := t.exception()) is not None:
+                    raise AssertionError(f"a client of {t.get_name()} failed: {exc!r}") from exc
 
     async def stop(self, model: str) -> None:
         """Let ``model``'s clients finish their current request, then stop them."""
