@@ -48,6 +48,7 @@ from warmroute.errors import (
     UnknownModel,
 )
 from warmroute.extproc import responses
+from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
@@ -69,12 +70,15 @@ class _Exchange:
     """One request's state on its stream. Owned by the stream's task."""
 
     __slots__ = (
-        "body", "granted_at", "hint", "lease", "model", "outcome", "request_id", "status",
+        "body", "granted_at", "headers", "hint", "lease", "model", "outcome", "request_id",
+        "status",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.request_id = ""
         self.model: str | None = None  # from the model header
+        # Kept to read a priority band and fairness key only if the request has to wait.
+        self.headers: ep.HttpHeaders | None = None
         self.hint: tuple[str, ...] | None = None
         self.body = bytearray()
         self.lease: Lease | None = None
@@ -172,6 +176,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         values = messages.header_values(headers, ("x-request-id", model_header))
         ex.request_id = values.get("x-request-id") or uuid.uuid4().hex
         ex.model = values.get(model_header) or None
+        ex.headers = headers
 
     async def _route(
         self,
@@ -219,8 +224,13 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if self.on_queued is not None:
                 self.on_queued(pool.name)
             wait_start = time.perf_counter()
+            priority = pool.spec.priority
             try:
-                lease = await acquire(pool, ex.request_id, eligible)
+                if priority is None or ex.headers is None:
+                    lease = await acquire(pool, ex.request_id, eligible)
+                else:
+                    band, key = rank(ex.headers, priority, model)
+                    lease = await acquire(pool, ex.request_id, eligible, band=band, key=key)
             except asyncio.CancelledError:
                 logger.debug("request %s left while waiting in pool %s", ex.request_id, pool.name)
                 raise

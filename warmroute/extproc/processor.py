@@ -31,6 +31,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
 from warmroute.extproc import models_api, responses
+from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import (
     MAX_MODEL_LEN,
     MODELS_PATH,
@@ -42,7 +43,6 @@ from warmroute.extproc.request_model import (
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Lease, Pool, Registry
-from warmroute.state.priority import MAX_KEY_LEN, PrioritySpec
 from warmroute.xds.resources import BODY_NAMESPACE, POOL_METADATA_KEY
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if priority is None:
                     lease = await acquire(pool, request_id)
                 else:
-                    band, key = _rank(request.request_headers, priority, model)
+                    band, key = rank(request.request_headers, priority, model)
                     lease = await acquire(pool, request_id, band=band, key=key)
                 waited = time.perf_counter() - wait_start
             else:
@@ -213,23 +213,6 @@ def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str 
             if path == MODELS_PATH or path.startswith(_MODELS_PREFIX):
                 models_path = path
     return request_id, model, models_path
-
-
-def _rank(headers: ep.HttpHeaders, priority: PrioritySpec, model: str) -> tuple[int, str]:
-    """(band, fairness key) of a request that has to wait in a pool with bands.
-
-    Read only then: requests that lease at once, or pools without bands, never pay for
-    it. The headers only order the queue; they never choose a replica.
-    """
-    named: str | None = None
-    key = ""
-    band_header, key_header = priority.header, priority.fairness_header
-    for h in headers.headers.headers:
-        if h.key == band_header:
-            named = _value(h)
-        elif h.key == key_header:
-            key = _value(h)[:MAX_KEY_LEN]
-    return priority.choose(named, model), key
 
 
 def _check_body_in_pool(body: BodyModel, pool: Pool) -> str:
