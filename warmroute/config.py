@@ -194,6 +194,11 @@ class RoutingConfig(_Model):
 class QueueConfig(_Model):
     max_waiting: int = Field(default=1000, ge=0, le=1_000_000)
     timeout_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    # Answer 503 + Retry-After at once, instead of queueing, a request whose predicted
+    # wait (learned service time, slots there are or are coming) and the pool's cold start
+    # both exceed its queue timeout: it would only time out. See README "Wait for a warm
+    # replica or start a cold one".
+    reject_when_unmeetable: bool = False
 
 
 HeaderName = Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=128)]
@@ -362,6 +367,13 @@ class AutoscaleConfig(_Model):
     scale_up_interval_seconds: float = Field(default=0.0, ge=0, le=3600)
     # A pool with no request for this long scales down to min_replicas.
     idle_seconds: float = Field(default=300.0, gt=0, le=7 * 86_400)
+    # every_wait: one replica per waiter not covered by capacity on its way. predictive:
+    # start one only when it would serve the last waiter sooner than the warm ones
+    # (learned service time vs cold start) or the wait exceeds the queue timeout. Opt-in:
+    # it trusts cold_start_seconds until a cold start is measured, so set that first.
+    mode: Literal["every_wait", "predictive"] = "every_wait"
+    # A replica's cold start (LOADING to WARM) until one is measured in this pool.
+    cold_start_seconds: float = Field(default=30.0, gt=0, le=86_400, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscaleConfig:

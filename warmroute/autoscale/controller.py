@@ -1,7 +1,9 @@
 """Runs the scaling decision when demand appears (pushed by ext_proc), not on a poll.
 
 ``poke(pool)`` is called on the request path when a request has to wait; the controller
-wakes at once, decides, and asks the ``Scaler``. A slow tick (``tick_seconds``) only ends
+wakes at once, decides (``autoscale.mode``: ``predictive`` weighs the predicted wait on
+warm replicas against a cold start, ``every_wait`` covers every waiter; see
+``warmroute.state.forecast``), and asks the ``Scaler``. A slow tick (``tick_seconds``) only ends
 idle periods. Scale-ups per pool are rate-limited by ``scale_up_interval_seconds``.
 
 Decisions run one at a time: pokes that arrive while the ``Scaler`` is being asked are
@@ -19,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
-from warmroute.autoscale.policy import Demand, decide
+from warmroute.autoscale.policy import Demand, decide, decide_predictive
 from warmroute.config import Config, PoolConfig
 from warmroute.state import Phase, PoolLoad, Registry
+from warmroute.state.forecast import Decision
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +117,7 @@ class Autoscaler:
         if target is None:
             target = self._targets[cfg.name] = await self._scaler.get_replicas(cfg)
         demand = _demand(load, target, cfg.slots, now - self._last_active.get(cfg.name, now))
-        new = decide(demand, cfg.autoscale)
+        new, choice = self._decide(cfg, demand, now)
         if new is None or new == target:
             return
         if new > target:
@@ -120,6 +125,8 @@ class Autoscaler:
                 return
             self._last_up[cfg.name] = now
             reason = f"{demand.waiting} waiting, {demand.loading_slots} slots loading"
+            if choice is not None and cfg.autoscale.mode == "predictive":
+                reason = choice.reason
         else:
             reason = f"idle for {demand.idle_for:.0f}s"
             # Before the platform picks what to delete: idle servers first, then the least
@@ -130,6 +137,40 @@ class Autoscaler:
         logger.info("pool %s scaled %d -> %d replicas (%s)", cfg.name, target, new, reason)
         if self._on_scale is not None:
             self._on_scale(cfg.name, target, new, reason)
+
+    def _decide(
+        self, cfg: PoolConfig, demand: Demand, now: float
+    ) -> tuple[int | None, Decision | None]:
+        """The new target and, while requests wait, the decision behind it, which is
+        logged at DEBUG and kept on the pool's forecast for ``/state``."""
+        scale = cfg.autoscale
+        assert scale is not None
+        pool = self._registry.pools.get(cfg.name)
+        if demand.waiting <= 0 or pool is None:
+            return decide(demand, scale), None
+        asked = max(0, demand.target - demand.known) * demand.slots_per_replica
+        supply = pool.supply(scale.cold_start_seconds, asked_slots=asked)
+        if scale.mode == "predictive":
+            new, choice = decide_predictive(demand, supply, scale, cfg.queue.timeout_seconds)
+        else:
+            new = decide(demand, scale)
+            up = 0 if new is None else max(0, new - demand.target)
+            choice = Decision(
+                up,
+                f"every_wait: {demand.waiting} waiting, {demand.loading_slots} slots loading, "
+                f"{max(0, demand.target - demand.known)} replicas asked for and not seen",
+                math.inf,
+                supply.cold_start,
+            )
+        if choice is not None:
+            choice = replace(choice, at=now)
+            # The autoscaler writes nothing else in the core: this is a note for /state.
+            pool.forecast.record(choice)
+            logger.debug(
+                "pool %s: %s waiting, target %d, scale up %d: %s",
+                cfg.name, demand.waiting, demand.target, choice.scale_up, choice.reason,
+            )  # fmt: skip
+        return new, choice
 
 
 def _demand(load: PoolLoad, target: int, slots_per_replica: int, idle_for: float) -> Demand:

@@ -1,4 +1,9 @@
-"""The scaling decision: a pure function of one pool's demand and its bounds."""
+"""The scaling decision: a pure function of one pool's demand and its bounds.
+
+Two ways to scale up (``autoscale.mode``): ``every_wait`` (``decide``) asks one replica
+per waiter that capacity on its way does not cover; ``predictive``
+(``decide_predictive``) weighs the predicted wait on warm replicas against a cold start.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import math
 from dataclasses import dataclass
 
 from warmroute.config import AutoscaleConfig
+from warmroute.state import forecast
+from warmroute.state.forecast import Decision, Supply
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +47,24 @@ def decide(d: Demand, cfg: AutoscaleConfig) -> int | None:
     if d.in_flight == 0 and d.idle_for >= cfg.idle_seconds and d.target > cfg.min_replicas:
         return cfg.min_replicas
     return None
+
+
+def decide_predictive(
+    d: Demand, supply: Supply, cfg: AutoscaleConfig, queue_timeout: float
+) -> tuple[int | None, Decision | None]:
+    """``mode: predictive``: the new target (None to leave it) and, when requests wait,
+    the wait-or-start decision behind it (``warmroute.state.forecast.decide``).
+
+    Bounds and scaling down are ``decide``'s; only the scale-up differs: a replica is
+    started when it would serve the last waiter sooner than the slots there are or are
+    coming, or when that waiter would otherwise time out; not for every uncovered waiter.
+    """
+    if d.target < cfg.min_replicas or d.waiting <= 0:
+        return decide(d, cfg), None
+    choice = forecast.decide(
+        supply,
+        queue_timeout=queue_timeout,
+        slots_per_replica=d.slots_per_replica,
+        room=max(0, cfg.max_replicas - d.target),
+    )
+    return (d.target + choice.scale_up if choice.scale_up > 0 else None), choice

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from warmroute.errors import QueueFull
+from warmroute.state.forecast import Forecast, Supply, wait_on_slots
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import Policy, least_loaded
 from warmroute.state.priority import PrioritySpec
@@ -128,6 +129,8 @@ class Pool:
         self._queue_priority = spec.priority  # the bands ``queue`` was built for
         self.counters = PoolCounters()
         self._dispatching = False
+        # Learned service and cold-start times (fed by _end and upsert), last decision.
+        self.forecast = Forecast()
 
     @property
     def name(self) -> str:
@@ -323,7 +326,9 @@ class Pool:
         del replica.leases[lease.id]
         replica.in_flight -= 1
         replica.capacity.leased -= 1
-        replica.last_used = self._clock()
+        replica.last_used = now = self._clock()
+        if reason is EndReason.FINISHED:
+            self.forecast.service.observe(now - lease.acquired_at)
         c = self.counters
         c.released += 1
         c.ended[reason.value] = c.ended.get(reason.value, 0) + 1
@@ -472,6 +477,9 @@ class Pool:
         the one it moved from) still has leases on it, they count against its slots here.
         """
         replica = self.replicas.get(address)
+        self.forecast.cold.transition(
+            address, None if replica is None else replica.phase, phase, self._clock()
+        )
         if replica is None:
             capacity = self._capacities.get(address)
             if capacity is None:
@@ -584,6 +592,44 @@ class Pool:
                 for r in self.replicas.values()
             ),
         )
+
+    def supply(self, cold_prior: float, *, asked_slots: int = 0) -> Supply:
+        """This pool's slots as ``forecast.decide`` sees them, now.
+
+        Warm replicas: a free slot is free now; this pool's leases free after the learned
+        mean service minus their age; other pools' leases and external load after one
+        mean service. Loading replicas: their slots free when the cold start estimate
+        (``cold_prior`` until one is measured) is over. ``asked`` replicas requested of
+        the platform but not discovered yet add ``slots`` each, a whole cold start away.
+        """
+        now = self._clock()
+        stats = self.forecast.service
+        service = stats.mean if stats.count else None
+        mean = service or 0.0
+        cold = self.forecast.cold.estimate(cold_prior)
+        free_in: list[float] = []
+        for r in self.replicas.values():
+            if r.phase is _WARM:
+                n = min(r.slots, r.capacity.slots)
+                own = [max(0.0, mean - (now - lease.acquired_at)) for lease in r.leases.values()]
+                others = max(0, r.busy - len(own))
+                times = [0.0] * max(0, n - r.busy) + own + [mean] * others
+                free_in.extend(times[:n])
+            elif r.phase is Phase.LOADING:
+                loading = self.forecast.cold.loading_for(r.address, now) or 0.0
+                free_in.extend([max(0.0, cold - loading)] * r.slots)
+        free_in.extend([cold] * max(0, asked_slots))
+        return Supply(len(self.queue), tuple(free_in), service, cold)
+
+    def predicted_wait(self, cold_prior: float, position: int | None = None) -> float | None:
+        """Seconds a request at ``position`` (default: one arriving now, behind the whole
+        queue) is predicted to wait for a slot there is or is coming; ``inf`` with none;
+        None before any request finished (no service time learned: no prediction)."""
+        supply = self.supply(cold_prior)
+        if supply.service is None:
+            return None
+        at = len(self.queue) + 1 if position is None else position
+        return wait_on_slots(supply.slot_free_in, at, supply.service)
 
     def active_leases(self) -> list[Lease]:
         """This pool's active leases (from its replicas' indexes: a replica with a lease

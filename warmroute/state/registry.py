@@ -187,6 +187,7 @@ class Registry:
                     rejected_queue_full=c.rejected_queue_full,
                     waits_timed_out=c.waits_timed_out,
                     waits_cancelled=c.waits_cancelled,
+                    forecast=pool.forecast.view(),
                 )
             )
         return RegistryView(pools=tuple(pools), leases=len(self.leases))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from warmroute.state.forecast import ForecastView
 from warmroute.state.replica import Phase
 
 
@@ -43,6 +44,8 @@ class PoolView:
     rejected_queue_full: int
     waits_timed_out: int
     waits_cancelled: int
+    # Learned service and cold-start times, and the last wait-or-scale decision.
+    forecast: ForecastView | None = None
 
     @property
     def in_flight(self) -> int:
