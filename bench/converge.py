@@ -551,6 +551,10 @@ def write_report(data: Mapping[str, Any], out_dir: Path) -> Path:
         "",
         "## Runs",
         "",
+        "Each label is one source tree, e.g. `git worktree add /tmp/wr-before eefb576` then "
+        "`python bench/run.py converge --label before --warmroute-src /tmp/wr-before`; a run "
+        "replaces only its own label's results in `converge.json`.",
+        "",
         report.table(
             ["label", "source tree", "commit", "date", "rounds", "load avg at end", "command"],
             [
