@@ -4,6 +4,7 @@
     python bench/run.py overhead [--quick] [--seed N]
     python bench/run.py dispatch [--quick] [--seed N]
     python bench/run.py coldstart [--quick] [--seed N]
+    python bench/run.py predictive [--quick] [--seed N]
     python bench/run.py config   [--quick]
     python bench/run.py body     [--quick] [--seed N]
     python bench/run.py converge [--quick] [--label before|after] [--warmroute-src PATH]
@@ -23,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SCENARIOS = ("quality", "overhead", "dispatch", "coldstart", "config", "body", "converge")
+SCENARIOS = (
+    "quality", "overhead", "dispatch", "coldstart", "predictive", "config", "body", "converge",
+)  # fmt: skip
 # Scenarios that live outside bench/scenarios/.
 MODULES = {"converge": "bench.converge"}
 
@@ -57,6 +60,7 @@ NEEDS = {
     "overhead": ("wrk",),
     "dispatch": ("celery", "redis-server"),
     "coldstart": (),
+    "predictive": (),
     "config": (),
     "body": (),
     "converge": (),

@@ -21,6 +21,8 @@ def render(state: dict[str, Any]) -> str:
             f"(waited {pool['granted_after_wait']})  timed out {pool['waits_timed_out']}  "
             f"queue full {pool['rejected_queue_full']}  expired {pool['expired']}"
         )
+        if learned := _forecast(pool.get("forecast")):
+            lines.append(f"  {learned}")
         lines.append(f"  {'REPLICA':<24}{'PHASE':<10}{'SLOTS':<14}{'LEASED':>8}")
         for r in replicas:
             # '#' this pool's leases, '+' another pool's on the same server (a moved replica).
@@ -36,3 +38,22 @@ def render(state: dict[str, Any]) -> str:
             lines.append("  (no replicas)")
     lines.append(f"leases in flight: {state['leases']}")
     return "\n".join(lines)
+
+
+def _forecast(f: dict[str, Any] | None) -> str:
+    """What the pool learned (service, cold start) and its last wait-or-scale decision;
+    empty before anything was measured (and from servers that send no forecast)."""
+    if not f:
+        return ""
+    parts = []
+    if f.get("service_mean") is not None:
+        p90 = f.get("service_p90") or 0.0
+        parts.append(
+            f"service mean {f['service_mean'] * 1e3:.0f} ms p90 {p90 * 1e3:.0f} ms "
+            f"({f.get('service_samples', 0)} requests)"
+        )
+    if f.get("cold_start") is not None:
+        parts.append(f"cold start {f['cold_start']:.1f} s ({f.get('cold_starts', 0)} measured)")
+    if f.get("last_reason"):
+        parts.append(f"last decision: +{f.get('last_scale_up', 0)} ({f['last_reason']})")
+    return "learned: " + "; ".join(parts) if parts else ""

@@ -248,3 +248,29 @@ def test_no_prediction_before_a_request_finished() -> None:
     pool = make_pool(FakeClock())
     pool.upsert(A, 1, Phase.WARM)
     assert pool.predicted_wait(5.0) is None
+
+
+def test_state_and_its_text_show_what_the_pool_learned() -> None:
+    from warmroute.state import Registry
+    from warmroute.state.forecast import Decision
+    from warmroute.view import render
+
+    clock = FakeClock()
+    registry = Registry(clock=clock)
+    registry.configure([PoolSpec("p", ("m",))])
+    pool = registry.pools["p"]
+    assert "learned" not in render(registry.view().to_json())  # nothing measured yet
+    pool.upsert(A, 1, Phase.LOADING)
+    clock.now = 4.0
+    pool.upsert(A, 1, Phase.WARM)
+    lease = pool.try_acquire("r")
+    assert lease is not None
+    clock.now = 4.5
+    lease.release()
+    pool.forecast.record(Decision(2, "start cold: because", 9.0, 4.0, at=4.5))
+    doc = registry.view().to_json()["pools"][0]["forecast"]
+    assert doc["service_mean"] == 0.5 and doc["cold_start"] == 4.0
+    assert doc["last_scale_up"] == 2 and doc["last_reason"] == "start cold: because"
+    text = render(registry.view().to_json())
+    assert "service mean 500 ms" in text and "cold start 4.0 s" in text
+    assert "last decision: +2 (start cold: because)" in text
