@@ -22,7 +22,7 @@ from tests.unit.test_state_pool import Env, Requester, make_env, state_of
 from warmroute.errors import QueueFull
 from warmroute.state import Lease, Phase, PoolSpec, ReplicaUpsert, Waiter, WaitState
 from warmroute.state.priority import BandSpec, PrioritySpec
-from warmroute.state.waiters import WaitQueue
+from warmroute.state.waiters import RankedWaiter, WaitQueue
 
 INTERACTIVE, BATCH = 0, 1
 
@@ -66,7 +66,7 @@ class Log:
             self.granted.append(request_id)
             return requester.on_grant(lease)
 
-        return env.pool().enqueue(
+        return env.pool().enqueue_ranked(
             request_id,
             on_grant,
             on_timeout=requester.on_timeout,
@@ -305,6 +305,15 @@ def test_without_priority_band_and_key_are_ignored_and_the_queue_stays_one_fifo(
     assert drain(env, log) == ["1", "2"]
 
 
+def test_plain_enqueue_in_a_pool_with_bands_waits_in_the_default_band() -> None:
+    env, log = busy_env(ranked("interactive", "batch", max_waiting=1)), Log()
+    plain = env.pool().enqueue("plain", Requester().on_grant)
+    assert env.pool().queue.band_len(BATCH) == 1
+    log.wait(env, "i", "interactive")
+    assert state_of(plain) is WaitState.DISPLACED  # no on_displaced: nobody to tell
+    assert [w.request_id for w in env.pool().queue] == ["i"]
+
+
 def test_the_default_lane_stays_the_plain_fifo() -> None:
     # The default band's requests without a key take the hot path: no lane bookkeeping.
     env, log = busy_env(ranked("interactive", "batch")), Log()
@@ -336,8 +345,9 @@ def test_wait_queue_serves_bands_then_turns_then_arrival() -> None:
     grant: Callable[[Lease], bool] = lambda lease: True  # noqa: E731
 
     def w(name: str, lane: tuple[int, str] | None, *eligible: str) -> Waiter:
-        waiter = Waiter(name, 0, 1, grant, None, frozenset(eligible) if eligible else None, lane)
-        q.push(waiter)
+        subset = frozenset(eligible) if eligible else None
+        waiter = RankedWaiter(name, 0, 1, grant, None, subset, lane)
+        q.push_ranked(waiter)
         return waiter
 
     plain = w("plain", None)
@@ -473,7 +483,7 @@ class PriorityMachine(RuleBasedStateMachine):
             victim = max((w for w in lower if self._band_key(w)[0] == lowest), key=lambda w: w.seq)
         box: list[Waiter] = []
         try:
-            waiter = pool.enqueue(
+            waiter = pool.enqueue_ranked(
                 request_id,
                 self._on_grant(box, alive),
                 eligible=eligible,

@@ -47,16 +47,17 @@ async def acquire(
         if not fut.done():
             fut.set_exception(_timeout(pool, waiter.deadline - waiter.enqueued_at))
 
-    def on_displaced() -> None:
-        if not fut.done():
-            fut.set_exception(
-                Displaced(f"a higher-priority request took this one's place in {pool.name!r}")
-            )
-
     if band is not None or key:
-        waiter = pool.enqueue(
-            request_id, on_grant, on_timeout=on_timeout, eligible=eligible, band=band, key=key,
-            on_displaced=on_displaced,
+
+        def on_displaced() -> None:
+            if not fut.done():
+                fut.set_exception(
+                    Displaced(f"a higher-priority request took this one's place in {pool.name!r}")
+                )
+
+        waiter = pool.enqueue_ranked(
+            request_id, on_grant, band=band, key=key, on_displaced=on_displaced,
+            on_timeout=on_timeout, eligible=eligible,
         )  # fmt: skip
     elif eligible is None:
         waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout)

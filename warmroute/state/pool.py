@@ -50,7 +50,7 @@ from warmroute.state.policy import Policy, least_loaded
 from warmroute.state.priority import PrioritySpec
 from warmroute.state.replica import Capacity, Phase, Replica
 from warmroute.state.snapshot import PoolLoad, ReplicaLoad
-from warmroute.state.waiters import GrantCallback, Waiter, WaitQueue, WaitState
+from warmroute.state.waiters import GrantCallback, RankedWaiter, Waiter, WaitQueue, WaitState
 
 _WARM = Phase.WARM
 _MAY_SERVE = frozenset((Phase.WARM, Phase.LOADING))
@@ -166,9 +166,6 @@ class Pool:
         timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
         eligible: frozenset[str] | None = None,
-        band: int | str | None = None,
-        key: str = "",
-        on_displaced: Callable[[], None] | None = None,
     ) -> Waiter:
         """Queue a request for the next free slot (of a replica in ``eligible``, if given).
 
@@ -177,18 +174,13 @@ class Pool:
         their eligible sets. The waiter stays queued even if nothing in ``eligible`` can
         serve it (check ``can_ever_serve`` first); it then times out like any other.
 
-        With a ``priority`` spec, the request waits in ``band`` (index or name; None or an
-        unknown name: the default band) and in ``key``'s lane of it, for at most the
-        band's timeout. Raises QueueFull when its band is at its bound, or when the pool
-        is and no lower band has a waiter; otherwise a full pool first displaces the
-        newest waiter of the lowest band below, whose ``on_displaced`` is called. Without
-        a priority spec ``band`` and ``key`` are ignored.
+        In a pool with priority bands, the request waits in the default band (see
+        ``enqueue_ranked``).
         """
         if self.spec.priority is not None:
-            return self._enqueue_ranked(
-                self.spec.priority, request_id, on_grant, timeout, on_timeout, eligible,
-                band, key, on_displaced,
-            )  # fmt: skip
+            return self.enqueue_ranked(
+                request_id, on_grant, timeout=timeout, on_timeout=on_timeout, eligible=eligible
+            )
         if len(self.queue) >= self.spec.max_waiting:
             self.counters.rejected_queue_full += 1
             raise QueueFull(f"pool {self.name!r} has {len(self.queue)} requests waiting")
@@ -200,18 +192,34 @@ class Pool:
         self._dispatch()
         return waiter
 
-    def _enqueue_ranked(
+    def enqueue_ranked(
         self,
-        priority: PrioritySpec,
         request_id: str,
         on_grant: GrantCallback,
-        timeout: float | None,
-        on_timeout: Callable[[], None] | None,
-        eligible: frozenset[str] | None,
-        band: int | str | None,
-        key: str,
-        on_displaced: Callable[[], None] | None,
+        *,
+        band: int | str | None = None,
+        key: str = "",
+        on_displaced: Callable[[], None] | None = None,
+        timeout: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
+        eligible: frozenset[str] | None = None,
     ) -> Waiter:
+        """``enqueue`` in a pool with priority bands: the request waits in ``band`` (index
+        or name; None or an unknown name: the default band) and in ``key``'s lane of it,
+        for at most the band's timeout.
+
+        Raises QueueFull when its band is at its bound, or when the pool is and no lower
+        band has a waiter; otherwise a full pool first displaces the newest waiter of the
+        lowest band below, whose ``on_displaced`` is called (synchronously; it must not
+        call back into the pool). In a pool without bands this is ``enqueue``: ``band``,
+        ``key`` and ``on_displaced`` are ignored. A separate method so that ``enqueue``,
+        the hot path, takes no more keyword arguments than it always did.
+        """
+        priority = self.spec.priority
+        if priority is None:
+            return self.enqueue(
+                request_id, on_grant, timeout=timeout, on_timeout=on_timeout, eligible=eligible
+            )
         queue = self._ranked_queue(priority)
         index = priority.index(band)
         spec = priority.bands[index]
@@ -229,10 +237,10 @@ class Pool:
         now = self._clock()
         wait = spec.queue_timeout if timeout is None else timeout
         lane = None if index == priority.default and not key else (index, key)
-        waiter = Waiter(
+        waiter = RankedWaiter(
             request_id, now, now + wait, on_grant, on_timeout, eligible, lane, on_displaced
         )
-        queue.push(waiter)
+        queue.push_ranked(waiter)
         self._dispatch()
         return waiter
 
@@ -248,7 +256,8 @@ class Pool:
         """The queue, rebuilt first if the pool's bands changed since it was built.
 
         Waiters keep their arrival order and fairness key; each moves to the band of the
-        same name, or to the default band if there is none any more.
+        same name, or to the default band if there is none any more (as does a waiter
+        queued while the pool had no bands).
         """
         old = self._queue_priority
         if old is not None and old.names == priority.names and old.default == priority.default:
@@ -258,10 +267,11 @@ class Pool:
             name = None
             if old is not None:
                 name = old.bands[old.default if w.lane is None else w.lane[0]].name
-            index = priority.index(name)
-            key = "" if w.lane is None else w.lane[1]
-            w.lane = None if index == priority.default and not key else (index, key)
-            queue.push(w)
+            if isinstance(w, RankedWaiter):
+                index = priority.index(name)
+                key = "" if w.lane is None else w.lane[1]
+                w.lane = None if index == priority.default and not key else (index, key)
+            queue.push_ranked(w)
         self.queue, self._queue_priority = queue, priority
         return queue
 

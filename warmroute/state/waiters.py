@@ -54,23 +54,56 @@ class Waiter:
     """One request waiting in a pool's queue. Leaves WAITING exactly once.
 
     ``eligible`` is the set of replica addresses it may be served by (None: any);
-    ``lane`` is its (band, fairness key), None for the default band with no key;
-    ``seq`` is its place in its pool's arrival order, set when it is queued.
+    ``lane`` is its (band, fairness key), None for the default band with no key (always,
+    for a plain ``Waiter``: see ``RankedWaiter``); ``seq`` is its place in its pool's
+    arrival order, set when it is queued.
     """
 
     __slots__ = (
         "deadline",
         "eligible",
         "enqueued_at",
-        "lane",
         "lease",
-        "on_displaced",
         "on_grant",
         "on_timeout",
         "request_id",
         "seq",
         "state",
     )
+
+    # Class-level for the plain waiter, so the hot path builds it exactly as before.
+    lane: LaneId | None = None
+    on_displaced: Callable[[], None] | None = None
+
+    def __init__(
+        self,
+        request_id: str,
+        enqueued_at: float,
+        deadline: float,
+        on_grant: GrantCallback,
+        on_timeout: Callable[[], None] | None = None,
+        eligible: frozenset[str] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.on_grant = on_grant
+        self.on_timeout = on_timeout
+        self.eligible = eligible
+        self.seq = 0
+        self.state = WaitState.WAITING
+        self.lease: Lease | None = None
+
+    def __repr__(self) -> str:
+        subset = "" if self.eligible is None else f" subset={sorted(self.eligible)}"
+        lane = "" if self.lane is None else f" band={self.lane[0]} key={self.lane[1]!r}"
+        return f"Waiter(req={self.request_id} {self.state.value}{lane}{subset})"
+
+
+class RankedWaiter(Waiter):
+    """A waiter in a pool with priority bands: it has a lane, and may be displaced."""
+
+    __slots__ = ("lane", "on_displaced")
 
     def __init__(
         self,
@@ -83,22 +116,9 @@ class Waiter:
         lane: LaneId | None = None,
         on_displaced: Callable[[], None] | None = None,
     ) -> None:
-        self.request_id = request_id
-        self.enqueued_at = enqueued_at
-        self.deadline = deadline
-        self.on_grant = on_grant
-        self.on_timeout = on_timeout
-        self.eligible = eligible
+        super().__init__(request_id, enqueued_at, deadline, on_grant, on_timeout, eligible)
         self.lane = lane
         self.on_displaced = on_displaced
-        self.seq = 0
-        self.state = WaitState.WAITING
-        self.lease: Lease | None = None
-
-    def __repr__(self) -> str:
-        subset = "" if self.eligible is None else f" subset={sorted(self.eligible)}"
-        lane = "" if self.lane is None else f" band={self.lane[0]} key={self.lane[1]!r}"
-        return f"Waiter(req={self.request_id} {self.state.value}{lane}{subset})"
 
 
 _Fifo = OrderedDict[Waiter, None]
@@ -191,17 +211,33 @@ class WaitQueue:
         return n + len(self.unrestricted) if band == self._default else n
 
     def push(self, waiter: Waiter) -> None:
+        """Queue a waiter of the default lane (any plain ``Waiter``): the hot path, which
+        never reads ``lane`` (a class attribute of a plain waiter: slow to read)."""
         waiter.seq = self._next_seq
         self._next_seq += 1
         eligible = waiter.eligible
-        if eligible is None and waiter.lane is None:
+        if eligible is None:
             self.unrestricted[waiter] = None
             if self.restricted:
                 self._join(self._default, self._default_lane)
             return
+        self._push_lane(waiter, self._default, "", eligible)
+
+    def push_ranked(self, waiter: Waiter) -> None:
+        """Queue a waiter in its lane (``waiter.lane``; None: the default lane)."""
+        if waiter.lane is None:
+            self.push(waiter)
+            return
+        waiter.seq = self._next_seq
+        self._next_seq += 1
+        band, key = waiter.lane
+        self._push_lane(waiter, band, key, waiter.eligible)
+
+    def _push_lane(
+        self, waiter: Waiter, band: int, key: str, eligible: frozenset[str] | None
+    ) -> None:
         if not self.restricted:
             self._resync_default()
-        band, key = (self._default, "") if waiter.lane is None else waiter.lane
         lane = self._lane_at(band, key)
         if lane is None:
             lane = self._default_lane if (band, key) == (self._default, "") else _Lane(key)
@@ -229,12 +265,13 @@ class WaitQueue:
     def remove(self, waiter: Waiter) -> bool:
         """Take ``waiter`` out (cancelled, timed out, displaced). False if it is not here."""
         eligible = waiter.eligible
-        if eligible is None and waiter.lane is None:
-            if self.unrestricted.pop(waiter, False) is not None:
+        if eligible is None:
+            if self.unrestricted.pop(waiter, False) is None:  # it was there
+                if self.restricted and not self._default_lane:
+                    self._rotations[self._default].pop("", None)
+                return True
+            if waiter.lane is None:
                 return False
-            if self.restricted and not self._default_lane:
-                self._rotations[self._default].pop("", None)
-            return True
         band, key = (self._default, "") if waiter.lane is None else waiter.lane
         lane = self._lane_at(band, key)
         if lane is None:
