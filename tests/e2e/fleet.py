@@ -150,9 +150,6 @@ class Fleet:
         except AssertionError as exc:
             raise AssertionError(f"{exc}: want {want}, have {last}") from None
 
-    def state_json(self) -> dict[str, Any]:
-        return self.plane.registry.view().to_json()
-
     async def admin_state(self) -> dict[str, Any]:
         state: dict[str, Any] = await get_json(self.plane.config.control.admin, "/state")
         return state
@@ -195,7 +192,8 @@ async def start_fleet(
         "control": {
             "grpc": f"127.0.0.1:{free_port()}",
             "admin": f"127.0.0.1:{free_port()}",
-            # Soak periods end on this tick: keep it well under the soak.
+            # Housekeeping (lease expiry, drained replicas leaving EDS) runs this often:
+            # short, so waits on its effects stay short.
             "expire_interval_seconds": 0.1,
         },
         "xds": {
