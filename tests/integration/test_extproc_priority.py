@@ -117,3 +117,53 @@ async def test_bands_order_the_queue_and_a_full_queue_displaces_batch(
         assert counted == 2
         for c in calls:
             c.call.cancel()
+
+
+async def test_each_band_times_out_on_its_own_timeout() -> None:
+    cfg = Config.model_validate(
+        {
+            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "pools": [
+                {
+                    "name": "p",
+                    "models": ["m"],
+                    "probe": None,
+                    "queue": {"max_waiting": 10, "timeout_seconds": 60},
+                    "replicas": ["10.0.0.1:8000"],
+                    "priority": {
+                        "bands": [
+                            {"name": "interactive", "timeout_seconds": 0.2},
+                            {"name": "batch"},
+                        ],
+                        "header": "x-priority",
+                    },
+                }
+            ],
+        }
+    )
+    plane = ControlPlane(cfg)
+    await plane.start()
+    try:
+        pool = plane.registry.pools["p"]
+        await wait_for(lambda: pool.replicas.get("10.0.0.1:8000") is not None, what="replica")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as ch:
+            stub = ep_grpc.ExternalProcessorStub(ch)
+            calls = [_Call(stub, "busy"), _Call(stub, "b"), _Call(stub, "i")]
+            calls[2].headers = {"x-priority": "interactive"}
+            await calls[0].start()
+            await calls[1].start()
+            await wait_for(lambda: len(pool.queue) == 1, what="batch queued")
+            await calls[2].start()
+            task = calls[2].answer
+            assert task is not None
+            imm = (await task).immediate_response
+            assert imm.status.code == 503
+            error = json.loads(imm.body)["error"]
+            assert error["code"] == "queue_timeout" and "0.2s" in error["message"]
+            # The batch request waits on: its band's timeout is the pool's 60 s.
+            assert [w.request_id for w in pool.queue] == ["b"]
+            assert calls[1].answer is not None and not calls[1].answer.done()
+            for c in calls:
+                c.call.cancel()
+    finally:
+        await plane.stop()
