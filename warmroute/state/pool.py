@@ -8,6 +8,11 @@ goes to the next waiter that can. The choice is greedy, not a maximum matching: 
 several replicas free at once, the oldest servable waiter takes the policy's pick within
 its set, even if that is the only one a younger waiter could have used.
 
+Priority (``PoolSpec.priority``): waiters are ordered by band first, then by turns among
+their band's fairness keys, then by age (``warmroute.state.waiters``); "oldest" below means
+"first in that order". A full queue makes room for a higher band by displacing the newest
+waiter of the lowest band below it. Without bands it is one FIFO, as above.
+
 Capacity is per address, not per pool (see ``warmroute.state.replica``): every pool's
 replica for one address shares a ``Capacity`` that counts the leases on it across all
 pools, retired pools included. So a replica moved from pool A to pool B while A's
@@ -31,7 +36,10 @@ Invariants (checked by tests/unit/test_state_properties.py after every step):
     no subsets and one pool this is the plain rule: no WARM replica has a free slot while
     anyone waits;
   * FIFO per replica: a slot goes to the oldest queued waiter that may use its replica,
-    and a new request never takes a slot a queued waiter may use.
+    and a new request never takes a slot a queued waiter may use. With bands (checked by
+    tests/unit/test_state_priority.py): never to a lower band while a higher band's waiter
+    may use it, and no fairness lane is served twice while another lane of its band waits
+    with a waiter any replica may serve.
 
 A waiter whose eligible replicas all disappear (removed, draining) while it waits is not
 failed early: it waits for one to come back and otherwise times out after its queue timeout
