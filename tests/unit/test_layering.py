@@ -32,6 +32,7 @@ def _units(names: str) -> frozenset[str]:
 LAYERS: dict[str, frozenset[str]] = {
     # -- the core and its vocabulary ---------------------------------------------------------
     "errors": _units(""),  # the error tree; each error has a code
+    "envoy_names": _units(""),  # metadata names Envoy and the request path agree on
     "state": _units("errors"),  # pure, synchronous, no I/O: pools, replicas, leases, waiters
     "config": _units("errors state"),  # the validated config; builds the core's PoolSpecs
     "children": _units(""),  # child-process plumbing (parent death, environment)
@@ -41,10 +42,10 @@ LAYERS: dict[str, frozenset[str]] = {
     # -- adapters: each sees the core, never the reverse -------------------------------------
     "k8s": _units("config"),  # Kubernetes API clients (watch, scale, lease): no discovery
     "discovery": _units("config k8s state"),  # replicas and phases in, typed events out
-    "xds": _units("config state"),  # Envoy resources, snapshots, ADS streams
+    "xds": _units("config envoy_names state"),  # Envoy resources, snapshots, ADS streams
     "metrics": _units("errors state xds"),  # a sink: adapters record, gauges read views
-    "extproc": _units("errors metrics state"),  # the request path; never the xDS server
-    "epp": _units("config errors extproc metrics state"),  # a second front end
+    "extproc": _units("envoy_names errors metrics state"),  # the request path; never the xDS server
+    "epp": _units("config envoy_names errors extproc metrics state"),  # a second front end
     "autoscale": _units("config state"),  # the Scaler protocol only; never a platform
     "sim": _units("children config discovery"),  # simulated replicas + their local scaler
     "admin": _units("metrics state"),  # /metrics and /state
@@ -63,13 +64,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "__main__": _units("cli"),
 }
 
-PENDING: dict[tuple[str, str], str] = {
-    ("extproc", "xds"): (
-        "the Envoy metadata names (namespaces, destination key, pool key) live in "
-        "xds/resources.py: move them to a neutral module both import, after the xds refactor"
-    ),
-    ("epp", "xds"): "the same metadata names, read by epp/messages.py",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 ALLOWED_PROJECT = ("warmroute.state", "warmroute.errors")
 FORBIDDEN_STDLIB = {"asyncio", "socket", "ssl", "subprocess", "threading", "http", "urllib"}

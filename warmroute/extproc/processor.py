@@ -29,6 +29,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from google.protobuf.struct_pb2 import Struct
 
+from warmroute.envoy_names import BODY_NAMESPACE, POOL_METADATA_KEY
 from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
 from warmroute.extproc import models_api, responses
 from warmroute.extproc.ranking import rank
@@ -43,7 +44,6 @@ from warmroute.extproc.request_model import (
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Lease, Pool, Registry
-from warmroute.xds.resources import BODY_NAMESPACE, POOL_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
