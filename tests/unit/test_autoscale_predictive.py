@@ -93,3 +93,17 @@ async def test_loading_replicas_count_as_coming_capacity() -> None:
     env.wait(4)  # two warm + two loading slots (free in 3 s): the 4th starts at 1 s
     await env.autoscaler.step()
     assert env.scaler.sets() == []
+
+
+def test_config_fields_and_their_validation() -> None:
+    from pydantic import ValidationError
+
+    from warmroute.config import AutoscaleConfig, QueueConfig
+
+    default = AutoscaleConfig()
+    assert default.mode == "every_wait" and default.cold_start_seconds == 30.0
+    assert QueueConfig().reject_when_unmeetable is False
+    assert AutoscaleConfig(mode="predictive", cold_start_seconds=90).mode == "predictive"
+    for bad in ({"mode": "sometimes"}, {"cold_start_seconds": 0}, {"cold_start_seconds": "inf"}):
+        with pytest.raises(ValidationError):
+            AutoscaleConfig.model_validate(bad)
