@@ -151,6 +151,8 @@ async def test_each_band_times_out_on_its_own_timeout() -> None:
             calls = [_Call(stub, "busy"), _Call(stub, "b"), _Call(stub, "i")]
             calls[2].headers = {"x-priority": "interactive"}
             await calls[0].start()
+            assert calls[0].answer is not None
+            assert (await calls[0].answer).HasField("dynamic_metadata")  # holds the slot
             await calls[1].start()
             await wait_for(lambda: len(pool.queue) == 1, what="batch queued")
             await calls[2].start()
