@@ -100,3 +100,39 @@ def test_admission_applies_only_to_pools_with_a_rule() -> None:
     Admission().check(pool)  # no rule: queue
     with pytest.raises(QueueTimeout):
         Admission({"p": Rule(None)}).check(pool)
+
+
+def test_rules_come_from_the_pools_that_ask_for_them() -> None:
+    from warmroute.config import Config
+    from warmroute.extproc.admission import rules_from
+
+    cfg = Config.model_validate(
+        {
+            "pools": [
+                {"name": "a", "models": ["a"], "queue": {"reject_when_unmeetable": True}},
+                {
+                    "name": "b", "models": ["b"], "queue": {"reject_when_unmeetable": True},
+                    "autoscale": {"max_replicas": 3, "cold_start_seconds": 45},
+                },
+                {"name": "c", "models": ["c"]},
+            ]
+        }
+    )  # fmt: skip
+    assert rules_from(cfg.pools) == {"a": Rule(None, None), "b": Rule(45.0, 3)}
+
+
+def test_admission_follows_the_current_config() -> None:
+    from warmroute.config import Config
+
+    def cfg(reject: bool) -> Config:
+        queue = {"reject_when_unmeetable": reject}
+        return Config.model_validate({"pools": [{"name": "p", "models": ["m"], "queue": queue}]})
+
+    current = [cfg(False)]
+    admission = Admission(pools=lambda: current[0].pools)
+    pool = busy_pool(3.0, 5)
+    admission.check(pool)  # not asked for: queue
+    current[0] = cfg(True)  # a reload
+    with pytest.raises(QueueTimeout):
+        admission.check(pool)
+    assert admission.explain(pool) == "5 ahead, predicted wait 18s"

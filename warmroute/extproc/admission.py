@@ -14,8 +14,9 @@ pool has no service time, so nothing is refused on a guess.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from warmroute.errors import QueueTimeout
 from warmroute.state import Phase, Pool
@@ -72,16 +73,80 @@ def _cold_start(pool: Pool, rule: Rule) -> float:
 
 class Admission:
     """The rules of the pools that refuse unmeetable requests (pool name -> ``Rule``);
-    a pool not listed always queues. Replace ``rules`` on a config reload."""
+    a pool not listed always queues.
 
-    def __init__(self, rules: Mapping[str, Rule] | None = None) -> None:
+    Either fixed ``rules``, or ``pools``: a callable returning the current config's pools
+    (``lambda: manager.config.pools``), whose rules are rebuilt when it returns a
+    different list (a config reload), so the wiring needs no reload hook.
+    """
+
+    def __init__(
+        self,
+        rules: Mapping[str, Rule] | None = None,
+        *,
+        pools: Callable[[], Sequence[PoolSettings]] | None = None,
+    ) -> None:
         self.rules: Mapping[str, Rule] = dict(rules or {})
+        self._pools = pools
+        self._seen: Sequence[PoolSettings] | None = None
+
+    def rule(self, pool: str) -> Rule | None:
+        if self._pools is not None:
+            current = self._pools()
+            if current is not self._seen:
+                self._seen, self.rules = current, rules_from(current)
+        return self.rules.get(pool)
 
     def check(self, pool: Pool, timeout: float | None = None) -> None:
         """Raise the early ``QueueTimeout`` for a request about to queue in ``pool``."""
-        rule = self.rules.get(pool.name)
+        rule = self.rule(pool.name)
         if rule is None:
             return
         rejected = early_reject(pool, rule, timeout)
         if rejected is not None:
             raise rejected
+
+    def explain(self, pool: Pool) -> str:
+        """Why a request about to queue waits, for its DEBUG line: how many are ahead of
+        it and its predicted wait."""
+        rule = self.rule(pool.name)
+        prior = math.inf if rule is None or rule.cold_start is None else rule.cold_start
+        wait = pool.predicted_wait(prior)
+        shown = "no service time learned yet" if wait is None else f"predicted wait {wait:.3g}s"
+        return f"{len(pool.queue)} ahead, {shown}"
+
+
+class _Autoscale(Protocol):
+    @property
+    def cold_start_seconds(self) -> float: ...
+    @property
+    def max_replicas(self) -> int: ...
+
+
+class _Queue(Protocol):
+    @property
+    def reject_when_unmeetable(self) -> bool: ...
+
+
+class PoolSettings(Protocol):
+    """What ``rules_from`` reads of a pool's config (``warmroute.config.PoolConfig``; the
+    request path does not import the config module)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def queue(self) -> _Queue: ...
+    @property
+    def autoscale(self) -> _Autoscale | None: ...
+
+
+def rules_from(pools: Iterable[PoolSettings]) -> dict[str, Rule]:
+    """The rules of the pools with ``queue.reject_when_unmeetable``, for ``Admission``."""
+    return {
+        p.name: Rule(
+            None if p.autoscale is None else p.autoscale.cold_start_seconds,
+            None if p.autoscale is None else p.autoscale.max_replicas,
+        )
+        for p in pools
+        if p.queue.reject_when_unmeetable
+    }
