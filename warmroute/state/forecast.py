@@ -14,7 +14,7 @@ events (no adapter reports them):
   image pull) is not in it: the prior should cover that if it matters.
 
 ``predict_wait`` and ``decide`` are pure functions of numbers, so the policy is tested
-without a pool; ``Pool.supply`` gathers the numbers from a pool. Nothing here reads a
+without a pool; ``Forecast.supply`` gathers the numbers from a pool's replicas. Nothing here reads a
 clock: every call takes ``now``.
 """
 
@@ -25,6 +25,8 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from warmroute.state.replica import Phase, Replica
 
 RING = 256  # measurements kept for quantiles (service) and the median (cold start)
 COLD_RING = 16
@@ -64,21 +66,19 @@ class ColdStarts:
         self._recent: deque[float] = deque(maxlen=COLD_RING)
         self.count = 0
 
-    def transition(self, address: str, old: object, new: object, now: float) -> None:
+    def transition(self, address: str, old: Phase | None, new: Phase, now: float) -> None:
         """A replica went from phase ``old`` (None: new to the pool) to ``new``.
 
-        Phases are compared by their value (``"loading"``, ``"warm"``) so this module
-        does not depend on ``replica``. Entering LOADING starts the clock (staying in it
-        does not restart it); LOADING -> WARM is one cold start; any other phase drops
-        it, so a replica that went away while loading is never counted.
+        Entering LOADING starts the clock (staying in it does not restart it); LOADING ->
+        WARM is one cold start; any other phase drops it, so a replica that went away
+        while loading is never counted.
         """
-        o, n = _value(old), _value(new)
-        if n == "loading":
-            if o != "loading" or address not in self._loading_since:
+        if new is Phase.LOADING:
+            if old is not Phase.LOADING or address not in self._loading_since:
                 self._loading_since[address] = now
             return
         started = self._loading_since.pop(address, None)
-        if n == "warm" and o == "loading" and started is not None:
+        if new is Phase.WARM and old is Phase.LOADING and started is not None:
             self._recent.append(max(0.0, now - started))
             self.count += 1
 
@@ -136,6 +136,41 @@ class Forecast:
 
     def record(self, decision: Decision) -> None:
         self.last = decision
+
+    def supply(
+        self,
+        replicas: Iterable[Replica],
+        waiting: int,
+        now: float,
+        cold_prior: float,
+        asked_slots: int = 0,
+    ) -> Supply:
+        """The slots of ``replicas`` (one pool's) as ``decide`` sees them at ``now``.
+
+        Warm replicas: a free slot is free now; the pool's leases free after the learned
+        mean service minus their age; other pools' leases and external load after one
+        mean service. Loading replicas: their slots free when the cold-start estimate
+        (``cold_prior`` until one is measured) is over. ``asked_slots``, the slots of
+        replicas requested of the platform but not discovered yet, are a whole cold start
+        away.
+        """
+        stats = self.service
+        service = stats.mean if stats.count else None
+        mean = service or 0.0
+        cold = self.cold.estimate(cold_prior)
+        free_in: list[float] = []
+        for r in replicas:
+            if r.phase is Phase.WARM:
+                n = min(r.slots, r.capacity.slots)
+                own = [max(0.0, mean - (now - lease.acquired_at)) for lease in r.leases.values()]
+                others = max(0, r.busy - len(own))
+                times = [0.0] * max(0, n - r.busy) + own + [mean] * others
+                free_in.extend(times[:n])
+            elif r.phase is Phase.LOADING:
+                loading = self.cold.loading_for(r.address, now) or 0.0
+                free_in.extend([max(0.0, cold - loading)] * r.slots)
+        free_in.extend([cold] * max(0, asked_slots))
+        return Supply(waiting, tuple(free_in), service, cold)
 
     def view(self) -> ForecastView:
         s, last = self.service, self.last
@@ -268,10 +303,6 @@ def decide(
 
 def _s(seconds: float) -> str:
     return "never (no slot)" if math.isinf(seconds) else f"{seconds:.3g}s"
-
-
-def _value(phase: object) -> object:
-    return getattr(phase, "value", phase)
 
 
 def _quantile(values: Iterable[float], q: float) -> float | None:

@@ -612,32 +612,10 @@ class Pool:
         )
 
     def supply(self, cold_prior: float, *, asked_slots: int = 0) -> Supply:
-        """This pool's slots as ``forecast.decide`` sees them, now.
-
-        Warm replicas: a free slot is free now; this pool's leases free after the learned
-        mean service minus their age; other pools' leases and external load after one
-        mean service. Loading replicas: their slots free when the cold start estimate
-        (``cold_prior`` until one is measured) is over. ``asked`` replicas requested of
-        the platform but not discovered yet add ``slots`` each, a whole cold start away.
-        """
-        now = self._clock()
-        stats = self.forecast.service
-        service = stats.mean if stats.count else None
-        mean = service or 0.0
-        cold = self.forecast.cold.estimate(cold_prior)
-        free_in: list[float] = []
-        for r in self.replicas.values():
-            if r.phase is _WARM:
-                n = min(r.slots, r.capacity.slots)
-                own = [max(0.0, mean - (now - lease.acquired_at)) for lease in r.leases.values()]
-                others = max(0, r.busy - len(own))
-                times = [0.0] * max(0, n - r.busy) + own + [mean] * others
-                free_in.extend(times[:n])
-            elif r.phase is Phase.LOADING:
-                loading = self.forecast.cold.loading_for(r.address, now) or 0.0
-                free_in.extend([max(0.0, cold - loading)] * r.slots)
-        free_in.extend([cold] * max(0, asked_slots))
-        return Supply(len(self.queue), tuple(free_in), service, cold)
+        """This pool's slots as ``forecast.decide`` sees them now (``Forecast.supply``)."""
+        return self.forecast.supply(
+            self.replicas.values(), len(self.queue), self._clock(), cold_prior, asked_slots
+        )
 
     def predicted_wait(self, cold_prior: float, position: int | None = None) -> float | None:
         """Seconds a request at ``position`` (default: one arriving now, behind the whole
