@@ -16,9 +16,11 @@ since endpoints reach every Envoy at once, whatever version it is on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from kubernetes import client as k8s
 
@@ -136,7 +138,9 @@ class ConfigManager:
         self.kube = (
             KubernetesSources(kube_factory(cfg), publisher.emit) if needs_kubernetes(cfg) else None
         )
-        self._configs: dict[str, Config] = {}  # snapshot label -> the config it came from
+        # Snapshot label -> the config it came from, and the removed pools it still keeps.
+        self._configs: dict[str, tuple[Config, tuple[PoolConfig, ...]]] = {}
+        self._unrouted: set[str] = set()  # kept pools no Envoy routes new requests to
         self._generation = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -154,9 +158,17 @@ class ConfigManager:
     async def _apply(self, cfg: Config, kept: Sequence[PoolConfig]) -> None:
         self.config = cfg
         self.kept = list(kept)
-        self._registry.configure(
-            [*cfg.specs(), *(p.spec(cfg.control.lease_grace_seconds) for p in kept)]
-        )
+        grace = cfg.control.lease_grace_seconds
+        # While Envoys on the old version still route to a kept pool, its requests find it
+        # by model (a body-routed request) or by name (the route's pool). Once none does
+        # (``_unrouted``), only by name: a new request for its model gets a clean 404.
+        retiring = [
+            dataclasses.replace(p.spec(grace), models=())
+            if p.name in self._unrouted
+            else p.spec(grace)
+            for p in kept
+        ]
+        self._registry.configure([*cfg.specs(), *retiring])
         self._metrics.declare(p.name for p in cfg.pools)
         self._rollout.policy = cfg.xds.rollout
         if self.kube is None and needs_kubernetes(cfg):
@@ -175,7 +187,7 @@ class ConfigManager:
     async def start(self) -> None:
         """Apply the first config and hand its snapshot to the rollout."""
         async with self._lock:
-            self._rollout.propose(self._snapshot(self.config))
+            self._rollout.propose(self._snapshot(self.config, ()))
             await self._apply(self.config, ())
 
     async def reload(self, cfg: Config) -> str:
@@ -187,19 +199,20 @@ class ConfigManager:
             problems = _restart_only(self.config, cfg, self.kube is not None)
             if problems:
                 raise ConfigError(self.source, problems)
-            # Envoys still on the old version may route to pools the new one drops: keep
-            # them, replicas and all, until the rollout settles (see _on_rollout_change).
+            # Envoys still on the old version may route to pools the new one drops, and
+            # requests they routed there may still wait: keep those pools, replicas and
+            # cluster, until the rollout settled and they drained (see _retire).
             names = {p.name for p in cfg.pools}
             kept = [p for p in [*self.config.pools, *self.kept] if p.name not in names]
             latest = self._rollout.candidate or self._rollout.stable
-            snapshot = self._snapshot(cfg)
+            snapshot = self._snapshot(cfg, kept)
             if latest is not None and _same_config(latest, snapshot):
                 # Endpoints only: nothing for a rollout to stage. The running version now
                 # stands for this config (a rollback or settle must not revert the move).
                 self._generation -= 1
                 del self._configs[snapshot.label]
-                self._configs[latest.label] = cfg
-                await self._apply(cfg, kept if self._rollout.candidate is not None else ())
+                self._configs[latest.label] = (cfg, tuple(kept))
+                await self._apply(cfg, kept)
                 self._metrics.config_reloads.labels("applied").inc()
                 logger.info("config from %s changes endpoints only: applied at once", self.source)
                 return latest.label
@@ -210,34 +223,64 @@ class ConfigManager:
 
     # -- the rollout's side ----------------------------------------------------------------
 
-    def _snapshot(self, cfg: Config) -> Snapshot:
+    def _snapshot(self, cfg: Config, kept: Sequence[PoolConfig]) -> Snapshot:
         self._generation += 1
         digest = hashlib.blake2b(cfg.model_dump_json().encode(), digest_size=4).hexdigest()
         label = f"v{self._generation}-{digest}"
-        self._configs[label] = cfg
-        return config_snapshot(cfg, label)
+        self._configs[label] = (cfg, tuple(kept))
+        return config_snapshot(cfg, label, kept)
+
+    def tick(self) -> None:
+        """Periodically (housekeeping): retire kept pools that drained since."""
+        if (
+            self.kept
+            and self._rollout.stage is Stage.STABLE
+            and not self._lock.locked()
+            and any(self._drained(p.name) for p in self.kept)
+        ):
+            self._spawn(self._settle(), "retire drained pools")
 
     def _on_rollout_change(self, rollout: Rollout) -> None:
         if rollout.stage in (Stage.STABLE, Stage.HALTED) and rollout.stable is not None:
-            task = asyncio.get_running_loop().create_task(self._settle(), name="config settle")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._settle(), "config settle")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _settle(self) -> None:
         """Every node is on one version (promoted, or rolled back after a NACK): every
-        component follows that version's config, and dropped pools are let go."""
+        component follows that version's config; kept pools that drained are retired."""
         async with self._lock:
             rollout = self._rollout
             stable = rollout.stable
             if rollout.stage not in (Stage.STABLE, Stage.HALTED) or stable is None:
                 return  # a newer rollout started meanwhile; it keeps what it needs
-            cfg = self._configs.get(stable.label)
-            if cfg is not None:
+            entry = self._configs.get(stable.label)
+            if entry is not None:
+                cfg, kept = entry
                 if cfg is not self.config:
                     logger.info("config %s: every component back on it", stable.label)
-                await self._apply(cfg, ())
+                await self._retire(cfg, kept)
             live = {s.label for s in (rollout.stable, rollout.candidate) if s is not None}
             self._configs = {k: v for k, v in self._configs.items() if k in live}
+
+    async def _retire(self, cfg: Config, kept: Sequence[PoolConfig]) -> None:
+        """No Envoy routes new requests to ``kept`` pools any more: the ones with nothing
+        waiting or running go (replicas, then their cluster, in a new version); the rest
+        stay until a later tick finds them drained."""
+        busy = [p for p in kept if not self._drained(p.name)]
+        self._unrouted = {p.name for p in busy}
+        await self._apply(cfg, busy)
+        if len(busy) < len(kept):
+            gone = sorted({p.name for p in kept} - {p.name for p in busy})
+            logger.info("removed pools %s drained: their clusters leave every Envoy", gone)
+            self._rollout.propose(self._snapshot(cfg, busy))
+
+    def _drained(self, pool: str) -> bool:
+        load = self._registry.load(pool)
+        return load is None or (load.waiting == 0 and load.in_flight == 0)
 
     async def close(self) -> None:
         for task in list(self._tasks):

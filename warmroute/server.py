@@ -214,6 +214,10 @@ class ControlPlane:
     def pool_discovery(self) -> InferencePoolDiscovery | None:
         return self.manager.kube.pools if self.manager.kube else None
 
+    def kept_pool_names(self) -> list[str]:
+        """Pools a reload removed that still serve requests Envoy routed to them."""
+        return [p.name for p in self.manager.kept]
+
     def _inference_pools(self) -> dict[str, dict[str, Any]]:
         kube = self.manager.kube
         return kube.pools.status() if kube is not None else {}
@@ -344,3 +348,5 @@ class ControlPlane:
             # timer; this tick is only a backstop.
             self.publisher.publish()
             self.rollout.tick()
+            # Pools a reload removed leave once their last request ended.
+            self.manager.tick()

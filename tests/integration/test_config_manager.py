@@ -7,6 +7,7 @@ against the test API server, a real file watcher.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from tests.helpers import free_port, wait_for
-from tests.integration.ads_client import SotwClient
+from tests.integration.ads_client import SotwClient, sotw_names
 from tests.kubeapi import KubeApiServer
 from warmroute.config import Config
 from warmroute.errors import ConfigError
@@ -25,7 +26,7 @@ from warmroute.server import ControlPlane
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import ServiceTime
 from warmroute.state import Phase
-from warmroute.xds.resources import ROUTE_CONFIG_NAME
+from warmroute.xds.resources import ROUTE_CONFIG_NAME, pool_cluster_name
 from warmroute.xds.snapshot import CLUSTER, LISTENER, ROUTE
 
 A, B = "127.0.0.1:1", "127.0.0.1:2"  # never contacted: probe off, no scrape
@@ -88,11 +89,16 @@ def _components(plane: ControlPlane) -> dict[str, object]:
     }
 
 
-async def _subscribe(envoy: SotwClient) -> None:
-    """Listeners, routes and clusters, each ACKed, as an Envoy does."""
+async def _subscribe(envoy: SotwClient) -> set[str]:
+    """Listeners, routes and clusters, each ACKed, as an Envoy does; returns the clusters."""
+    clusters: set[str] = set()
     for type_url, names in ((CLUSTER, []), (LISTENER, []), (ROUTE, [ROUTE_CONFIG_NAME])):
         await envoy.request(type_url, names)
-        await envoy.ack(await envoy.recv())
+        resp = await envoy.recv()
+        if type_url == CLUSTER:
+            clusters = sotw_names(resp)
+        await envoy.ack(resp)
+    return clusters
 
 
 async def test_rollback_after_a_nack_moves_every_component_back(plane: ControlPlane) -> None:
@@ -222,5 +228,61 @@ async def test_a_configmap_symlink_swap_is_noticed_and_a_touch_is_not(tmp_path: 
         version("..2026_12_02_c", second)
         await wait_for(lambda: plane.registry.pool_for_model("m2") is not None, what="swap seen")
         assert applied._value.get() == 1
+    finally:
+        await plane.stop()
+
+
+async def test_a_removed_pools_cluster_stays_until_its_last_request_ends() -> None:
+    """Envoy fixes a request's route (and so its cluster) when the request starts: a pool
+    removed while a request waits or runs keeps its cluster, without a route, until that
+    request ends; then a new version drops the cluster."""
+    doc = _doc()
+    doc["xds"]["rollout"]["soak_seconds"] = 0
+    doc["control"]["expire_interval_seconds"] = 0.05
+    doc["pools"] = [
+        {"name": "p", "models": ["m"], "probe": None, "replicas": [A]},
+        {"name": "gone", "models": ["g"], "probe": None, "replicas": [B]},
+    ]
+    plane = ControlPlane(Config.model_validate(doc))
+    await plane.start()
+    clusters: list[set[str]] = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as channel:
+            envoy = SotwClient(channel, "envoy-a")
+            clusters.append(await _subscribe(envoy))
+            await wait_for(lambda: plane.rollout.connected() == ["envoy-a"], what="connected")
+
+            async def follow() -> None:  # ACK every push, as Envoy does
+                while True:
+                    resp = await envoy.recv(timeout=60)
+                    if resp.type_url == CLUSTER:
+                        clusters.append(sotw_names(resp))
+                    await envoy.ack(resp)
+
+            follower = asyncio.create_task(follow())
+            gone = plane.registry.pools["gone"]
+            await wait_for(lambda: gone.try_acquire("req-1") is not None, what="warm")
+            (lease,) = gone.active_leases()
+
+            doc["pools"] = doc["pools"][:1]
+            label = await plane.reload(Config.model_validate(doc))
+            await wait_for(lambda: plane.rollout.status()["stable"] == label, what="promoted")
+            await wait_for(lambda: plane.registry.pool_for_model("g") is None, what="settled")
+            # Every node is on the new version, the request still runs: its cluster stays,
+            # its pool is found by name (Envoy's route) but no longer by model.
+            assert pool_cluster_name("gone") in clusters[-1]
+            assert plane.registry.pools["gone"] is gone
+            assert plane.registry.pool_for_model("g") is None
+            assert plane.kept_pool_names() == ["gone"]
+
+            gone.release(lease)
+            await wait_for(
+                lambda: bool(clusters) and pool_cluster_name("gone") not in clusters[-1],
+                what="the drained pool's cluster removed",
+            )
+            await wait_for(lambda: "gone" not in plane.registry.pools, what="pool dropped")
+            assert plane.kept_pool_names() == []
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
     finally:
         await plane.stop()

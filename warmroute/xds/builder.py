@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-from warmroute.config import Config
+from warmroute.config import Config, PoolConfig
 from warmroute.xds import resources
 from warmroute.xds.resources import Endpoint
 from warmroute.xds.snapshot import (
@@ -19,12 +19,17 @@ from warmroute.xds.snapshot import (
 )
 
 
-def config_snapshot(cfg: Config, label: str = "") -> Snapshot:
+def config_snapshot(cfg: Config, label: str = "", retiring: Sequence[PoolConfig] = ()) -> Snapshot:
     """Everything that changes at config pace. Pool clusters take endpoints over EDS; the
-    control cluster (ext_proc, access log, xDS itself) lives in the bootstrap."""
+    control cluster (ext_proc, access log, xDS itself) lives in the bootstrap.
+
+    ``retiring`` pools (removed from the config, requests still in flight) keep their
+    cluster but no route: a request Envoy routed to one before the route went still finds
+    its cluster when warmroute grants it a slot.
+    """
     clusters = [
         Resource.of(resources.pool_cluster_name(p.name), resources.pool_cluster(p))
-        for p in cfg.pools
+        for p in [*cfg.pools, *retiring]
     ]
     listener = resources.listener(cfg)  # routes over RDS
     route = resources.route_configuration(cfg)

@@ -259,7 +259,25 @@ def _local_replies(max_body_bytes: int) -> hcm_pb2.LocalReplyConfig:
             content_type="application/json",
         ),
     )
-    return hcm_pb2.LocalReplyConfig(mappers=[too_large])
+    # A request that matched a route before its pool was removed, and reached the router
+    # after the pool's cluster left Envoy (a rare race: warmroute keeps a removed pool's
+    # cluster until its requests drain): 404 in the JSON shape, not an empty 503.
+    removed = hcm_pb2.ResponseMapper(
+        filter=accesslog_pb2.AccessLogFilter(
+            response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=["NC"])
+        ),
+        status_code=wrappers_pb2.UInt32Value(value=404),
+        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(
+                inline_string=(
+                    '{"error": {"code": "unknown_model", "message": "the pool serving this '
+                    'model was removed from the config", "request_id": "%REQ(X-REQUEST-ID)%"}}\n'
+                )
+            ),
+            content_type="application/json",
+        ),
+    )
+    return hcm_pb2.LocalReplyConfig(mappers=[too_large, removed])
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
