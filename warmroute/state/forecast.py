@@ -290,12 +290,22 @@ def decide(
         if wait > cold
         else f"start cold: last waiter predicted {_s(wait)} > queue timeout {queue_timeout:g}s"
     )
-    add = 0
-    while add < room:
-        add += 1
-        slots.extend([cold] * slots_per_replica)
-        if wait_on_slots(slots, n, service) <= cold:
-            break
+    if room <= 0:
+        add = 0
+    else:
+        # The fewest replicas (within room) that bring the last waiter within a cold
+        # start; the wait only shrinks as replicas are added, so a binary search.
+        def enough(k: int) -> bool:
+            return wait_on_slots([*slots, *[cold] * (k * slots_per_replica)], n, service) <= cold
+
+        lo, hi = 1, room
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if enough(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        add = lo
     if add == 0:
         return Decision(0, f"{why}, but the pool is at its max ({facts})", wait, cold)
     return Decision(add, f"{why} ({facts})", wait, cold)
