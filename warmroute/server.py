@@ -34,6 +34,7 @@ from warmroute.discovery.static import StaticDiscovery
 from warmroute.epp import PickerService
 from warmroute.errors import ConfigError
 from warmroute.extproc.accesslog import AccessLogService
+from warmroute.extproc.admission import Admission
 from warmroute.extproc.processor import ExternalProcessor
 from warmroute.k8s.leader import LeaderElector
 from warmroute.k8s.scale import KubernetesScaler
@@ -170,6 +171,7 @@ class ControlPlane:
             epp=self.epp,
             source=str(self.config_path or "<config>"),
         )
+        self.processor.admission = Admission(pools=lambda: self.manager.config.pools)
         self.elector: LeaderElector | None = None
         if cfg.kubernetes.leader_election.enabled:
             kube = self.manager.kube

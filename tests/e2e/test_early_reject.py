@@ -9,21 +9,12 @@ and never queues. The second (predicted ~3 s) queues and is served.
 from __future__ import annotations
 
 import asyncio
-import inspect
-
-import pytest
 
 from tests.e2e.stack import MODEL, EnvoyFactory, PlaneFactory, client
 from tests.helpers import free_port, free_ports, wait_for
 from warmroute.config import Config
-from warmroute.extproc.processor import ExternalProcessor
 from warmroute.state import Phase
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
-
-pytestmark = pytest.mark.skipif(
-    "admission" not in inspect.getsource(ExternalProcessor),
-    reason="the ext_proc processor does not call extproc.admission yet",
-)
 
 
 async def test_a_request_that_could_only_time_out_is_refused_at_once(

@@ -32,6 +32,7 @@ from google.protobuf.struct_pb2 import Struct
 from warmroute.envoy_names import BODY_NAMESPACE, POOL_METADATA_KEY
 from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
 from warmroute.extproc import models_api, responses
+from warmroute.extproc.admission import Admission
 from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import (
     MAX_MODEL_LEN,
@@ -61,6 +62,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.serving = True
         # Called with the pool name when a request has to wait: demand for the autoscaler.
         self.on_queued: Callable[[str], None] | None = None
+        # Pools with queue.reject_when_unmeetable answer 503 at once (set by the wiring).
+        self.admission = Admission()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         # The reader/writer form (context.read/write; ``request_iterator`` is unused): no
@@ -120,6 +123,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             if lease is None:
                 if self.on_queued is not None:
                     self.on_queued(pool.name)
+                self.admission.check(pool)  # 503 + Retry-After now if it could only time out
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("request %s waits in pool %s: %s", request_id, pool.name,
+                                 self.admission.explain(pool))  # fmt: skip
                 wait_start = time.perf_counter()
                 priority = pool.spec.priority
                 if priority is None:
