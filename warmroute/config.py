@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from warmroute.errors import ConfigError
+from warmroute.state.affinity import AffinitySpec
 from warmroute.state.pool import PoolSpec
 from warmroute.state.priority import BandSpec, PrioritySpec
 
@@ -357,6 +358,32 @@ class InferencePoolRef(_Model):
     name: Name
 
 
+class AffinityConfig(_Model):
+    """How ``policy: prefix_affinity`` recognises related requests (README "Affinity")."""
+
+    # A preferred replica wins only if it has at most this many more requests in flight
+    # than the least busy free replica.
+    max_imbalance: int = Field(default=2, ge=0, le=100_000)
+    # Prompt characters per hashed block; 0: no prompt hashing (session affinity only, and
+    # in own-Envoy mode the body is then never sent to warmroute).
+    block_chars: int = Field(default=256, ge=0, le=1_000_000)
+    max_blocks: int = Field(default=128, ge=1, le=4096)
+    # Requests with the same value of this header go to the replica that served the
+    # session last (when free, within max_imbalance).
+    session_header: HeaderName | None = None
+    # Keys (block hashes, sessions) remembered per pool, least recently granted dropped.
+    memory: int = Field(default=65_536, ge=1, le=10_000_000)
+
+    def spec(self) -> AffinitySpec:
+        return AffinitySpec(
+            max_imbalance=self.max_imbalance,
+            block_chars=self.block_chars,
+            max_blocks=self.max_blocks,
+            session_header=self.session_header or "",
+            memory=self.memory,
+        )
+
+
 class AutoscaleConfig(_Model):
     """Request-time scaling: queued demand asks for replicas at once, idle pools shrink."""
 
@@ -399,7 +426,9 @@ class PoolConfig(_Model):
     name: Name
     models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
     slots: int = Field(default=1, ge=1, le=100_000)
-    policy: Literal["least_loaded", "first_free"] = "least_loaded"
+    policy: Literal["least_loaded", "first_free", "prefix_affinity"] = "least_loaded"
+    # Only with policy prefix_affinity (its defaults apply when omitted).
+    affinity: AffinityConfig | None = None
     max_request_seconds: float = Field(default=600.0, gt=0, le=7 * 86_400)
     queue: QueueConfig = QueueConfig()
     priority: PriorityConfig | None = None
@@ -420,6 +449,14 @@ class PoolConfig(_Model):
                 f"simulate.slots lists {listed} slot counts but autoscale.max_replicas "
                 f"is {scale.max_replicas}: list one per replica the scaler may start, or give "
                 "a single number"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _affinity_needs_its_policy(self) -> PoolConfig:
+        if self.affinity is not None and self.policy != "prefix_affinity":
+            raise ValueError(
+                f"`affinity` only applies with `policy: prefix_affinity` (policy is {self.policy})"
             )
         return self
 
@@ -470,6 +507,11 @@ class PoolConfig(_Model):
             max_request_seconds=self.max_request_seconds,
             policy=self.policy,
             priority=self.priority.spec(self.queue) if self.priority else None,
+            affinity=(
+                (self.affinity or AffinityConfig()).spec()
+                if self.policy == "prefix_affinity"
+                else None
+            ),
         )
 
     def replica_slots(self, replica: ReplicaConfig) -> int:

@@ -8,7 +8,7 @@ lease, so it reads the fields directly rather than through properties.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from warmroute.state.replica import Phase, Replica
 
@@ -50,4 +50,44 @@ def first_free(candidates: Iterable[Replica]) -> Replica | None:
     return None
 
 
-POLICIES: dict[str, Policy] = {"least_loaded": least_loaded, "first_free": first_free}
+def prefix_affinity(
+    candidates: Iterable[Replica], scores: Mapping[str, int], max_imbalance: int
+) -> Replica | None:
+    """The free replica with the highest affinity score (``AffinityMemory.scores``: the
+    longest prompt prefix it served, or the request's session), unless that one has more
+    than ``max_imbalance`` requests in flight above the least busy free replica; then, and
+    when no free replica scores, ``least_loaded``'s pick.
+
+    In flight counts the address's leases plus external load, as for the slot check. Among
+    equal scores the less loaded wins, then the least recently used.
+    """
+    free: list[tuple[Replica, int]] = []
+    least = 1 << 62
+    for r in candidates:
+        if r.phase is not _WARM:
+            continue
+        c = r.capacity
+        busy = c.leased + r.external
+        if busy >= c.slots:
+            continue
+        free.append((r, busy))
+        least = min(least, busy)
+    best: Replica | None = None
+    best_key = (0, 0.0, 0.0)
+    for r, busy in free:
+        score = scores.get(r.address, 0)
+        if score <= 0 or busy - least > max_imbalance:
+            continue
+        key = (score, -busy / r.capacity.slots, -r.last_used)
+        if best is None or key > best_key:
+            best, best_key = r, key
+    return best if best is not None else least_loaded(r for r, _ in free)
+
+
+# A pool with ``prefix_affinity`` picks like least_loaded where it has no hint: requests
+# without one and every queued waiter (``Pool.try_acquire`` applies the hint).
+POLICIES: dict[str, Policy] = {
+    "least_loaded": least_loaded,
+    "first_free": first_free,
+    "prefix_affinity": least_loaded,
+}
