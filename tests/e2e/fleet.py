@@ -132,7 +132,10 @@ class Fleet:
     async def views(self) -> dict[str, EnvoyView]:
         return {node: await envoy_view(e.admin) for node, e in self.envoys.items()}
 
-    async def wait_converged(self, timeout: float = 30.0) -> None:
+    async def wait_converged(self, timeout: float = 30.0, *, routes_only: bool = False) -> None:
+        """Until the rollout is stable, every Envoy on its version, and each Envoy's admin
+        shows the pools as last applied: clusters, healthy endpoints, routes and timeouts;
+        with ``routes_only``, just the routes (a removed pool's cluster may stay a while)."""
         want = expected_view(self.pools)
         last: dict[str, EnvoyView] = {}
 
@@ -143,6 +146,8 @@ class Fleet:
             if any(status["nodes"][n]["config"] != status["stable"] for n in self.envoys):
                 return False
             last.update(await self.views())
+            if routes_only:
+                return all(v.routes == want.routes for v in last.values())
             return all(v == want for v in last.values())
 
         try:
