@@ -47,7 +47,7 @@ from warmroute.errors import (
     RequestRejected,
     UnknownModel,
 )
-from warmroute.extproc import responses
+from warmroute.extproc import affinity_hint, responses
 from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
 from warmroute.extproc.waiting import acquire
@@ -218,7 +218,16 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if model is not None and model not in pool.spec.models:
             raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served by this pool")
         eligible = self._eligible(ex, pool)
-        lease = pool.try_acquire(ex.request_id, eligible)
+        spec = pool.spec.affinity
+        affinity = None
+        if spec is not None:
+            # The body is here anyway: hash its prompt (pools with prefix_affinity only).
+            session = ""
+            if spec.session_header and ex.headers is not None:
+                found = messages.header_values(ex.headers, (spec.session_header,))
+                session = found.get(spec.session_header, "")
+            affinity = affinity_hint.hint(spec, session, ex.body if has_body else None)
+        lease = pool.try_acquire(ex.request_id, eligible, affinity)
         waited = 0.0
         if lease is None:
             if self.on_queued is not None:
@@ -235,6 +244,8 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 logger.debug("request %s left while waiting in pool %s", ex.request_id, pool.name)
                 raise
             waited = time.perf_counter() - wait_start
+            if affinity is not None:
+                pool.remember_affinity(affinity, lease)
         self._metrics.pool(pool.name).decided(waited, time.perf_counter() - started - waited)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(

@@ -13,6 +13,10 @@ Per stream (= per HTTP request), in order:
      ``warmroute`` namespace. The access log returns that id when the request ends;
   5. end the stream with an OK status at once (Envoy needs nothing more from us), so no
      wake-up is spent on Envoy's half-close.
+In a pool with ``policy: prefix_affinity`` that hashes prompts, step 3 needs the body: the
+headers are answered with a ``mode_override`` asking Envoy for this request's body
+(BUFFERED), and the decision goes out with the body's answer instead (``_affinity``).
+Other pools never see a body.
 If the stream is reset while waiting (client gone), the wait is withdrawn.
 """
 
@@ -25,13 +29,14 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 import grpc
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from google.protobuf.struct_pb2 import Struct
 
 from warmroute.envoy_names import BODY_NAMESPACE, POOL_METADATA_KEY
 from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
-from warmroute.extproc import models_api, responses
+from warmroute.extproc import affinity_hint, models_api, responses
 from warmroute.extproc.admission import Admission
 from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import (
@@ -45,6 +50,7 @@ from warmroute.extproc.request_model import (
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Lease, Pool, Registry
+from warmroute.state.affinity import Affinity, AffinitySpec
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +77,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         routed_pool = _pool_marker(context)
         while (request := await context.read()) is not grpc.aio.EOF:
             if request.HasField("request_headers"):
-                await context.write(await self._decide(request, routed_pool))
+                try:
+                    await context.write(await self._decide(request, routed_pool, context))
+                except _StreamEnded:
+                    return  # Envoy closed it before sending the body we asked for
                 # Request headers are the only phase configured: return at once, so our
                 # status goes out without waiting for Envoy's half-close. Were later phases
                 # sent anyway, Envoy takes the closed stream as "no more processing".
@@ -81,8 +90,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             await context.write(_passthrough(request))
 
     async def _decide(
-        self, request: ep.ProcessingRequest, routed_pool: str | None
+        self,
+        request: ep.ProcessingRequest,
+        routed_pool: str | None,
+        context: grpc.aio.ServicerContext | None = None,
     ) -> ep.ProcessingResponse:
+        """The answer to the request headers (or, for a hint that needs the body, to the
+        body it then reads from ``context``; without one it decides on the headers)."""
         started = time.perf_counter()
         request_id, header_model, models_path = _read_headers(
             request.request_headers, self._model_header
@@ -91,6 +105,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return self._answer_models(models_path, request_id)
         pool: Pool | None = None
         set_header: tuple[str, str] | None = None
+        affinity: Affinity | None = None
+        in_body = False
         try:
             if not self.serving:
                 raise NotServing("this warmroute instance is not leasing requests now")
@@ -119,7 +135,12 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 pool = self._resolve(model, from_header=bool(header_model))
                 if not header_model:
                     set_header = (self._model_header, model)
-            lease = pool.try_acquire(request_id)
+            spec = pool.spec.affinity
+            if spec is None:
+                lease = pool.try_acquire(request_id)
+            else:
+                affinity, in_body = await _affinity(spec, request.request_headers, context)
+                lease = pool.try_acquire(request_id, None, affinity)
             if lease is None:
                 if self.on_queued is not None:
                     self.on_queued(pool.name)
@@ -135,6 +156,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     band, key = rank(request.request_headers, priority, model)
                     lease = await acquire(pool, request_id, band=band, key=key)
                 waited = time.perf_counter() - wait_start
+                if affinity is not None:
+                    pool.remember_affinity(affinity, lease)
             else:
                 waited = 0.0
         except RequestRejected as exc:
@@ -144,7 +167,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             # One INFO line, never WARNING: under overload every request may be refused, and
             # the metric above is what alerts; the line is for finding one request.
             logger.info("request %s pool %s %s: %s", request_id, pool_name, outcome, exc.message)
-            return responses.rejected(exc, request_id)
+            return responses.rejected(exc, request_id)  # an ImmediateResponse fits any phase
         except asyncio.CancelledError:
             logger.debug("request %s left while waiting in pool %s", request_id, pool)
             raise
@@ -156,11 +179,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 ", streamed" if _body_model(found).stream else "", lease.address, lease.id[:8],
                 waited * 1e3,
             )  # fmt: skip
-        return self._hand_over(lease, set_header)
+        return self._hand_over(lease, set_header, in_body)
 
-    def _hand_over(self, lease: Lease, set_header: tuple[str, str] | None) -> ep.ProcessingResponse:
+    def _hand_over(
+        self, lease: Lease, set_header: tuple[str, str] | None, in_body: bool = False
+    ) -> ep.ProcessingResponse:
         try:
-            return responses.routed(lease, set_header)
+            resp = responses.routed(lease, set_header)
+            return _as_body_response(resp) if in_body else resp
         except BaseException:
             lease.release(EndReason.CANCELLED)
             raise
@@ -195,6 +221,67 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             error = UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served here")
             return responses.rejected(error, request_id)
         return responses.answer(200, body, request_id)
+
+
+class _StreamEnded(Exception):
+    """Envoy closed the stream before sending the body we asked for: nothing to answer."""
+
+
+_MODE = processing_mode_pb2.ProcessingMode
+# This request's remaining phases: its whole body, nothing else (the filter's own mode
+# sends only request headers; an override replaces the whole mode, so all is spelt out).
+_BODY_PLEASE = ep.ProcessingResponse()
+_BODY_PLEASE.request_headers.SetInParent()
+_BODY_PLEASE.mode_override.CopyFrom(
+    _MODE(
+        request_header_mode=_MODE.SEND,
+        response_header_mode=_MODE.SKIP,
+        request_body_mode=_MODE.BUFFERED,
+        response_body_mode=_MODE.NONE,
+        request_trailer_mode=_MODE.SKIP,
+        response_trailer_mode=_MODE.SKIP,
+    )
+)
+
+
+async def _affinity(
+    spec: AffinitySpec, headers: ep.HttpHeaders, context: grpc.aio.ServicerContext | None
+) -> tuple[Affinity | None, bool]:
+    """The request's affinity hint, and whether its body was read for it (then the
+    decision must answer the body message). Raises _StreamEnded if Envoy closed first.
+
+    The body is asked for only when prompts are hashed and the request has one. Envoy
+    holds the request meanwhile (its buffer limit applies, as for json_to_metadata).
+    """
+    session = _header(headers, spec.session_header) if spec.session_header else ""
+    if spec.block_chars == 0 or headers.end_of_stream or context is None:
+        return affinity_hint.hint(spec, session, None), False
+    await context.write(_BODY_PLEASE)
+    msg = await context.read()
+    if msg is grpc.aio.EOF:
+        raise _StreamEnded
+    if not msg.HasField("request_body"):
+        # Not what we asked for (never seen: an Envoy that ignores overrides sends nothing
+        # at all): answer it unchanged and stop; Envoy's fallback policy routes it.
+        await context.write(_passthrough(msg))
+        raise _StreamEnded
+    return affinity_hint.hint(spec, session, msg.request_body.body), True
+
+
+def _as_body_response(resp: ep.ProcessingResponse) -> ep.ProcessingResponse:
+    """The headers' routing answer as the answer to the buffered body: Envoy still holds
+    the headers then, so their mutations (and a route re-match) apply just the same."""
+    out = ep.ProcessingResponse()
+    out.request_body.response.CopyFrom(resp.request_headers.response)
+    out.dynamic_metadata.CopyFrom(resp.dynamic_metadata)
+    return out
+
+
+def _header(headers: ep.HttpHeaders, name: str) -> str:
+    for h in headers.headers.headers:
+        if h.key == name:
+            return _value(h)
+    return ""
 
 
 def _pool_marker(context: grpc.aio.ServicerContext) -> str | None:

@@ -127,6 +127,9 @@ def ext_proc_filter(cfg: Config) -> ext_proc_pb2.ExternalProcessor:
         ),
         message_timeout=timeout,
         max_message_timeout=timeout,
+        # Lets warmroute ask for one request's body (BUFFERED) in its headers answer: only
+        # pools with policy prefix_affinity hash the prompt; other requests never send it.
+        allow_mode_override=True,
         # Without this Envoy silently drops our metadata and the fallback LB picks a host.
         metadata_options=ext_proc_pb2.MetadataOptions(
             receiving_namespaces=ext_proc_pb2.MetadataOptions.MetadataNamespaces(
