@@ -7,6 +7,7 @@ Tree:
     │   ├── InvalidBody            400: the body is not the JSON object the API expects
     │   ├── ModelMismatch          400: the model header and the body's model disagree
     │   ├── BodyTooLarge           413: the body is over ``routing.max_body_bytes``
+    │   ├── RequestTooLarge        413: its tokens are over a replica's whole token budget
     │   ├── UnknownModel           404: the model names no pool
     │   ├── QueueFull              429: the pool's wait queue is at its bound
     │   ├── Displaced              429 + Retry-After: a higher band took its place in the queue
@@ -58,6 +59,14 @@ class ModelMismatch(RequestRejected):
 
 class BodyTooLarge(RequestRejected):
     code = "body_too_large"
+    http_status = 413
+
+
+class RequestTooLarge(RequestRejected):
+    """Its prompt estimate plus ``max_tokens`` is more than a replica of its pool can
+    ever hold (``tokens.capacity``): refused at once, never queued."""
+
+    code = "request_too_large_for_pool"
     http_status = 413
 
 

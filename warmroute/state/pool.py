@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from warmroute.errors import QueueFull
+from warmroute.errors import QueueFull, RequestTooLarge
 from warmroute.state.affinity import Affinity, AffinityMemory, AffinitySpec
 from warmroute.state.forecast import Forecast, Supply, wait_on_slots
 from warmroute.state.lease import EndReason, Lease
@@ -59,6 +59,7 @@ from warmroute.state.policy import Policy, least_loaded, prefix_affinity
 from warmroute.state.priority import PrioritySpec
 from warmroute.state.replica import Capacity, Phase, Replica
 from warmroute.state.snapshot import PoolLoad, ReplicaLoad
+from warmroute.state.tokens import TokenRankedWaiter, TokenSpec, TokenWaiter, cost_of
 from warmroute.state.waiters import GrantCallback, RankedWaiter, Waiter, WaitQueue, WaitState
 
 _WARM = Phase.WARM
@@ -83,6 +84,8 @@ class PoolSpec:
     # A lease younger than this is never reclaimed by reconciliation: its request may not
     # have reached the replica (or its metrics) yet.
     reconcile_after_seconds: float = 5.0
+    # A token budget per replica (None: slots only); see ``warmroute.state.tokens``.
+    tokens: TokenSpec | None = None
     policy: str = "least_loaded"
     # Bands and fairness (None: one FIFO, as always). ``max_waiting`` still bounds the
     # whole queue; each band also has its own bound and queue timeout.
@@ -140,6 +143,7 @@ class Pool:
         self._queue_priority = spec.priority  # the bands ``queue`` was built for
         self.counters = PoolCounters()
         self._dispatching = False
+        self._bind_dispatch()
         # Who served which prompt prefix or session (pools with an AffinitySpec; lazily).
         self.affinity: AffinityMemory | None = None
         # Learned service and cold-start times (fed by _end and upsert), last decision.
@@ -261,6 +265,7 @@ class Pool:
         timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
         eligible: frozenset[str] | None = None,
+        tokens: int | None = None,
     ) -> Waiter:
         """``enqueue`` in a pool with priority bands: the request waits in ``band`` (index
         or name; None or an unknown name: the default band) and in ``key``'s lane of it,
@@ -272,8 +277,18 @@ class Pool:
         call back into the pool). In a pool without bands this is ``enqueue``: ``band``,
         ``key`` and ``on_displaced`` are ignored. A separate method so that ``enqueue``,
         the hot path, takes no more keyword arguments than it always did.
+
+        ``tokens`` (pools with a token budget, with or without bands) is the request's
+        cost (``TokenSpec.cost``): it waits until a replica has a slot and that many
+        tokens free. Raises RequestTooLarge if no replica of the pool could ever hold it.
         """
         priority = self.spec.priority
+        if tokens is not None:
+            self._check_tokens(tokens)
+            if priority is None:
+                return self._enqueue_tokens(
+                    request_id, on_grant, tokens, timeout, on_timeout, eligible
+                )
         if priority is None:
             return self.enqueue(
                 request_id, on_grant, timeout=timeout, on_timeout=on_timeout, eligible=eligible
@@ -295,9 +310,15 @@ class Pool:
         now = self._clock()
         wait = spec.queue_timeout if timeout is None else timeout
         lane = None if index == priority.default and not key else (index, key)
-        waiter = RankedWaiter(
-            request_id, now, now + wait, on_grant, on_timeout, eligible, lane, on_displaced
-        )
+        if tokens is None:
+            waiter = RankedWaiter(
+                request_id, now, now + wait, on_grant, on_timeout, eligible, lane, on_displaced
+            )
+        else:
+            waiter = TokenRankedWaiter(
+                request_id, now, now + wait, on_grant, on_timeout, eligible, lane, on_displaced,
+                tokens,
+            )  # fmt: skip
         queue.push_ranked(waiter)
         self._dispatch()
         return waiter
@@ -393,7 +414,10 @@ class Pool:
         replica = lease.replica
         del replica.leases[lease.id]
         replica.in_flight -= 1
-        replica.capacity.leased -= 1
+        capacity = replica.capacity
+        capacity.leased -= 1
+        if capacity.reserved:
+            self._refund(capacity, lease)
         replica.last_used = now = self._clock()
         if reason is EndReason.FINISHED:
             self.forecast.service.observe(now - lease.acquired_at)
@@ -511,8 +535,168 @@ class Pool:
         replica = lease.replica
         del replica.leases[lease.id]
         replica.in_flight -= 1
-        replica.capacity.leased -= 1
+        capacity = replica.capacity
+        capacity.leased -= 1
+        if capacity.reserved:
+            self._refund(capacity, lease)
         replica.leased_total -= 1
+
+    # -- tokens (pools with a TokenSpec; see warmroute.state.tokens) ------------------------
+
+    def _bind_dispatch(self) -> None:
+        """A pool with a token budget dispatches with ``_dispatch_tokens``. Bound on the
+        instance rather than tested in ``_dispatch``, so a pool without tokens pays not
+        even a test on its hot path."""
+        if self.spec.tokens is None:
+            self.__dict__.pop("_dispatch", None)
+        else:
+            self._dispatch = self._dispatch_tokens  # type: ignore[method-assign]
+
+    def set_spec(self, spec: PoolSpec) -> None:
+        """Take a reloaded spec. If its token budget changed, the budgets of the pool's
+        addresses are recomputed and waiters dispatched (here and in the pools sharing
+        them): a larger budget may fit a waiter now, and a pool that lost its budget
+        serves its waiters by slots alone."""
+        old = self.spec.tokens
+        self.spec = spec
+        if spec.tokens == old:
+            return
+        self._bind_dispatch()
+        for replica in list(self.replicas.values()):
+            replica.capacity.refresh()
+        self._dispatch()
+        for replica in list(self.replicas.values()):
+            self._dispatch_others(replica.capacity.members)
+
+    def try_acquire_tokens(
+        self, request_id: str, tokens: int, eligible: frozenset[str] | None = None
+    ) -> Lease | None:
+        """``try_acquire`` for a request of ``tokens`` (``TokenSpec.cost``) in a pool with
+        a token budget: a lease on a replica with a free slot and ``tokens`` free, or None
+        if the caller must wait (``enqueue_ranked`` with ``tokens``).
+
+        Raises RequestTooLarge if ``tokens`` is over the pool's budget per replica: it
+        could never be served. Returns None whenever anyone waits: a waiter may hold a
+        replica until its tokens free (``_dispatch_tokens``), and only the queue knows
+        which; ``enqueue_ranked`` then serves this request at once if it may.
+        """
+        self._check_tokens(tokens)
+        if self.queue:
+            return None
+        candidates = self.replicas.values() if eligible is None else self._candidates(eligible)
+        replica = self._policy([r for r in candidates if r.capacity.fits(tokens)])
+        if replica is None:
+            return None
+        self.counters.granted_immediately += 1
+        return self._grant_tokens(replica, request_id, tokens)
+
+    def _check_tokens(self, tokens: int) -> None:
+        spec = self.spec.tokens
+        if spec is not None and tokens > spec.capacity:
+            raise RequestTooLarge(
+                f"the request needs about {tokens} tokens (prompt estimate plus max_tokens) "
+                f"but a replica of pool {self.name!r} holds at most {spec.capacity}; "
+                "lower max_tokens or shorten the prompt"
+            )
+
+    def _grant_tokens(self, replica: Replica, request_id: str, tokens: int) -> Lease:
+        lease = self._grant(replica, request_id)
+        if tokens > 0:
+            capacity = replica.capacity
+            capacity.reserved[lease.id] = tokens
+            capacity.tokens_leased += tokens
+        return lease
+
+    def _refund(self, capacity: Capacity, lease: Lease) -> None:
+        """Give back what ``lease`` reserved (once: its reservation is popped)."""
+        capacity.tokens_leased -= capacity.reserved.pop(lease.id, 0)
+
+    def _enqueue_tokens(
+        self,
+        request_id: str,
+        on_grant: GrantCallback,
+        tokens: int,
+        timeout: float | None,
+        on_timeout: Callable[[], None] | None,
+        eligible: frozenset[str] | None,
+    ) -> Waiter:
+        """``enqueue`` of a waiter that carries its token cost (a pool without bands)."""
+        if len(self.queue) >= self.spec.max_waiting:
+            self.counters.rejected_queue_full += 1
+            raise QueueFull(f"pool {self.name!r} has {len(self.queue)} requests waiting")
+        now = self._clock()
+        wait = self.spec.queue_timeout if timeout is None else timeout
+        waiter = TokenWaiter(request_id, now, now + wait, on_grant, on_timeout, eligible, tokens)
+        self.queue.push(waiter)
+        self._dispatch()
+        return waiter
+
+    def _dispatch_tokens(self) -> None:
+        """``_dispatch`` for a pool with a token budget: head of line, per replica.
+
+        Each round the queue selects the next waiter for the replicas with a free slot,
+        as ``_dispatch`` does (band, lane, age, eligible set). If none of those in its
+        eligible set has its tokens free, the waiter *holds* them: they are withheld
+        from every waiter behind it until their tokens free, and selection goes on among
+        the other replicas (a waiter whose set avoids the held ones may still be served).
+        For a waiter that may use any replica this is strict head of line: nothing
+        behind it is served.
+
+        Why not let smaller requests skip ahead? Tokens free gradually as leases end; if
+        later, smaller requests could always take what had freed, a large request would
+        wait until a replica happened to drain, which under steady load never happens:
+        it would starve until its queue timeout, whatever its band. Holding costs some
+        utilisation while a large request's tokens gather, bounded by one request's size
+        per replica, and keeps the pool's order (bands, fairness, age) exactly.
+        """
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            queue = self.queue
+            held: set[str] = set()
+            while queue:
+                free = [
+                    r
+                    for r in self.replicas.values()
+                    if r.phase is _WARM
+                    and r.capacity.leased + r.external < r.capacity.slots
+                    and r.address not in held
+                ]
+                if not free:
+                    return
+                waiter = queue.select([r.address for r in free])
+                if waiter is None:
+                    return
+                eligible = waiter.eligible
+                mine = free if eligible is None else [r for r in free if r.address in eligible]
+                tokens = cost_of(waiter)
+                replica = self._policy([r for r in mine if r.capacity.fits(tokens)])
+                if replica is None:
+                    held.update(r.address for r in mine)
+                    continue
+                queue.take(waiter)
+                self._offer(waiter, replica, tokens)
+        finally:
+            self._dispatching = False
+
+    def _offer(self, waiter: Waiter, replica: Replica, tokens: int) -> None:
+        """Grant ``waiter`` a lease on ``replica``, undone if its requester is gone."""
+        last_used = replica.last_used
+        lease = self._grant_tokens(replica, waiter.request_id, tokens)
+        try:
+            accepted = waiter.on_grant(lease)
+        except Exception:  # a broken callback refuses; it must not leak the slot
+            accepted = False
+        if accepted:
+            waiter.state = WaitState.GRANTED
+            waiter.lease = lease
+            self.counters.granted_after_wait += 1
+        else:
+            waiter.state = WaitState.CANCELLED
+            self.counters.waits_cancelled += 1
+            self._undo(lease)
+            replica.last_used = last_used
 
     # -- time ----------------------------------------------------------------------------
 

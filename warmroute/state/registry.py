@@ -82,7 +82,7 @@ class Registry:
                     capacities=self._capacities,
                 )
             else:
-                pool.spec = spec
+                pool.set_spec(spec)
                 pool._policy = POLICIES[spec.policy]
         self._by_model = {m: self.pools[s.name] for s in wanted.values() for m in s.models}
 

@@ -11,6 +11,13 @@ When pools disagree on an address's slots, the smaller wins: ``capacity.slots`` 
 smallest ``slots`` among its replicas that are not GONE (a GONE replica only lingers
 until its leases end, so its figure is stale). It is never above the leasing pool's own
 ``slots``, so a pool never leases beyond what it was told either.
+
+Tokens (pools with ``tokens:``, see ``warmroute.state.tokens``) follow the same rule: the
+address's ``tokens`` budget is the smallest ``capacity`` among the token pools that list
+it and are not done with it (None: no token pool lists it, no budget), and
+``tokens_leased`` is what its active leases reserved, every pool's. ``reserved`` holds
+each reservation by lease id, so a lease's tokens are refunded exactly once, by whichever
+pool ends it, wherever the address has moved since.
 """
 
 from __future__ import annotations
@@ -40,31 +47,54 @@ class Capacity:
 
     ``leased`` counts the active leases on the address across all pools, retired ones
     included; ``members`` maps each pool that knows the address to its ``Replica``.
-    Owned by the ``Registry`` (or by a lone ``Pool``) and mutated only by pools.
+    ``tokens``, ``tokens_leased`` and ``reserved`` (lease id -> tokens, only reservations
+    above 0) are the token budget (module doc). Owned by the ``Registry`` (or by a lone
+    ``Pool``) and mutated only by pools.
     """
 
-    __slots__ = ("address", "leased", "members", "slots")
+    __slots__ = ("address", "leased", "members", "reserved", "slots", "tokens", "tokens_leased")
 
     def __init__(self, address: str, slots: int) -> None:
         self.address = address
         self.slots = slots
         self.leased = 0
         self.members: dict[Pool, Replica] = {}
+        self.tokens: int | None = None
+        self.tokens_leased = 0
+        self.reserved: dict[str, int] = {}
 
     def refresh(self) -> None:
-        """Recompute ``slots``: the smallest figure among the members not GONE."""
-        live = [r.slots for r in self.members.values() if r.phase is not _GONE]
+        """Recompute ``slots`` and ``tokens``: the smallest figures among the members not
+        GONE (among all members if every one is GONE)."""
+        members = self.members
+        live = [r.slots for r in members.values() if r.phase is not _GONE]
         if live:
             self.slots = min(live)
-        elif self.members:
-            self.slots = min(r.slots for r in self.members.values())
+        elif members:
+            self.slots = min(r.slots for r in members.values())
+        budgets = [
+            (r.phase is _GONE, spec.capacity)
+            for pool, r in members.items()
+            if (spec := pool.spec.tokens) is not None
+        ]
+        if any(not gone for gone, _ in budgets):
+            budgets = [b for b in budgets if not b[0]]
+        self.tokens = min((capacity for _, capacity in budgets), default=None)
+
+    def fits(self, tokens: int) -> bool:
+        """True if ``tokens`` more may be reserved here now."""
+        budget = self.tokens
+        return budget is None or self.tokens_leased + tokens <= budget
 
     def leases(self) -> list[Lease]:
         """The active leases on this address, every pool's (retired ones included)."""
         return [lease for replica in self.members.values() for lease in replica.leases.values()]
 
     def __repr__(self) -> str:
-        return f"Capacity({self.address} {self.leased}/{self.slots} pools={len(self.members)})"
+        tokens = "" if self.tokens is None else f" tokens={self.tokens_leased}/{self.tokens}"
+        return (
+            f"Capacity({self.address} {self.leased}/{self.slots}{tokens} pools={len(self.members)})"
+        )
 
 
 class Replica:
