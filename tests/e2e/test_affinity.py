@@ -14,7 +14,18 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.stack import MODEL, Stack, StackFactory, client
+from tests.e2e.stack import (
+    MODEL,
+    EnvoyFactory,
+    PlaneFactory,
+    SimFactory,
+    Stack,
+    StackFactory,
+    client,
+)
+from tests.e2e.test_epp_envoy import _picker_healthy, gateway_bootstrap
+from tests.helpers import free_port, wait_for
+from warmroute.config import Config
 
 H = {"x-model": MODEL, "content-type": "application/json"}
 AFFINITY = {
@@ -159,3 +170,61 @@ async def test_decided_on_the_body_still_strips_and_routes_by_body_model(
     # Same prefix: both on one replica.
     assert len(_landed(stack, "accounts team")) == 1
     assert stack.metric("warmroute_leases_granted_total") == 2
+
+
+# -- endpoint-picker mode: the picker has the body anyway ------------------------------------
+
+
+async def test_epp_prefix_and_session_affinity(
+    sim_factory: SimFactory, plane_factory: PlaneFactory, envoy_factory: EnvoyFactory
+) -> None:
+    sims = [await sim_factory(slots=2, service_ms=5.0, seed=i) for i in range(3)]
+    picker_port, listen_port, admin_port = free_port(), free_port(), free_port()
+    cfg = Config.model_validate(
+        {
+            "control": {"grpc": f"127.0.0.1:{picker_port}", "admin": f"127.0.0.1:{free_port()}"},
+            "pools": [
+                {
+                    "name": "main",
+                    "models": [MODEL],
+                    "slots": 2,
+                    "probe": {"path": "/health", "interval_seconds": 0.05},
+                    "replicas": [sim.address for sim in sims],
+                    **AFFINITY,
+                }
+            ],
+            "epp": {"enabled": True},
+        }
+    )
+    plane = await plane_factory(cfg)
+    envoy = await envoy_factory(
+        gateway_bootstrap(listen_port, admin_port, picker_port), f"127.0.0.1:{admin_port}"
+    )
+    await wait_for(lambda: _picker_healthy(envoy.admin), what="picker healthy in Envoy")
+    await wait_for(
+        lambda: sum(r.phase == "warm" for r in plane.registry.view().pools[0].replicas) == 3,
+        what="replicas warm",
+    )
+    url = f"http://127.0.0.1:{listen_port}/v1/chat/completions"
+    landed: dict[str, set[str]] = {"a": set(), "b": set(), "alice": set()}
+    async with client() as http:
+        for i in range(4):
+            # Four requests a round on three replicas: a round-robin would move each key.
+            for key, body, headers in (
+                ("a", _chat(SYSTEM_A, f"a{i}"), {}),
+                ("b", _chat(SYSTEM_B, f"b{i}"), {}),
+                ("a", _chat(SYSTEM_A, f"a{i}'"), {}),
+                ("alice", _chat("hi", f"alice {i}"), {"x-session-id": "alice"}),
+            ):
+                sent = {"content-type": "application/json", **headers}
+                async with http.post(url, data=json.dumps(body), headers=sent) as r:
+                    await r.read()
+                    assert r.status == 200
+                    landed[key].add(r.headers["x-sim-replica"])
+    await wait_for(lambda: plane.registry.view().leases == 0, what="leases released")
+    assert all(len(replicas) == 1 for replicas in landed.values()), landed
+    assert len({next(iter(r)) for r in landed.values()}) == 3  # three keys, three replicas
+    for sim in sims:
+        assert sim.stats().received_while_full == 0
+        for e in sim.received():  # what each replica got is what the picker chose
+            assert e.headers["x-gateway-destination-endpoint"] == sim.address
