@@ -29,8 +29,9 @@ from aiohttp import web
 
 from warmroute.sim import openai_api
 from warmroute.sim.openai_api import ApiRequest, ChunkStream, InvalidRequest, Reply
+from warmroute.sim.prefix_cache import PrefixCache
 from warmroute.sim.received import ReceivedRequest, RequestLog
-from warmroute.sim.service_time import ServiceTime, TokenTiming, plan_generation
+from warmroute.sim.service_time import Generation, ServiceTime, TokenTiming, plan_generation
 from warmroute.sim.sse import LegacyEvents, sleep_until, stream
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class SimStats:
     received_while_loading: int = 0
     completed: int = 0
     cancelled: int = 0
+    # With a prefix cache (``prefix_cache``): admitted requests whose prompt's first block
+    # was cached, and their prompts' full blocks, total and cached.
+    prefix_hits: int = 0
+    prefix_blocks: int = 0
+    prefix_blocks_hit: int = 0
 
 
 class _Slot:
@@ -110,9 +116,12 @@ class SimReplica:
         seed: int | None,
         model: str | Sequence[str] = "sim-model",
         timing: TokenTiming | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         """``model``: the served model name(s), the first is the default and the metrics label.
         ``service`` times requests without ``max_tokens``; ``timing`` those with it.
+        ``prefix_cache``: requests whose prompt starts like a recent one run faster
+        (``warmroute.sim.prefix_cache``); None: every request takes its full time.
 
         Raises :class:`ValueError` unless ``slots >= 1``, ``load_seconds >= 0`` and there is
         at least one non-empty model name.
@@ -127,6 +136,7 @@ class SimReplica:
         self._load_seconds, self._service, self._models = load_seconds, service, models
         self._model = models[0]
         self._timing = timing if timing is not None else TokenTiming()
+        self._prefix = prefix_cache
         self._rng = random.Random(seed)
         self._log = RequestLog()
         self._started_at = int(time.time())
@@ -163,11 +173,14 @@ class SimReplica:
 
     def reset(self) -> None:
         """Zero every counter but ``in_flight`` (``max_in_flight`` restarts from it) and forget
-        ``last_headers`` and :meth:`received`. In place, so slots held across a reset are
-        released into it."""
+        ``last_headers``, :meth:`received` and the prefix cache. In place, so slots held
+        across a reset are released into it."""
         s = self._stats
         s.received = s.received_while_full = s.received_while_loading = 0
         s.completed = s.cancelled = 0
+        s.prefix_hits = s.prefix_blocks = s.prefix_blocks_hit = 0
+        if self._prefix is not None:
+            self._prefix.clear()
         s.max_in_flight = s.in_flight
         self.last_headers = {}
         self._log.clear()
@@ -312,6 +325,8 @@ class SimReplica:
                 tokens=None if chunks is None else int(chunks),
                 service_ms=ms,
             )
+            if self._prefix is not None:
+                gen = self._prefix_served(body, gen)
             logger.debug(
                 "sim replica %s request %s: %.1f ms, %d tokens",
                 self._address, rid, gen.service_s * 1e3, gen.tokens,
@@ -344,6 +359,20 @@ class SimReplica:
         finally:
             if slot.release(completed=False):
                 logger.debug("sim replica %s request %s: cancelled", self._address, rid)
+
+    def _prefix_served(self, body: bytes, gen: Generation) -> Generation:
+        """Count the request's prefix hit and shorten its generation by it."""
+        assert self._prefix is not None
+        found = self._prefix.serve(body)
+        stats = self._stats
+        stats.prefix_blocks += found.blocks
+        stats.prefix_blocks_hit += found.hit
+        if found.hit:
+            stats.prefix_hits += 1
+        f = found.factor(self._prefix.speedup)
+        if f == 1.0:
+            return gen
+        return Generation(gen.service_s * f, gen.tokens, gen.first_s * f, gen.step_s * f)
 
 
 def render_metrics(model: str, stats: SimStats) -> str:
