@@ -275,8 +275,9 @@ class ConfigManager:
         await self._apply(cfg, busy)
         if len(busy) < len(kept):
             gone = sorted({p.name for p in kept} - {p.name for p in busy})
-            logger.info("removed pools %s drained: their clusters leave every Envoy", gone)
-            self._rollout.propose(self._snapshot(cfg, busy))
+            # No route names these clusters (every Envoy ACKed a version without them):
+            # their leaving needs no canary.
+            self._rollout.adopt(self._snapshot(cfg, busy), why=f"removed pools {gone} drained")
 
     def _drained(self, pool: str) -> bool:
         load = self._registry.load(pool)

@@ -225,6 +225,20 @@ def test_a_new_proposal_replaces_the_candidate() -> None:
     assert fleet.deadlines == [105.0, None]
 
 
+def test_adopt_makes_a_version_every_nodes_at_once_replacing_a_candidate() -> None:
+    """For changes no Envoy can be hurt by (clusters no route names leaving): unstaged."""
+    fleet = started(RolloutConfig(canary_nodes=["a"], soak_seconds=5))
+    changes: list[Stage] = []
+    fleet.rollout.on_change = lambda r: changes.append(r.stage)
+    fleet.rollout.adopt(V3, why="drained")
+    rollout = fleet.rollout
+    assert (rollout.stage, rollout.stable, rollout.candidate) == (Stage.STABLE, V3, None)
+    assert rollout.canaries == frozenset()
+    assert [fleet.label_of(n) for n in "abc"] == ["v3", "v3", "v3"]
+    assert changes == [Stage.STABLE]
+    assert rollout.next_deadline() is None  # no soak pending
+
+
 def test_proposing_what_the_canaries_already_hold_soaks_at_once() -> None:
     fleet = started(RolloutConfig(soak_seconds=5))
     fleet.ack("a")

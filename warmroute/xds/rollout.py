@@ -79,6 +79,14 @@ class Rollout:
         self._start(snapshot)
         self._deadline_moved()
 
+    def adopt(self, snapshot: Snapshot, why: str) -> None:
+        """Make ``snapshot`` every node's version at once, unstaged: only for a change no
+        Envoy can be hurt by (clusters no route names any more leaving)."""
+        if self.candidate is not None:
+            self._cache.assign(self.canaries, None)
+        self._promote(snapshot, why=why)
+        self._deadline_moved()
+
     def _start(self, snapshot: Snapshot) -> None:
         if self.stable is None or not self.connected():
             self._promote(snapshot, why="no Envoy connected" if self.stable else "first config")
