@@ -5,6 +5,7 @@
     python bench/run.py dispatch [--quick] [--seed N]
     python bench/run.py coldstart [--quick] [--seed N]
     python bench/run.py predictive [--quick] [--seed N]
+    python bench/run.py prefix   [--quick] [--seed N]
     python bench/run.py config   [--quick]
     python bench/run.py body     [--quick] [--seed N]
     python bench/run.py converge [--quick] [--label before|after] [--warmroute-src PATH]
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCENARIOS = (
     "quality", "overhead", "dispatch", "coldstart", "predictive", "config", "body", "converge",
+    "prefix",
 )  # fmt: skip
 # Scenarios that live outside bench/scenarios/.
 MODULES = {"converge": "bench.converge"}
@@ -64,6 +66,7 @@ NEEDS = {
     "config": (),
     "body": (),
     "converge": (),
+    "prefix": (),
 }
 
 
