@@ -48,6 +48,7 @@ like any other waiter. New requests are turned away up front by ``can_ever_serve
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -143,7 +144,8 @@ class Pool:
         self._queue_priority = spec.priority  # the bands ``queue`` was built for
         self.counters = PoolCounters()
         self._dispatching = False
-        self._bind_dispatch()
+        if spec.tokens is not None:
+            self._bind_dispatch()
         # Who served which prompt prefix or session (pools with an AffinitySpec; lazily).
         self.affinity: AffinityMemory | None = None
         # Learned service and cold-start times (fed by _end and upsert), last decision.
@@ -547,10 +549,13 @@ class Pool:
         """A pool with a token budget dispatches with ``_dispatch_tokens``. Bound on the
         instance rather than tested in ``_dispatch``, so a pool without tokens pays not
         even a test on its hot path."""
-        if self.spec.tokens is None:
-            self.__dict__.pop("_dispatch", None)
-        else:
+        # Never through ``__dict__``: reading it materialises the instance dict, which
+        # slows every attribute access of the pool by a tenth (measured).
+        if self.spec.tokens is not None:
             self._dispatch = self._dispatch_tokens  # type: ignore[method-assign]
+        else:
+            with contextlib.suppress(AttributeError):  # set only if it had tokens
+                del self._dispatch
 
     def set_spec(self, spec: PoolSpec) -> None:
         """Take a reloaded spec. If its token budget changed, the budgets of the pool's
