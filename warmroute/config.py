@@ -31,6 +31,7 @@ from warmroute.errors import ConfigError
 from warmroute.state.affinity import AffinitySpec
 from warmroute.state.pool import PoolSpec
 from warmroute.state.priority import BandSpec, PrioritySpec
+from warmroute.state.tokens import TokenSpec
 
 
 def _host_port(value: str) -> str:
@@ -200,6 +201,29 @@ class QueueConfig(_Model):
     # both exceed its queue timeout: it would only time out. See README "Wait for a warm
     # replica or start a cold one".
     reject_when_unmeetable: bool = False
+
+
+class TokensConfig(_Model):
+    """A replica's capacity in tokens as well as requests (README "Token-aware slots")."""
+
+    # Tokens one replica holds at once: prompts plus completions of its running requests.
+    capacity: int = Field(ge=1, le=1_000_000_000)
+    # What a request without max_tokens (or max_completion_tokens) reserves for its answer.
+    default_max_tokens: int = Field(default=1024, ge=0, le=1_000_000_000)
+    # Request body bytes per prompt token, for the prompt estimate (warmroute never tokenizes).
+    chars_per_token: float = Field(default=4.0, gt=0, le=1_000, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> TokensConfig:
+        if self.default_max_tokens > self.capacity:
+            raise ValueError(
+                f"default_max_tokens {self.default_max_tokens} is over capacity "
+                f"{self.capacity}: a request without max_tokens could never be served"
+            )
+        return self
+
+    def spec(self) -> TokenSpec:
+        return TokenSpec(self.capacity, self.default_max_tokens, self.chars_per_token)
 
 
 HeaderName = Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=128)]
@@ -432,6 +456,8 @@ class PoolConfig(_Model):
     max_request_seconds: float = Field(default=600.0, gt=0, le=7 * 86_400)
     queue: QueueConfig = QueueConfig()
     priority: PriorityConfig | None = None
+    # A token budget per replica as well as slots (None: slots only).
+    tokens: TokensConfig | None = None
     probe: ProbeConfig | None = ProbeConfig()
     replicas: list[ReplicaConfig] = []
     simulate: SimulateConfig | None = None
@@ -507,6 +533,7 @@ class PoolConfig(_Model):
             max_request_seconds=self.max_request_seconds,
             policy=self.policy,
             priority=self.priority.spec(self.queue) if self.priority else None,
+            tokens=self.tokens.spec() if self.tokens else None,
             affinity=(
                 (self.affinity or AffinityConfig()).spec()
                 if self.policy == "prefix_affinity"

@@ -47,7 +47,7 @@ from warmroute.errors import (
     RequestRejected,
     UnknownModel,
 )
-from warmroute.extproc import affinity_hint, responses
+from warmroute.extproc import affinity_hint, responses, tokens
 from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
 from warmroute.extproc.waiting import acquire
@@ -227,7 +227,14 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 found = messages.header_values(ex.headers, (spec.session_header,))
                 session = found.get(spec.session_header, "")
             affinity = affinity_hint.hint(spec, session, ex.body if has_body else None)
-        lease = pool.try_acquire(ex.request_id, eligible, affinity)
+        budget = pool.spec.tokens
+        cost = None
+        if budget is not None:
+            # Pools with a token budget only (affinity hints are not applied there).
+            cost = tokens.from_body(budget, ex.body if has_body else b"")
+            lease = pool.try_acquire_tokens(ex.request_id, cost, eligible)
+        else:
+            lease = pool.try_acquire(ex.request_id, eligible, affinity)
         waited = 0.0
         if lease is None:
             if self.on_queued is not None:
@@ -236,10 +243,12 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             priority = pool.spec.priority
             try:
                 if priority is None or ex.headers is None:
-                    lease = await acquire(pool, ex.request_id, eligible)
+                    lease = await acquire(pool, ex.request_id, eligible, tokens=cost)
                 else:
                     band, key = rank(ex.headers, priority, model)
-                    lease = await acquire(pool, ex.request_id, eligible, band=band, key=key)
+                    lease = await acquire(
+                        pool, ex.request_id, eligible, band=band, key=key, tokens=cost
+                    )
             except asyncio.CancelledError:
                 logger.debug("request %s left while waiting in pool %s", ex.request_id, pool.name)
                 raise

@@ -36,7 +36,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from warmroute.envoy_names import BODY_NAMESPACE, POOL_METADATA_KEY
 from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
-from warmroute.extproc import affinity_hint, models_api, responses
+from warmroute.extproc import affinity_hint, models_api, responses, tokens
 from warmroute.extproc.admission import Admission
 from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import (
@@ -136,7 +136,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if not header_model:
                     set_header = (self._model_header, model)
             spec = pool.spec.affinity
-            if spec is None:
+            budget = pool.spec.tokens
+            cost: int | None = None
+            if budget is not None:
+                # Pools with a token budget only (affinity hints are not applied there).
+                cost = tokens.from_metadata(budget, headers.headers.headers, found)
+                lease = pool.try_acquire_tokens(request_id, cost)
+            elif spec is None:
                 lease = pool.try_acquire(request_id)
             else:
                 affinity, in_body = await _affinity(spec, request.request_headers, context)
@@ -150,11 +156,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                                  self.admission.explain(pool))  # fmt: skip
                 wait_start = time.perf_counter()
                 priority = pool.spec.priority
-                if priority is None:
+                if priority is None and cost is None:
                     lease = await acquire(pool, request_id)
+                elif priority is None:
+                    lease = await acquire(pool, request_id, tokens=cost)
                 else:
                     band, key = rank(request.request_headers, priority, model)
-                    lease = await acquire(pool, request_id, band=band, key=key)
+                    lease = await acquire(pool, request_id, band=band, key=key, tokens=cost)
                 waited = time.perf_counter() - wait_start
                 if affinity is not None:
                     pool.remember_affinity(affinity, lease)

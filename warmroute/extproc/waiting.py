@@ -15,6 +15,7 @@ async def acquire(
     *,
     band: int | None = None,
     key: str = "",
+    tokens: int | None = None,
 ) -> Lease:
     """A lease on ``pool``, waiting in its FIFO if no slot is free.
 
@@ -27,11 +28,18 @@ async def acquire(
     takes its place while it waits. If the calling task is cancelled (Envoy reset the
     stream: the client left), the waiter is withdrawn, or a lease granted in the same
     instant is released, so nothing leaks.
+
+    ``tokens`` (pools with a token budget): the request's cost; it waits for a replica
+    with a free slot and that many tokens free. Raises RequestTooLarge at once if no
+    replica could ever hold it.
     """
     # Without a subset, exactly the calls own-Envoy mode always made.
-    lease = (
-        pool.try_acquire(request_id) if eligible is None else pool.try_acquire(request_id, eligible)
-    )
+    if tokens is not None:
+        lease = pool.try_acquire_tokens(request_id, tokens, eligible)
+    elif eligible is None:
+        lease = pool.try_acquire(request_id)
+    else:
+        lease = pool.try_acquire(request_id, eligible)
     if lease is not None:
         return lease
     loop = asyncio.get_running_loop()
@@ -47,7 +55,7 @@ async def acquire(
         if not fut.done():
             fut.set_exception(_timeout(pool, waiter.deadline - waiter.enqueued_at))
 
-    if band is not None or key:
+    if band is not None or key or tokens is not None:
 
         def on_displaced() -> None:
             if not fut.done():
@@ -57,7 +65,7 @@ async def acquire(
 
         waiter = pool.enqueue_ranked(
             request_id, on_grant, band=band, key=key, on_displaced=on_displaced,
-            on_timeout=on_timeout, eligible=eligible,
+            on_timeout=on_timeout, eligible=eligible, tokens=tokens,
         )  # fmt: skip
     elif eligible is None:
         waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout)

@@ -26,6 +26,10 @@ from dataclasses import dataclass
 
 from warmroute.state.waiters import GrantCallback, RankedWaiter, Waiter
 
+MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens")
+"""The request body's fields that bound its completion, in the order a server reads them
+(vLLM: the first present wins; Anthropic's API has only ``max_tokens``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TokenSpec:

@@ -57,6 +57,7 @@ from warmroute.envoy_names import (
     METADATA_NAMESPACE,
     POOL_METADATA_KEY,
 )
+from warmroute.state.tokens import MAX_TOKEN_FIELDS
 
 LISTENER_NAME = "warmroute_ingress"
 ROUTE_CONFIG_NAME = "warmroute_routes"
@@ -155,7 +156,8 @@ _JSON_CONTENT_TYPES = r"(?i)^\s*application/(json|x-www-form-urlencoded)\s*(;.*)
 
 
 def json_to_metadata_filter() -> json_to_metadata_pb2.JsonToMetadata:
-    """Read ``model`` and ``stream`` from the JSON request body into ``warmroute.body``.
+    """Read ``model``, ``stream``, ``max_completion_tokens`` and ``max_tokens`` from the
+    JSON request body into ``warmroute.body``.
 
     The filter holds the request until its body is complete (bounded by the route's
     ``request_body_buffer_limit``: 413 above it), so ext_proc sees the body's model with
@@ -182,6 +184,15 @@ def json_to_metadata_filter() -> json_to_metadata_pb2.JsonToMetadata:
             j.Rule(
                 selectors=[j.Selector(key="stream")],
                 on_present=kv(metadata_namespace=BODY_NAMESPACE, key="stream", type=j.STRING),
+            ),
+            # The completion a request may ask for, for pools with a token budget (read
+            # only there: ``warmroute.extproc.tokens``). Numbers stay numbers.
+            *(
+                j.Rule(
+                    selectors=[j.Selector(key=name)],
+                    on_present=kv(metadata_namespace=BODY_NAMESPACE, key=name),
+                )
+                for name in MAX_TOKEN_FIELDS
             ),
         ],
         allow_content_types_regex=regex_pb2.RegexMatcher(regex=_JSON_CONTENT_TYPES),
