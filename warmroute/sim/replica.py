@@ -7,7 +7,11 @@ headers counts in ``received``, then in exactly one of ``received_while_loading`
 once, as ``completed`` (service time ran out, whatever status is simulated) or ``cancelled``
 (client gone first), and *before* the final bytes are written, so a router that frees its lease
 when the client has the last byte never finds the replica still busy. So between resets:
-``received == received_while_loading + received_while_full + completed + cancelled + in_flight``.
+``received == received_while_loading + received_while_full + received_over_tokens + completed
++ cancelled + in_flight``. With a token budget (``set_token_budget``) a request that would take
+the tokens in flight over it is refused (503, ``received_over_tokens``), as one over the slots
+is; its cost is priced as warmroute's ``tokens:`` pools price it (body bytes per token, plus
+``max_completion_tokens``/``max_tokens`` or a default).
 The OpenAI paths (``openai_api.PATHS``) follow the same contract; a body they refuse is answered
 400 and not counted, like a malformed header, and ``GET /v1/models`` takes no slot and is not
 counted. Every request under ``/v1/`` is recorded first (``received.RequestLog``).
@@ -59,16 +63,25 @@ class SimStats:
     prefix_hits: int = 0
     prefix_blocks: int = 0
     prefix_blocks_hit: int = 0
+    # With a token budget (``set_token_budget``; None: none): tokens of the requests in
+    # flight, their peak, and requests refused because they would have gone over it.
+    token_budget: int | None = None
+    tokens_in_flight: int = 0
+    max_tokens_in_flight: int = 0
+    received_over_tokens: int = 0
 
 
 class _Slot:
     """A taken slot, like a lease: ``release()`` is idempotent, its first call sets the outcome."""
 
-    def __init__(self, stats: SimStats) -> None:
+    def __init__(self, stats: SimStats, tokens: int = 0) -> None:
         self._stats = stats
         self._held = True
+        self._tokens = tokens
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        stats.tokens_in_flight += tokens
+        stats.max_tokens_in_flight = max(stats.max_tokens_in_flight, stats.tokens_in_flight)
 
     def release(self, *, completed: bool) -> bool:
         """Free the slot, counting it ``completed`` or ``cancelled``; False if already freed."""
@@ -76,6 +89,7 @@ class _Slot:
             return False
         self._held = False
         self._stats.in_flight -= 1
+        self._stats.tokens_in_flight -= self._tokens
         if completed:
             self._stats.completed += 1
         else:
@@ -144,6 +158,8 @@ class SimReplica:
         self._address = "unstarted"
         self._runner: web.AppRunner | None = None
         self._warm_timer: asyncio.TimerHandle | None = None
+        self._chars_per_token = 4.0
+        self._default_max_tokens = 1024
         # Headers of the latest counted inference request, names lower-cased as Envoy sends
         # them, repeats joined by ", ". Replaced, never mutated: treat it as read-only.
         self.last_headers: dict[str, str] = {}
@@ -166,6 +182,16 @@ class SimReplica:
         """The last requests under ``/v1/`` (at most 64), oldest first, as ``GET /received``."""
         return self._log.entries()
 
+    def set_token_budget(
+        self, budget: int | None, *, chars_per_token: float = 4.0, default_max_tokens: int = 1024
+    ) -> None:
+        """Refuse (503, ``received_over_tokens``) a request that would take the tokens in
+        flight over ``budget`` (None: no budget), each priced ``ceil(body bytes /
+        chars_per_token)`` plus its max tokens (``default_max_tokens`` if it names none)."""
+        self._stats.token_budget = budget
+        self._chars_per_token = chars_per_token
+        self._default_max_tokens = default_max_tokens
+
     def set_healthy(self, healthy: bool) -> None:
         """Force ``GET /health`` to 503 (``False``) or back to normal; inference is unaffected."""
         self._stats.healthy = healthy
@@ -177,7 +203,8 @@ class SimReplica:
         across a reset are released into it."""
         s = self._stats
         s.received = s.received_while_full = s.received_while_loading = 0
-        s.completed = s.cancelled = 0
+        s.completed = s.cancelled = s.received_over_tokens = 0
+        s.max_tokens_in_flight = s.tokens_in_flight
         s.prefix_hits = s.prefix_blocks = s.prefix_blocks_hit = 0
         if self._prefix is not None:
             self._prefix.clear()
@@ -313,7 +340,17 @@ class SimReplica:
             stats.received_while_full += 1
             logger.debug("sim replica %s request %s: refused, full", self._address, rid)
             return web.json_response({"error": "replica full"}, status=503)
-        slot = _Slot(stats)
+        cost = 0
+        if stats.token_budget is not None:
+            wanted = api.max_tokens if api is not None else None
+            cost = math.ceil(len(body) / self._chars_per_token) + (
+                self._default_max_tokens if wanted is None else wanted
+            )
+            if stats.tokens_in_flight + cost > stats.token_budget:
+                stats.received_over_tokens += 1
+                logger.debug("sim replica %s request %s: refused, tokens", self._address, rid)
+                return web.json_response({"error": "replica out of tokens"}, status=503)
+        slot = _Slot(stats, cost)
         admitted = asyncio.get_running_loop().time()
         done = functools.partial(slot.release, completed=True)
         try:
