@@ -234,6 +234,15 @@ class _RegistryCollector(Collector):
         waiting = GaugeMetricFamily(
             "warmroute_requests_waiting", "Requests waiting for a slot.", labels=["pool"]
         )
+        # Pools with ``tokens:`` only (README "Token-aware slots").
+        tokens = GaugeMetricFamily(
+            "warmroute_tokens", "Token budget of warm replicas by pool.", labels=["pool"]
+        )
+        tokens_leased = GaugeMetricFamily(
+            "warmroute_tokens_leased",
+            "Tokens (prompt estimate plus max tokens) reserved by the pool's active leases.",
+            labels=["pool"],
+        )
         expired = _counter("warmroute_leases_expired", "Leases reclaimed at their deadline.")
         reconciled = _counter(
             "warmroute_leases_reconciled",
@@ -254,11 +263,15 @@ class _RegistryCollector(Collector):
             leases.add_metric([pool.name], pool.in_flight)
             busy.add_metric([pool.name], pool.busy)
             waiting.add_metric([pool.name], pool.waiting)
+            if (budget := pool.tokens) is not None or pool.tokens_leased:
+                tokens.add_metric([pool.name], budget or 0)
+                tokens_leased.add_metric([pool.name], pool.tokens_leased)
             expired.add_metric([pool.name], pool.expired)
             reconciled.add_metric([pool.name], pool.reconciled)
             granted.add_metric([pool.name, "false"], pool.granted_immediately)
             granted.add_metric([pool.name, "true"], pool.granted_after_wait)
         yield from (replicas, slots, leases, busy, waiting, expired, reconciled, granted)
+        yield from (tokens, tokens_leased)
 
 
 class _XdsNodeCollector(Collector):

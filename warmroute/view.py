@@ -21,6 +21,13 @@ def render(state: dict[str, Any]) -> str:
             f"(waited {pool['granted_after_wait']})  timed out {pool['waits_timed_out']}  "
             f"queue full {pool['rejected_queue_full']}  expired {pool['expired']}"
         )
+        if budgets := [r for r in replicas if r.get("tokens") is not None]:
+            # Pools with ``tokens:``: reserved by this pool / every pool / the budgets.
+            lines.append(
+                f"  tokens reserved {sum(r.get('tokens_leased', 0) for r in budgets)} "
+                f"(all pools {sum(r.get('tokens_busy', 0) for r in budgets)}) of "
+                f"{sum(r['tokens'] for r in budgets if r['phase'] == 'warm')} on warm replicas"
+            )
         if learned := _forecast(pool.get("forecast")):
             lines.append(f"  {learned}")
         lines.append(f"  {'REPLICA':<24}{'PHASE':<10}{'SLOTS':<14}{'LEASED':>8}")

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from warmroute.errors import RequestTooLarge
+from warmroute.metrics import Metrics
 from warmroute.state import (
     EndReason,
     Lease,
@@ -32,6 +33,7 @@ from warmroute.state import (
 )
 from warmroute.state.priority import BandSpec, PrioritySpec
 from warmroute.state.tokens import TokenSpec, cost_of
+from warmroute.view import render
 
 A, B, C = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
 
@@ -257,6 +259,26 @@ def test_the_smaller_budget_wins_and_reloads_take_effect() -> None:
     lease.release()
     got.lease.release()
     assert capacity.tokens_leased == 0 and capacity.reserved == {}
+
+
+def test_views_metrics_and_the_status_table_show_tokens() -> None:
+    registry, _ = _registry(_spec("a", capacity=100), _spec("b", capacity=None))
+    _warm(registry, "a", A)
+    _warm(registry, "b", A)
+    _warm(registry, "b", B)
+    assert registry.pools["a"].try_acquire_tokens("r1", 30) is not None
+    assert registry.pools["b"].try_acquire("r2") is not None  # reserves nothing
+    view = registry.view()
+    a, b = view.pools
+    assert (a.replicas[0].tokens, a.replicas[0].tokens_leased, a.tokens_leased) == (100, 30, 30)
+    assert (b.replicas[0].tokens_busy, b.tokens_leased) == (30, 0)
+    assert b.replicas[1].tokens is None  # no pool with tokens lists B
+    text = Metrics(registry.view).exposition().decode()
+    assert 'warmroute_tokens_leased{pool="a"} 30.0' in text
+    assert 'warmroute_tokens{pool="a"} 100.0' in text
+    assert 'warmroute_tokens_leased{pool="b"} 0.0' in text  # b's replica A has a budget
+    table = render(view.to_json())
+    assert "tokens reserved 30 (all pools 30) of 100 on warm replicas" in table
 
 
 # -- the property test -------------------------------------------------------------------

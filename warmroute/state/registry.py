@@ -24,6 +24,12 @@ from warmroute.state.replica import Capacity, Replica
 from warmroute.state.snapshot import PoolLoad, PoolView, RegistryView, ReplicaView
 
 
+def _reserved(replica: Replica) -> int:
+    """Tokens the replica's pool's leases on it reserved (0 at once without reservations)."""
+    reserved = replica.capacity.reserved
+    return sum(reserved.get(i, 0) for i in replica.leases) if reserved else 0
+
+
 def _new_lease_id() -> str:
     # 128 random bits: a lease id is a capability, it must not be guessable.
     return secrets.token_hex(16)
@@ -169,6 +175,9 @@ class Registry:
                     r.leased_total,
                     r.free,
                     r.busy,
+                    r.capacity.tokens,
+                    _reserved(r),
+                    r.capacity.tokens_leased,
                 )
                 for r in sorted(pool.replicas.values(), key=lambda r: r.address)
             )

@@ -28,6 +28,11 @@ class ReplicaView:
     free: int = 0
     # Slots busy on the server: every pool's leases on the address plus external load.
     busy: int = 0
+    # Token budget of the address (None: no pool with ``tokens:`` lists it), the tokens
+    # this pool's leases on it reserved, and every pool's (``warmroute.state.tokens``).
+    tokens: int | None = None
+    tokens_leased: int = 0
+    tokens_busy: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,17 @@ class PoolView:
     def busy(self) -> int:
         """Busy slots on this pool's servers, every pool's leases and external load."""
         return sum(r.busy for r in self.replicas)
+
+    @property
+    def tokens_leased(self) -> int:
+        """Tokens this pool's active leases reserved."""
+        return sum(r.tokens_leased for r in self.replicas)
+
+    @property
+    def tokens(self) -> int | None:
+        """Token budget of this pool's warm replicas (None: no budget on any)."""
+        budgets = [r.tokens for r in self.replicas if r.tokens is not None and r.phase == "warm"]
+        return sum(budgets) if budgets else None
 
 
 @dataclass(frozen=True, slots=True)
