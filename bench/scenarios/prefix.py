@@ -57,6 +57,9 @@ class Plan:
     cache_blocks: int = 96  # per replica: about 10 system prompts
     load: float = 0.85  # of the capacity without any hit
     max_imbalance: int = 2
+    # Afterwards, one at a time with no service time: what deciding costs per request
+    # (for prefix_affinity: Envoy sends warmroute the body, warmroute hashes the prompt).
+    overhead_requests: int = 400
 
     @property
     def servers(self) -> int:
@@ -69,7 +72,7 @@ class Plan:
 
 
 def plan(quick: bool) -> Plan:
-    return Plan(duration=15.0 if quick else 60.0)
+    return Plan(duration=15.0, overhead_requests=100) if quick else Plan(duration=60.0)
 
 
 CONTENDERS: tuple[tuple[str, dict[str, Any], bool], ...] = (
@@ -170,6 +173,7 @@ class Run:
     blocks_hit: int
     full_hits: int
     per_replica: list[int]  # requests each replica received
+    sequential: list[float] = field(default_factory=list)  # the overhead phase's latencies
 
     @property
     def ok_latencies(self) -> list[float]:
@@ -274,6 +278,13 @@ async def run_one(
                 progress=progress,
             )
         stats = [sim.stats() for sim in sims]
+        sequential = []
+        for i in range(p.overhead_requests):
+            r = PrefixRequest(0.0, 0.0, i % p.tenants, f"overhead {i}")
+            data = http_payload(p, r, session)
+            start = loop.time()
+            if await client.request(data, 10.0) == 200:
+                sequential.append(loop.time() - start)
     finally:
         client.close()
         await envoy.stop()
@@ -288,6 +299,7 @@ async def run_one(
         blocks_hit=sum(s.prefix_blocks_hit for s in stats),
         full_hits=sum(s.received_while_full for s in stats),
         per_replica=[s.received for s in stats],
+        sequential=sequential,
     )
 
 
@@ -309,6 +321,10 @@ async def run(args: argparse.Namespace) -> Path:
         )
         runs.append(r)
     return write_report(p, trace, runs, args.seed, args.out or RESULTS)
+
+
+def _ms(values: list[float], q: float) -> str:
+    return "—" if not values else f"{percentile(values, q) * 1000:.2f}"
 
 
 def _c(v: float, digits: int = 3) -> str:
@@ -362,6 +378,20 @@ def write_report(
     ]  # fmt: skip
     lines += [
         report.table(headers, rows),
+        "",
+        f"Then {p.overhead_requests} requests one at a time with no service time (the same "
+        "chat bodies, about 2.4 kB): the round trip through Envoy, warmroute and the replica, "
+        "so the difference between rows is what deciding costs. For prefix_affinity in "
+        "own-Envoy mode that includes Envoy sending warmroute the body (a second ext_proc "
+        "message) and the prompt's hashing.",
+        "",
+        report.table(
+            ["policy", "requests", "p50 ms", "p90 ms", "p99 ms"],
+            [
+                [r.name, len(r.sequential), *(_ms(r.sequential, q) for q in (50, 90, 99))]
+                for r in runs
+            ],
+        ),
         "",
         "![latency CDFs](prefix.png)",
         "",

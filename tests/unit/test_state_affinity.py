@@ -77,7 +77,9 @@ def test_scores_count_leading_blocks_served() -> None:
     long = prompt_blocks("s" * 40 + "u1", 10, 100)
     memory.remember(Affinity(blocks=long), ADDRS[0])
     memory.remember(Affinity(blocks=long[:2]), ADDRS[1])
-    assert memory.scores(Affinity(blocks=long)) == {ADDRS[0]: 4, ADDRS[1]: 2}
+    # (leading blocks, recency): ADDRS[1] is the latest granted block 2, ADDRS[0] the only
+    # one granted block 4.
+    assert memory.scores(Affinity(blocks=long)) == {ADDRS[0]: (4, 4), ADDRS[1]: (2, 4)}
     other = prompt_blocks("t" * 40, 10, 100)
     assert memory.scores(Affinity(blocks=other)) == {}
 
@@ -89,7 +91,7 @@ def test_session_outranks_any_prefix_and_follows_the_last_grant() -> None:
     memory.remember(Affinity(session="alice"), ADDRS[1])
     memory.remember(Affinity(session="alice"), ADDRS[2])
     scores = memory.scores(Affinity("alice", blocks))
-    assert scores == {ADDRS[0]: 3, ADDRS[2]: 4}
+    assert scores == {ADDRS[0]: (3, 4), ADDRS[2]: (4, 4)}
 
 
 @settings(max_examples=200, deadline=None)
@@ -112,7 +114,7 @@ def test_memory_is_bounded_and_keeps_the_latest(
         if len(set(blocks)) <= capacity:
             assert last in memory.ordered()
             # The newest grant of a key is its first replica.
-            assert memory.scores(Affinity(blocks=(last,))).get(address) == 1
+            assert memory.scores(Affinity(blocks=(last,))).get(address) == (1, 4)
 
 
 # -- the policy ------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ def test_memory_is_bounded_and_keeps_the_latest(
 
 def test_longest_prefix_wins_within_the_bound() -> None:
     rs = [_replica(ADDRS[0], 4, 0), _replica(ADDRS[1], 4, 2), _replica(ADDRS[2], 4, 1)]
-    scores = {ADDRS[1]: 5, ADDRS[2]: 3}
+    scores = {ADDRS[1]: (5, 1), ADDRS[2]: (3, 4)}
     assert prefix_affinity(rs, scores, 2) is rs[1]
     # One more in flight on the best match: over the bound; the next best is within it.
     rs[1].capacity.leased = 3
@@ -130,28 +132,39 @@ def test_longest_prefix_wins_within_the_bound() -> None:
     assert prefix_affinity(rs, {}, 2) is least_loaded(rs)
 
 
+def test_equal_prefixes_go_back_to_the_most_recent_replica() -> None:
+    memory = AffinityMemory(100)
+    blocks = prompt_blocks("p" * 40, 10, 100)
+    memory.remember(Affinity(blocks=blocks), ADDRS[0])
+    memory.remember(Affinity(blocks=blocks), ADDRS[1])  # it overflowed there last
+    rs = [_replica(ADDRS[0], 4, 0), _replica(ADDRS[1], 4, 1), _replica(ADDRS[2], 4, 0)]
+    # Both served the whole prompt; the most recent wins though it is busier (within 2).
+    assert prefix_affinity(rs, memory.scores(Affinity(blocks=blocks)), 2) is rs[1]
+
+
 def test_a_full_preferred_replica_is_never_chosen() -> None:
     rs = [_replica(ADDRS[0], 1, 1), _replica(ADDRS[1], 4, 3)]
-    assert prefix_affinity(rs, {ADDRS[0]: 9}, 100) is rs[1]
+    assert prefix_affinity(rs, {ADDRS[0]: (9, 4)}, 100) is rs[1]
     rs[1].capacity.leased = 4
-    assert prefix_affinity(rs, {ADDRS[0]: 9, ADDRS[1]: 1}, 100) is None
+    assert prefix_affinity(rs, {ADDRS[0]: (9, 4), ADDRS[1]: (1, 1)}, 100) is None
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(1, 4), st.integers(0, 4), st.integers(0, 3)), min_size=1),
     st.integers(0, 3),
-    st.lists(st.integers(0, 6), min_size=8, max_size=8),
+    st.lists(st.tuples(st.integers(1, 6), st.integers(1, 4)), min_size=8, max_size=8),
 )
 def test_policy_properties(
-    shapes: list[tuple[int, int, int]], bound: int, raw_scores: list[int]
+    shapes: list[tuple[int, int, int]], bound: int, raw_scores: list[tuple[int, int]]
 ) -> None:
     rs = []
     for i, (slots, busy, ext) in enumerate(shapes):
         r = _replica(f"10.1.0.{i}:80", slots, min(busy, slots), last_used=float(i % 3))
         r.external = ext
         rs.append(r)
-    scores = {r.address: raw_scores[i % 8] for i, r in enumerate(rs)}
+    # Every third replica served nothing (no score).
+    scores = {r.address: raw_scores[i % 8] for i, r in enumerate(rs) if i % 3 != 2}
     pick = prefix_affinity(rs, scores, bound)
     free = [r for r in rs if r.capacity.leased + r.external < r.capacity.slots]
     if not free:
@@ -160,7 +173,7 @@ def test_policy_properties(
     assert pick in free  # never a full replica
     least = min(r.capacity.leased + r.external for r in free)
     within = [
-        r for r in free if r.capacity.leased + r.external - least <= bound and scores[r.address]
+        r for r in free if r.capacity.leased + r.external - least <= bound and r.address in scores
     ]
     if within:
         # Never beyond the bound, and the longest prefix within it wins.
@@ -209,7 +222,7 @@ def test_a_waiter_keeps_fifo_and_its_grant_can_be_remembered() -> None:
     assert [lease.address for lease in got] == [held[1].address]  # the freed slot, FIFO
     pool.remember_affinity(Affinity(blocks=blocks), got[0])
     assert pool.affinity is not None
-    assert pool.affinity.scores(Affinity(blocks=blocks)) == {held[1].address: len(blocks)}
+    assert pool.affinity.scores(Affinity(blocks=blocks)) == {held[1].address: (len(blocks), 4)}
 
 
 def test_hints_are_ignored_without_an_affinity_spec() -> None:

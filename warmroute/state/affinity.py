@@ -27,6 +27,9 @@ from dataclasses import dataclass
 # several replicas, and any of them is a good pick.
 _PER_KEY = 4
 
+# A replica's affinity for a request: (leading blocks it served, recency); higher wins.
+Score = tuple[int, int]
+
 
 @dataclass(frozen=True, slots=True)
 class AffinitySpec:
@@ -103,23 +106,29 @@ class AffinityMemory:
         while len(keys) > self.capacity:
             keys.popitem(last=False)
 
-    def scores(self, affinity: Affinity) -> dict[str, int]:
-        """Address -> how many leading blocks it served (a session's replica scores above
-        any prefix). Read-only: looking up refreshes nothing."""
+    def scores(self, affinity: Affinity) -> dict[str, Score]:
+        """Address -> (how many leading blocks it served, how recently: ``_PER_KEY`` for
+        the latest replica granted the deepest of them, down to 1). The session's last
+        replica scores above any prefix. Read-only: looking up refreshes nothing.
+
+        Recency breaks ties on purpose: a prompt that overflowed to a second replica is
+        cached on both, and sending it back to the most recent one keeps each prompt on
+        as few replicas as load allows, so each replica's cache holds fewer prompts.
+        """
         keys = self._keys
-        scores: dict[str, int] = {}
+        scores: dict[str, Score] = {}
         for i, key in enumerate(affinity.blocks, 1):
             entry = keys.get(key)
             if entry is None:
                 # Chained hashes: a later block cannot match where this one did not (unless
                 # evicted out of order, which remember() never does within one request).
                 break
-            for address in entry:
-                scores[address] = i
+            for rank, address in enumerate(entry):
+                scores[address] = (i, _PER_KEY - rank)
         if affinity.session:
             entry = keys.get(affinity.session)
             if entry is not None:
-                scores[entry[0]] = len(affinity.blocks) + 1
+                scores[entry[0]] = (len(affinity.blocks) + 1, _PER_KEY)
         return scores
 
     def ordered(self) -> list[int | str]:

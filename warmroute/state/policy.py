@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from warmroute.state.affinity import Score
 from warmroute.state.replica import Phase, Replica
 
 _WARM = Phase.WARM  # a local: enum member access is a descriptor call in Python 3.11
@@ -51,12 +52,12 @@ def first_free(candidates: Iterable[Replica]) -> Replica | None:
 
 
 def prefix_affinity(
-    candidates: Iterable[Replica], scores: Mapping[str, int], max_imbalance: int
+    candidates: Iterable[Replica], scores: Mapping[str, Score], max_imbalance: int
 ) -> Replica | None:
     """The free replica with the highest affinity score (``AffinityMemory.scores``: the
-    longest prompt prefix it served, or the request's session), unless that one has more
-    than ``max_imbalance`` requests in flight above the least busy free replica; then, and
-    when no free replica scores, ``least_loaded``'s pick.
+    longest prompt prefix it served, or the request's session, then the most recent),
+    among those with at most ``max_imbalance`` requests in flight above the least busy free
+    replica; ``least_loaded``'s pick when none of those scores.
 
     In flight counts the address's leases plus external load, as for the slot check. Among
     equal scores the less loaded wins, then the least recently used.
@@ -73,10 +74,10 @@ def prefix_affinity(
         free.append((r, busy))
         least = min(least, busy)
     best: Replica | None = None
-    best_key = (0, 0.0, 0.0)
+    best_key: tuple[Score, float, float] = ((0, 0), 0.0, 0.0)
     for r, busy in free:
-        score = scores.get(r.address, 0)
-        if score <= 0 or busy - least > max_imbalance:
+        score = scores.get(r.address)
+        if score is None or busy - least > max_imbalance:
             continue
         key = (score, -busy / r.capacity.slots, -r.last_used)
         if best is None or key > best_key:
