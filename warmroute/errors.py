@@ -7,7 +7,7 @@ Tree:
     │   ├── InvalidBody            400: the body is not the JSON object the API expects
     │   ├── ModelMismatch          400: the model header and the body's model disagree
     │   ├── BodyTooLarge           413: the body is over ``routing.max_body_bytes``
-    │   ├── RequestTooLarge        413: its tokens are over a replica's whole token budget
+    │   ├── RequestTooLarge        400: its tokens are over a replica's whole token budget
     │   ├── UnknownModel           404: the model names no pool
     │   ├── QueueFull              429: the pool's wait queue is at its bound
     │   ├── Displaced              429 + Retry-After: a higher band took its place in the queue
@@ -64,10 +64,12 @@ class BodyTooLarge(RequestRejected):
 
 class RequestTooLarge(RequestRejected):
     """Its prompt estimate plus ``max_tokens`` is more than a replica of its pool can
-    ever hold (``tokens.capacity``): refused at once, never queued."""
+    ever hold (``tokens.capacity``): refused at once, never queued. 400, as OpenAI answers
+    a prompt over the context window (``context_length_exceeded``); a 413 would also be
+    taken for Envoy's own body-size reply, which the gateway rewrites."""
 
     code = "request_too_large_for_pool"
-    http_status = 413
+    http_status = 400
 
 
 class NoEligibleEndpoint(RequestRejected):

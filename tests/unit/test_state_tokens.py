@@ -138,7 +138,7 @@ def test_an_oversized_request_is_refused_at_once_naming_the_sizes() -> None:
     with pytest.raises(RequestTooLarge) as raised:
         pool.try_acquire_tokens("r", 101)
     assert raised.value.code == "request_too_large_for_pool"
-    assert raised.value.http_status == 413
+    assert raised.value.http_status == 400
     assert "101" in raised.value.message and "100" in raised.value.message
     with pytest.raises(RequestTooLarge):
         pool.enqueue_ranked("r", Got(), tokens=101)
