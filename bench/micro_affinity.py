@@ -16,21 +16,20 @@ import sys
 import time
 
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaUpsert
+from warmroute.state.affinity import Affinity, AffinitySpec, prompt_blocks
 
 
 def main() -> None:
     mode, n = sys.argv[1], int(sys.argv[2])
     reg = Registry()
+    hints: list[Affinity | None] = [None] * 8
     if mode == "affinity":
-        from warmroute.state.affinity import Affinity, AffinitySpec, prompt_blocks
-
         spec = PoolSpec("p", ("m",), policy="prefix_affinity", affinity=AffinitySpec())
         hints = [
             Affinity(blocks=prompt_blocks(f"system {i % 4} " * 400, 256, 16)) for i in range(8)
         ]
     else:
         spec = PoolSpec("p", ("m",))
-        hints = [None] * 8
     reg.configure([spec])
     for i in range(3):
         reg.apply(ReplicaUpsert("p", f"10.0.0.{i}:80", 4, Phase.WARM))
