@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warmroute.state import Lease, Phase, PoolSpec, Registry, ReplicaUpsert
+from warmroute.state import Lease, Phase, PoolSpec, Registry, ReplicaExternalLoad, ReplicaUpsert
 from warmroute.state.affinity import Affinity, AffinityMemory, AffinitySpec, prompt_blocks
 from warmroute.state.policy import least_loaded, prefix_affinity
 from warmroute.state.replica import Capacity, Replica
@@ -241,3 +241,55 @@ def test_eligible_set_bounds_the_affinity_pick() -> None:
     assert first is not None and first.address == ADDRS[0]
     other = pool.try_acquire("b", frozenset({ADDRS[1], ADDRS[2]}), hint)
     assert other is not None and other.address in (ADDRS[1], ADDRS[2])
+
+
+PROMPTS = [prompt_blocks(f"prompt {k} " * 30, 32, 16) for k in range(4)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 3),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("acquire"), st.integers(0, 3), st.sampled_from(["", "s1", "s2"])),
+            st.tuples(st.just("release"), st.integers(0, 1000), st.just("")),
+            st.tuples(st.just("external"), st.integers(0, 2), st.sampled_from(["0", "1", "3"])),
+        ),
+        max_size=60,
+    ),
+)
+def test_pool_with_hints_never_overbooks_nor_exceeds_the_bound(
+    bound: int, ops: list[tuple[str, int, str]]
+) -> None:
+    reg = _registry(AffinitySpec(max_imbalance=bound, memory=20), slots=2)
+    pool = reg.pools["p"]
+    held: list[Lease] = []
+    for op, n, arg in ops:
+        if op == "acquire":
+            hint = Affinity(arg, PROMPTS[n])
+            free = [r for r in pool.replicas.values() if r.free > 0]
+            busy = {r.address: r.busy for r in free}
+            fallback = least_loaded(list(pool.replicas.values()))
+            scores = pool.affinity.scores(hint) if pool.affinity else {}
+            lease = pool.try_acquire(f"r{len(held)}", None, hint)
+            if lease is None:
+                assert not free
+                continue
+            held.append(lease)
+            address = lease.address
+            assert address in busy  # a free replica, never a full one
+            assert lease.replica.capacity.leased + lease.replica.external <= 2
+            least = min(busy.values())
+            if address in scores and busy[address] - least <= bound:
+                # The best-scoring replica within the bound.
+                within = [a for a in busy if a in scores and busy[a] - least <= bound]
+                assert scores[address] == max(scores[a] for a in within)
+            else:
+                assert not [a for a in busy if a in scores and busy[a] - least <= bound]
+                assert fallback is not None and address == fallback.address
+        elif op == "release" and held:
+            held.pop(n % len(held)).release()
+        elif op == "external":
+            running = len(pool.replicas[ADDRS[n]].leases) + int(arg)  # external: arg
+            reg.apply(ReplicaExternalLoad("p", ADDRS[n], running))
+        assert pool.affinity is None or len(pool.affinity) <= 20
