@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 from typing import Any
 
@@ -228,3 +229,28 @@ async def test_epp_prefix_and_session_affinity(
         assert sim.stats().received_while_full == 0
         for e in sim.received():  # what each replica got is what the picker chose
             assert e.headers["x-gateway-destination-endpoint"] == sim.address
+
+
+async def test_a_body_too_big_to_forward_is_decided_on_its_headers(
+    stack_factory: StackFactory,
+) -> None:
+    # Over 3 MiB (one gRPC message could not carry it) but under routing.max_body_bytes.
+    stack = await stack_factory(replicas=2, slots=2, service_ms=5, pool_extra=AFFINITY)
+    await stack.wait_warm()
+    big = json.dumps(_chat(SYSTEM_A, "x" * 5_000_000)).encode()
+    async with client() as http:
+        async with http.post(
+            stack.url + "/v1/chat/completions",
+            headers={**H, "x-session-id": "carol"},
+            data=io.BytesIO(big),  # aiohttp warns about large raw bytes
+        ) as r:
+            await r.read()
+            assert r.status == 200
+            replica = r.headers["x-sim-replica"]
+        again, same = await _post(http, stack, _chat("hi", "small"), **{"x-session-id": "carol"})
+        assert again == 200
+    await stack.wait_idle()
+    assert same == replica  # its session was still remembered
+    got = [e for sim in stack.replicas for e in sim.received()]
+    assert sorted(e.body_bytes for e in got)[-1] == len(big)
+    assert stack.full_hits() == 0

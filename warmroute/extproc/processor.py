@@ -231,6 +231,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         return responses.answer(200, body, request_id)
 
 
+# The largest body asked for: a whole body is one gRPC message, and gRPC refuses messages
+# over 4 MiB by default (the request would fail). A chunked body's size is unknown.
+_HINT_BODY_MAX = 3 << 20
+
+
 class _StreamEnded(Exception):
     """Envoy closed the stream before sending the body we asked for: nothing to answer."""
 
@@ -258,11 +263,15 @@ async def _affinity(
     """The request's affinity hint, and whether its body was read for it (then the
     decision must answer the body message). Raises _StreamEnded if Envoy closed first.
 
-    The body is asked for only when prompts are hashed and the request has one. Envoy
+    The body is asked for only when prompts are hashed and the request has one of a
+    known size up to ``_HINT_BODY_MAX``; others are decided on the session alone. Envoy
     holds the request meanwhile (its buffer limit applies, as for json_to_metadata).
     """
     session = _header(headers, spec.session_header) if spec.session_header else ""
     if spec.block_chars == 0 or headers.end_of_stream or context is None:
+        return affinity_hint.hint(spec, session, None), False
+    size = _header(headers, "content-length")
+    if not size.isdigit() or int(size) > _HINT_BODY_MAX:
         return affinity_hint.hint(spec, session, None), False
     await context.write(_BODY_PLEASE)
     msg = await context.read()
