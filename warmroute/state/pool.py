@@ -41,6 +41,13 @@ Invariants (checked by tests/unit/test_state_properties.py after every step):
     may use it, and no fairness lane is served twice while another lane of its band waits
     with a waiter any replica may serve.
 
+Tokens (``PoolSpec.tokens``, ``warmroute.state.tokens``): a lease also reserves its
+request's tokens on the address, refunded exactly once when it ends, and a replica is free
+for a request only with a free slot and enough free tokens. Such a pool dispatches head
+of line (``_dispatch_tokens``): a waiter that fits none of its free replicas holds them,
+so work conservation there reads "no waiter waits while a free replica it may use fits
+it, unless an earlier waiter may use that replica" (tests/unit/test_state_tokens.py).
+
 A waiter whose eligible replicas all disappear (removed, draining) while it waits is not
 failed early: it waits for one to come back and otherwise times out after its queue timeout
 like any other waiter. New requests are turned away up front by ``can_ever_serve``.
