@@ -493,6 +493,8 @@ class Pool:
                     waiter = unrestricted.popitem(last=False)[0]
                 else:
                     return
+                # What ``_offer`` does, inlined: this loop is the request hot path, where a
+                # method call per grant is a measurable share of the work.
                 last_used = replica.last_used
                 lease = self._grant(replica, waiter.request_id)
                 try:
