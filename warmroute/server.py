@@ -172,6 +172,8 @@ class ControlPlane:
             source=str(self.config_path or "<config>"),
         )
         self.processor.admission = Admission(pools=lambda: self.manager.config.pools)
+        if self.epp is not None:
+            self.epp.picker.admission = self.processor.admission
         self.elector: LeaderElector | None = None
         if cfg.kubernetes.leader_election.enabled:
             kube = self.manager.kube

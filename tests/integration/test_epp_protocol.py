@@ -24,9 +24,9 @@ from tests.certs import make_pki
 from tests.helpers import free_port, wait_for
 from warmroute import config as config_mod
 from warmroute.config import Config
+from warmroute.envoy_names import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 from warmroute.epp.messages import CHUNK_BYTES, SUBSET_KEY, SUBSET_NAMESPACE
 from warmroute.server import ControlPlane
-from warmroute.xds.resources import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 
 MODEL = "m"
 REPLICAS = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"]
@@ -132,7 +132,7 @@ def _prompt(size: int) -> bytes:
 
 
 async def _send_request(
-    call: Any, request_id: str, body: bytes, chunk: int = 16_384, **headers: Any
+    call: Any, request_id: str, body: bytes, *, chunk: int = 16_384, **headers: Any
 ) -> tuple[ep.ProcessingResponse, bytes]:
     """Headers, then the body in chunks; returns the headers answer and the echoed body."""
     await call.write(_headers(request_id, **headers))
@@ -208,7 +208,7 @@ async def test_header_equals_metadata_and_body_echoed(channel: grpc.aio.Channel)
     for size, chunk in ((1_000, 16_384), (1_000_000, 10_000)):
         body = _prompt(size)
         call = stub.Process()
-        first, echoed = await _send_request(call, f"r{size}", body, chunk)
+        first, echoed = await _send_request(call, f"r{size}", body, chunk=chunk)
         header, meta, lease = _destination(first)
         assert header == meta and header in REPLICAS and len(lease) == 32
         common = first.request_headers.response

@@ -14,8 +14,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from tests.helpers import free_port, wait_for
 from warmroute.config import Config
+from warmroute.envoy_names import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 from warmroute.server import ControlPlane
-from warmroute.xds.resources import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ from warmroute.errors import (
     UnknownModel,
 )
 from warmroute.extproc import affinity_hint, responses, tokens
+from warmroute.extproc.admission import Admission
 from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
 from warmroute.extproc.waiting import acquire
@@ -100,6 +101,8 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.serving = True
         # Called with the pool name when a request has to wait: demand for the autoscaler.
         self.on_queued: Callable[[str], None] | None = None
+        # Pools with queue.reject_when_unmeetable answer 503 at once (set by the wiring).
+        self.admission = Admission()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         ex = _Exchange()
@@ -239,6 +242,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if lease is None:
             if self.on_queued is not None:
                 self.on_queued(pool.name)
+            self.admission.check(pool)  # 503 + Retry-After now if it could only time out
             wait_start = time.perf_counter()
             priority = pool.spec.priority
             try:
