@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,18 @@ _GRPC_OPTIONS = [
     # Fail loudly on a port clash instead of silently sharing it with another process.
     ("grpc.so_reuseport", 0),
 ]
+
+
+# The longest any one step of stop() may take: a shutdown must end, whatever one part does.
+_STOP_STEP_SECONDS = 15.0
+
+
+async def _bounded(what: str, step: Awaitable[object]) -> None:
+    """Await one shutdown step; past its time limit, log which one and go on."""
+    try:
+        await asyncio.wait_for(step, _STOP_STEP_SECONDS)
+    except TimeoutError:
+        logger.warning("stopping: %s did not finish within %gs; going on", what, _STOP_STEP_SECONDS)
 
 
 class _Fanout:
@@ -315,17 +327,17 @@ class ControlPlane:
             t.cancel()
         if self._watcher is not None:
             self._watcher.stop()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _bounded("background tasks", asyncio.gather(*self._tasks, return_exceptions=True))
         self._tasks.clear()
-        await self.manager.close()
-        await self.discovery.close()
-        await self.local_scaler.close()
+        await _bounded("config manager and Kubernetes watches", self.manager.close())
+        await _bounded("static discovery", self.discovery.close())
+        await _bounded("local replicas", self.local_scaler.close())
         # End ADS streams first: Envoy then reconnects with backoff instead of hanging on a
         # stream the server no longer serves.
-        await self.ads.close()
+        await _bounded("ADS streams", self.ads.close())
         if self._grpc is not None:
-            await self._grpc.stop(grace)
-        await self.admin.stop()
+            await _bounded("gRPC server", self._grpc.stop(grace))
+        await _bounded("admin server", self.admin.stop())
 
     def _on_leadership(self, leader: bool) -> None:
         self.processor.serving = leader
