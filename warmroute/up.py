@@ -101,5 +101,6 @@ async def _show(plane: ControlPlane, stop: asyncio.Event, live: bool, banner: st
         elif live:
             sys.stdout.write(table + "\n\n")
         sys.stdout.flush()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout: see Autoscaler.run
+            async with asyncio.timeout(interval):
+                await stop.wait()

@@ -387,3 +387,20 @@ async def test_configure_without_autoscale_stops_scaling_the_pool() -> None:
     env.wait(3)
     await env.autoscaler.step()
     assert scaler.sets() == []
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_stop_always_ends_the_loop_even_when_a_poke_lands_with_the_cancel(turns: int) -> None:
+    """A request queuing just as the control plane stops must not keep the loop alive: on
+    Python 3.11, ``asyncio.wait_for`` returns the inner result and drops a cancellation that
+    lands in the same turns as its inner wait completes (the loop then ran forever)."""
+    env = await started(FakeScaler(), tick=3600)
+    task = asyncio.create_task(env.autoscaler.run())
+    for _ in range(10):  # into its wait for a poke
+        await asyncio.sleep(0)
+    env.autoscaler.poke(POOL)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done and task.cancelled()

@@ -100,8 +100,12 @@ class Autoscaler:
     async def run(self) -> None:
         await self.start()
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the inner result
+            # and drops a cancellation that lands as its wait completes (a poke as the
+            # control plane stops): this loop then ran forever and stop() waited on it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._tick)
+                async with asyncio.timeout(self._tick):
+                    await self._wake.wait()
             self._wake.clear()
             await self.step()
 
