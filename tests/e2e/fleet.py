@@ -21,6 +21,7 @@ import aiohttp
 import yaml
 
 from tests.e2e.envoy_admin import get_json
+from tests.e2e.stack import metric_total
 from tests.helpers import free_port, wait_for
 from warmroute import config as config_mod
 from warmroute.envoy_process import EnvoyProcess
@@ -161,16 +162,7 @@ class Fleet:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a control-plane metric's samples whose labels include ``labels``."""
-        text = self.plane.metrics.exposition().decode()
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
-            if not m or m.group(1) != name:
-                continue
-            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            if all(got.get(k) == v for k, v in labels.items()):
-                total += float(m.group(3))
-        return total
+        return metric_total(self.plane, name, **labels)
 
 
 async def start_sim(

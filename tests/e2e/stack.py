@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import free_port, wait_for
 from warmroute.config import Config
@@ -60,16 +60,7 @@ class Stack:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include ``labels``."""
-        text = self.plane.metrics.exposition().decode()
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
-            if not m or m.group(1) != name:
-                continue
-            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            if all(got.get(k) == v for k, v in labels.items()):
-                total += float(m.group(3))
-        return total
+        return metric_total(self.plane, name, **labels)
 
     def full_hits(self) -> int:
         return sum(r.stats().received_while_full for r in self.replicas)
@@ -163,6 +154,18 @@ async def start_stack(
         await envoy.start()
         started.pop_all()
     return Stack(cfg, plane, envoy, sims, f"http://{listen}")
+
+
+def metric_total(plane: ControlPlane, name: str, **labels: str) -> float:
+    """Sum of the control plane's ``name`` samples whose labels include ``labels``, read
+    from its Prometheus exposition as a scraper would."""
+    text = plane.metrics.exposition().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def client(limit: int = 0) -> aiohttp.ClientSession:
