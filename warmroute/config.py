@@ -157,6 +157,12 @@ class ControlConfig(_Model):
     tls: GrpcTlsConfig | None = None
     expire_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     lease_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Envoys report their requests in progress per replica this often (LRS).
+    load_report_interval_seconds: float = Field(default=0.5, ge=0.05, le=60)
+    # At start, hold every slot until the load on each replica is known (Envoys' load
+    # reports, its metrics, or the end of its previous requests); at most this long.
+    start_fence: bool = True
+    start_fence_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
 
 
 class RolloutConfig(_Model):
