@@ -161,8 +161,10 @@ class ControlConfig(_Model):
     load_report_interval_seconds: float = Field(default=0.5, ge=0.05, le=60)
     # At start, hold every slot until the load on each replica is known (Envoys' load
     # reports, its metrics, or the end of its previous requests); at most this long.
+    # Default: 30 s with our own Envoys (a request Envoy routed runs on after we die);
+    # 1 s as an endpoint picker (a gateway ends every request whose picker stream broke).
     start_fence: bool = True
-    start_fence_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    start_fence_grace_seconds: float | None = Field(default=None, ge=0, le=86_400)
 
 
 class RolloutConfig(_Model):

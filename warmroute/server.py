@@ -59,6 +59,15 @@ _GRPC_OPTIONS = [
 ]
 
 
+# How long a start's fence holds slots nobody reported on (``control.start_fence``). Own
+# Envoys: a request they routed runs on after we die; Envoy reports it within ~5.5 s (its
+# LRS retry), so this is only the bound for an Envoy that never reports. As a picker: the
+# gateway ends every request whose picker stream broke (measured with the reference
+# gateway config: each answered 500, and the replicas saw the disconnect), so only the
+# replicas' reaction to the disconnect is left to wait for.
+_START_GRACE = 30.0
+_EPP_START_GRACE = 1.0
+
 # The longest any one step of stop() may take: a shutdown must end, whatever one part does.
 _STOP_STEP_SECONDS = 15.0
 
@@ -272,7 +281,10 @@ class ControlPlane:
             raise OSError(f"cannot listen for gRPC on {cfg.control.grpc}")
         if cfg.control.start_fence:
             # Requests routed before this start may still run anywhere (module fence).
-            self.fence.begin("start", cfg.control.start_fence_grace_seconds)
+            grace = cfg.control.start_fence_grace_seconds
+            if grace is None:
+                grace = _EPP_START_GRACE if self.epp is not None else _START_GRACE
+            self.fence.begin("start", grace)
         await self.manager.start()
         await server.start()
         self._grpc = server

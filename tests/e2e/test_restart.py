@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
+from tests.e2e.test_epp_envoy import gateway_bootstrap
 from tests.helpers import free_port, wait_for
 from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
@@ -221,3 +224,126 @@ async def test_a_restart_with_replica_metrics_never_overfills_a_replica(tmp_path
     assert r["old"] == [200, 200, 200]
     assert r["lifted"].get("scrape", 0) >= 1
     assert r["served_beside_old"] >= 2
+
+
+# -- endpoint-picker mode: the gateway's Envoy -------------------------------------------------
+
+
+def _gateway(listen: int, admin: int, picker: int, *, load_reports: bool) -> str:
+    """The Gateway API Inference Extension's own picker config (the EPP tests' fixture);
+    with ``load_reports``, plus the one block warmroute's README asks a gateway to add."""
+    doc = json.loads(gateway_bootstrap(listen, admin, picker))
+    if load_reports:
+        doc["cluster_manager"] = {"load_stats_config": LOAD_STATS_CONFIG}
+    return json.dumps(doc)
+
+
+LOAD_STATS_CONFIG = {
+    "api_type": "GRPC",
+    "transport_api_version": "V3",
+    "grpc_services": [{"envoy_grpc": {"cluster_name": "ext_proc"}}],
+}
+
+
+async def _picker_restart_under_load(tmp_path: Path, *, load_reports: bool) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as cleanup:
+        sims = []
+        for i in range(3):
+            sim = SimReplica(1, 0.0, ServiceTime("fixed", 30), seed=i, model=MODEL)
+            cleanup.push_async_callback(sim.stop)
+            await sim.start("127.0.0.1", 0)
+            sims.append(sim)
+        picker, listen, gw_admin, admin = free_port(), free_port(), free_port(), free_port()
+        raw = {
+            "control": {"grpc": f"127.0.0.1:{picker}", "admin": f"127.0.0.1:{admin}"},
+            "pools": [
+                {
+                    "name": "main",
+                    "models": [MODEL],
+                    "slots": 1,
+                    "probe": {"interval_seconds": 0.05},
+                    "replicas": [s.address for s in sims],
+                }
+            ],
+            "epp": {"enabled": True},
+        }
+        path = tmp_path / "warmroute.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        serve = Serve(path, f"127.0.0.1:{admin}", tmp_path / "serve.log")
+        cleanup.push_async_callback(serve.stop)
+        await serve.start()
+        envoy = EnvoyProcess(
+            _gateway(listen, gw_admin, picker, load_reports=load_reports), f"127.0.0.1:{gw_admin}"
+        )
+        cleanup.push_async_callback(envoy.stop)
+        await envoy.start()
+        url = f"http://127.0.0.1:{listen}"
+        http = await cleanup.enter_async_context(
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        )
+        await wait_for(lambda: _routable(serve, http), timeout=40, what="a routable picker")
+        old = [asyncio.create_task(_post(http, url, 12_000)) for _ in range(3)]
+        await wait_for(lambda: all(s.stats().in_flight == 1 for s in sims), what="busy")
+        serve.kill()
+        await serve.wait()
+        await asyncio.sleep(0.2)  # the fault: 0.2 s without a picker
+        restarted = time.monotonic()
+        await serve.start()
+        statuses = await asyncio.gather(*old)
+        answers: Counter[int] = Counter()
+        first_ok: list[float] = []
+
+        async def clients(stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                status = await _post(http, url)
+                answers[status] += 1
+                if status == 200 and not first_ok:
+                    first_ok.append(time.monotonic() - restarted)
+                elif status != 200:
+                    await asyncio.sleep(0.05)
+
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(clients(stop)) for _ in range(6)]
+        try:
+            await wait_for(lambda: answers[200] >= 20, timeout=40, what="routing resumed")
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+
+        async def quiet() -> bool:
+            state = await serve.state(http)
+            return state is not None and state["leases"] == 0
+
+        await wait_for(quiet, timeout=15, what="no lease left")
+        if load_reports:  # the gateway's LRS stream comes back after Envoy's fixed 5 s
+
+            async def reporting() -> bool:
+                state = await serve.state(http)
+                return state is not None and state["fence"]["reporting_envoys"] >= 1
+
+            await wait_for(reporting, timeout=15, what="the gateway's load reports")
+        state = await serve.state(http)
+        assert state is not None
+        return {
+            "old": statuses,
+            "answers": answers,
+            "full": sum(s.stats().received_while_full for s in sims),
+            "peak": max(s.stats().max_in_flight for s in sims),
+            "first_ok": first_ok[0],
+            "lifted": state["fence"]["lifted"],
+            "reporting": state["fence"]["reporting_envoys"],
+        }
+
+
+@pytest.mark.parametrize("load_reports", [False, True], ids=["plain-gateway", "gateway-lrs"])
+async def test_a_picker_restart_under_load_never_overfills_a_replica(
+    tmp_path: Path, load_reports: bool
+) -> None:
+    r = await _picker_restart_under_load(tmp_path, load_reports=load_reports)
+    _report(f"endpoint picker, load reports {load_reports}", r)
+    assert r["full"] == 0 and r["peak"] <= 1
+    # The gateway ended the requests whose picker stream broke: an answer, not a hang.
+    assert all(status >= 500 for status in r["old"]), r["old"]
+    assert r["lifted"].get("grace", 0) + r["lifted"].get("reports", 0) == 3
+    if load_reports:
+        assert r["reporting"] >= 1
