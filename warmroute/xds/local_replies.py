@@ -108,7 +108,7 @@ def control_plane_unavailable(
     retry_after_seconds: int, *, client_request_ids: bool = False
 ) -> hcm_pb2.ResponseMapper:
     """503 + ``Retry-After`` + JSON ``control_plane_unavailable`` for every local reply of
-    an ext_proc filter that could not get an answer (see the module's table).
+    an ext_proc filter that could not get an answer (the cases in the module's docstring).
 
     ``client_request_ids``: the HCM may keep a client's ``x-request-id`` (a gateway), so
     the body is ``json_format``, which escapes it. Otherwise (warmroute's listener:
@@ -129,7 +129,7 @@ def control_plane_unavailable(
             )
         ),
         # One status whatever the filter's status_on_error (unset: 500) or its timeout (504)
-        # said: the request was not served here and may be sent again.
+        # said: retryable, like warmroute's own 503s.
         status_code=wrappers_pb2.UInt32Value(value=503),
         headers_to_add=[
             base_pb2.HeaderValueOption(
