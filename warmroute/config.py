@@ -191,6 +191,10 @@ class RoutingConfig(_Model):
     # on a busy replica; true lets Envoy route without a lease (its fallback policy,
     # least-request), trading the slot guarantee for availability.
     failure_mode_allow: bool = False
+    # With failure_mode_allow false, Envoy's 503 for "warmroute unreachable" carries this
+    # Retry-After (and JSON code control_plane_unavailable): a restart takes a second or
+    # two, a leader failover up to kubernetes.leader_election.lease_seconds.
+    unreachable_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
     # Requests whose model is in the JSON body are buffered whole by Envoy before routing;
     # a body over this size is answered 413 (it would not fit Envoy's buffer).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
