@@ -45,9 +45,12 @@ class Stack:
 
         def warm() -> bool:
             view = self.plane.registry.view()
-            return sum(r.phase == "warm" for p in view.pools for r in p.replicas) >= want
+            # Warm and routable: the start fence lifts once Envoy's first load report came.
+            held = view.fence.held
+            return sum(r.phase == "warm" and r.address not in held
+                       for p in view.pools for r in p.replicas) >= want  # fmt: skip
 
-        await wait_for(warm, timeout, what=f"{want} warm replicas")
+        await wait_for(warm, timeout, what=f"{want} warm, routable replicas")
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """No lease and no waiter left in warmroute."""

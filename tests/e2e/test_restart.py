@@ -245,7 +245,9 @@ LOAD_STATS_CONFIG = {
 }
 
 
-async def _picker_restart_under_load(tmp_path: Path, *, load_reports: bool) -> dict[str, Any]:
+async def _picker_restart_under_load(
+    tmp_path: Path, *, load_reports: bool, metrics: bool = False
+) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as cleanup:
         sims = []
         for i in range(3):
@@ -267,6 +269,8 @@ async def _picker_restart_under_load(tmp_path: Path, *, load_reports: bool) -> d
             ],
             "epp": {"enabled": True},
         }
+        if metrics:
+            raw["pools"][0]["metrics"] = {"interval_seconds": 0.2}  # type: ignore[index]
         path = tmp_path / "warmroute.yaml"
         path.write_text(yaml.safe_dump(raw))
         serve = Serve(path, f"127.0.0.1:{admin}", tmp_path / "serve.log")
@@ -335,15 +339,20 @@ async def _picker_restart_under_load(tmp_path: Path, *, load_reports: bool) -> d
         }
 
 
-@pytest.mark.parametrize("load_reports", [False, True], ids=["plain-gateway", "gateway-lrs"])
+@pytest.mark.parametrize(
+    ("load_reports", "metrics"),
+    [(False, False), (True, False), (False, True)],
+    ids=["plain-gateway", "gateway-lrs", "replica-metrics"],
+)
 async def test_a_picker_restart_under_load_never_overfills_a_replica(
-    tmp_path: Path, load_reports: bool
+    tmp_path: Path, load_reports: bool, metrics: bool
 ) -> None:
-    r = await _picker_restart_under_load(tmp_path, load_reports=load_reports)
-    _report(f"endpoint picker, load reports {load_reports}", r)
+    r = await _picker_restart_under_load(tmp_path, load_reports=load_reports, metrics=metrics)
+    _report(f"endpoint picker, load reports {load_reports}, metrics {metrics}", r)
     assert r["full"] == 0 and r["peak"] <= 1
     # The gateway ended the requests whose picker stream broke: an answer, not a hang.
     assert all(status >= 500 for status in r["old"]), r["old"]
-    assert r["lifted"].get("grace", 0) + r["lifted"].get("reports", 0) == 3
+    how = "scrape" if metrics else "grace"
+    assert r["lifted"].get(how, 0) + r["lifted"].get("reports", 0) == 3, r["lifted"]
     if load_reports:
         assert r["reporting"] >= 1
