@@ -168,6 +168,30 @@ def test_waiters_are_served_in_order_as_tokens_free() -> None:
     assert small.lease.replica.capacity.tokens_leased == 55
 
 
+def test_the_head_of_the_line_leaving_lets_the_next_waiter_in() -> None:
+    # Found by the state machine below: a cancelled or timed-out head kept a waiter that
+    # fits behind it waiting until the next release.
+    registry, clock = _registry(_spec(capacity=100, queue_timeout=5.0))
+    _warm(registry, "p", A, slots=4)
+    pool = registry.pools["p"]
+    assert pool.try_acquire_tokens("a", 42) is not None
+    assert pool.try_acquire_tokens("b", 42) is not None
+    big, small, smaller = Got(), Got(), Got()
+    head = pool.enqueue_ranked("big", big, tokens=59)
+    pool.enqueue_ranked("small", small, tokens=10)
+    assert small.lease is None  # it fits, but waits behind the head
+    assert pool.cancel(head)
+    assert small.lease is not None and big.lease is None
+    # The same when the head times out.
+    head = pool.enqueue_ranked("big2", Got(), tokens=59)
+    clock.now += 3.0
+    pool.enqueue_ranked("smaller", smaller, tokens=5)
+    assert smaller.lease is None
+    clock.now += 3.0  # past the head's queue timeout, not the one behind it
+    pool.expire_waiters(clock.now)
+    assert smaller.lease is not None
+
+
 def test_a_held_replica_does_not_block_a_waiter_that_cannot_use_it() -> None:
     registry, _ = _registry(_spec(capacity=100))
     _warm(registry, "p", A)

@@ -393,7 +393,14 @@ class Pool:
             return False
         waiter.state = WaitState.CANCELLED
         self.counters.waits_cancelled += 1
+        self._unblocked()
         return True
+
+    def _unblocked(self) -> None:
+        """A waiter left the queue. In a token pool the head of the line holds back the
+        waiters behind it (``warmroute.state.tokens``): with it gone, one may fit now."""
+        if self.spec.tokens is not None and self.queue:
+            self._dispatch()
 
     def release(self, lease: Lease, reason: EndReason = EndReason.FINISHED) -> bool:
         """End a lease (idempotent) and hand its slot to the next waiter.
@@ -721,6 +728,8 @@ class Pool:
             self.queue.remove(w)
             w.state = WaitState.TIMED_OUT
             self.counters.waits_timed_out += 1
+        if timed_out:
+            self._unblocked()
         for w in timed_out:
             if w.on_timeout is not None:
                 w.on_timeout()
@@ -732,6 +741,7 @@ class Pool:
             return False
         waiter.state = WaitState.TIMED_OUT
         self.counters.waits_timed_out += 1
+        self._unblocked()
         return True
 
     # -- membership ----------------------------------------------------------------------
