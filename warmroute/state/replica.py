@@ -106,13 +106,15 @@ class Replica:
     only its own leases; ``in_flight`` is their number. ``capacity`` is shared with other
     pools' replicas of the same address and decides what is free. ``external`` counts slots
     busy with traffic warmroute did not lease (seen in the replica's own metrics); they are
-    not free.
+    not free. ``held`` is True while outlier detection keeps it from new leases (ejected,
+    or backed off after answering that it is full; ``warmroute.state.outlier``).
     """
 
     __slots__ = (
         "address",
         "capacity",
         "external",
+        "held",
         "in_flight",
         "last_used",
         "leased_total",
@@ -137,11 +139,13 @@ class Replica:
         self.external = 0
         self.last_used = 0.0
         self.leased_total = 0
+        self.held = False
 
     @property
     def free(self) -> int:
-        """Slots that may be leased now, counting every pool's leases (0 unless WARM)."""
-        if self.phase is not Phase.WARM:
+        """Slots that may be leased now, counting every pool's leases (0 unless WARM and
+        not held by outlier detection)."""
+        if self.phase is not Phase.WARM or self.held:
             return 0
         c = self.capacity
         return max(0, c.slots - c.leased - self.external)
