@@ -288,6 +288,7 @@ async def test_metrics_use_vllm_names_and_values(
         'sim_requests_received_while_loading_total{model_name="m1"}': 0,
         'sim_requests_completed_total{model_name="m1"}': 1,
         'sim_requests_cancelled_total{model_name="m1"}': 0,
+        'sim_requests_failed_total{model_name="m1"}': 0,
         'sim_max_in_flight{model_name="m1"}': 1,
     }
 

@@ -148,6 +148,9 @@ class Return:
     pool: str
     address: str
     reason: str  # why it had been ejected
+    consecutive: int  # what ejected it: failures in a row,
+    failures: int  # failures in the window
+    requests: int  # and counted outcomes in the window
     seconds: float  # how long it was out
     early: bool  # before its time: the cap shrank, or detection was turned off
 
@@ -212,8 +215,8 @@ class _Record:
     """One replica's counters and holds. Owned by its ``OutlierDetector``."""
 
     __slots__ = (
-        "backoff_until", "consecutive", "ejected_at", "ejections", "full", "in_a_row",
-        "reason", "returned_at", "until", "window",
+        "backoff_until", "consecutive", "ejected_at", "ejections", "evidence", "full",
+        "in_a_row", "reason", "returned_at", "until", "window",
     )  # fmt: skip
 
     def __init__(self, window_seconds: float) -> None:
@@ -225,6 +228,7 @@ class _Record:
         self.until: float | None = None  # ejected until then
         self.ejected_at = 0.0
         self.reason = ""
+        self.evidence = (0, 0, 0)  # failures in a row, in the window, window requests
         self.returned_at: float | None = None
         self.backoff_until: float | None = None
 
@@ -345,6 +349,7 @@ class OutlierDetector:
         record.until = now + seconds
         record.ejected_at = now
         record.reason = reason
+        record.evidence = (record.consecutive, failures, requests)
         record.ejections += 1
         self.ejections += 1
         self._ejected.add(address)
@@ -406,7 +411,7 @@ class OutlierDetector:
         record.consecutive = 0
         record.window = _Window(self.spec.window_seconds)
         self._ejected.discard(address)
-        return Return(self.pool, address, record.reason, seconds, early)
+        return Return(self.pool, address, record.reason, *record.evidence, seconds, early)
 
     # -- membership and reads -----------------------------------------------------------------
 
