@@ -19,9 +19,10 @@ picker configuration). Per stream, in order:
   5. the response's end (body ``end_of_stream``, trailers, or headers with
      ``end_of_stream``) releases the lease and ends our side of the stream. Just before,
      how the request went counts for the replica's outlier detection
-     (``extproc.outliers``): a 5xx, Envoy's own 5xx reply for it (``messages.from_upstream``
-     false) or no response at all are failures; a 503 or 429 the replica sent itself says
-     it is full; a client gone first counts for nothing.
+     (``extproc.outliers``): a 5xx or Envoy's own 5xx reply for it
+     (``messages.from_upstream`` false: refused, reset, timed out) is a failure; a 503 or
+     429 the replica sent itself says it is full; a stream that ends before the response
+     does (the client left) counts for nothing.
 
 The lease is released in a ``finally`` that always runs: response end, stream end, reset
 (client gone: gRPC cancels the handler) or any error. No access log is needed in this
@@ -330,9 +331,11 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         """Runs whatever ended the stream: a lease still held is released here."""
         if ex.lease is not None and ex.lease.ended is None:
             if ex.outcome is None:
-                # Envoy closed the stream before the response ended: the request failed
-                # between us and the replica, or Envoy gave up on it.
-                ex.outcome = "upstream_error" if ex.status == 0 else "client_disconnect"
+                # Envoy closed the stream before the response ended. Not for a failure
+                # upstream: Envoy answers a refused, reset or timed-out request itself, and
+                # that reply comes through the response phase like any other (measured,
+                # Envoy 1.40). So the client left (before the response or during it).
+                ex.outcome = "client_disconnect"
             self._release(ex)
 
     def _release(self, ex: _Exchange) -> None:
@@ -358,5 +361,4 @@ def _for_replica(ex: _Exchange) -> Outcome:
     status = ex.status
     if ex.outcome == "client_disconnect":
         return Outcome.IGNORED
-    failed = status == 0 or (status >= 500 and not ex.answered)
-    return classify(status, answered=ex.answered, upstream_failed=failed)
+    return classify(status, answered=ex.answered, upstream_failed=status >= 500 and not ex.answered)
