@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.unit.test_state_pool import FakeClock, Ids, Requester
 from warmroute.state import Lease, Phase, Pool, PoolSpec, Registry, ReplicaUpsert
@@ -405,3 +408,120 @@ def test_a_reload_that_turns_detection_off_lets_the_replicas_back() -> None:
     assert registry.next_outlier_due() == -math.inf
     (back,) = registry.restore_outliers()
     assert back.early and not registry.pools["p"].replicas[A].held
+
+
+# -- a stateful property test of a pool with outlier detection ----------------------------
+
+
+class OutlierPoolMachine(RuleBasedStateMachine):
+    """Random requests, outcomes (reported before release), time, returns and phase changes
+    on one pool of four one- or two-slot replicas; after every step: a held replica is
+    never leased, no waiter waits while a WARM replica not held has a free slot, the
+    replicas' ``held`` flags match the detector, and the cap holds (re-checked by
+    ``restore``, so from the last restore after a phase change on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        spec = OutlierSpec(
+            consecutive_failures=2,
+            failure_ratio=0.5,
+            failure_ratio_min_requests=4,
+            window_seconds=4.0,
+            base_ejection_seconds=1.0,
+            max_ejection_seconds=3.0,
+            full_backoff_seconds=0.5,
+        )
+        self.pool = Pool(
+            PoolSpec("p", ("m",), max_waiting=50, queue_timeout=1e9, outlier=spec),
+            clock=self.clock,
+            new_id=Ids(),
+            leases={},
+        )
+        for address, slots in zip((A, B, C, D), (1, 2, 1, 2), strict=True):
+            self.pool.upsert(address, slots, Phase.WARM)
+        self.leases: list[Lease] = []
+        self.held_leased: list[str] = []
+        self.cap_settled = True  # no phase change since the last restore
+
+    def _granted(self, lease: Lease) -> bool:
+        if lease.replica.held:  # noted, not raised: the pool treats a raising callback as a no
+            self.held_leased.append(lease.address)
+        self.leases.append(lease)
+        return True
+
+    @rule(eligible=st.none() | st.frozensets(st.sampled_from((A, B, C, D)), min_size=1))
+    def request(self, eligible: frozenset[str] | None) -> None:
+        lease = self.pool.try_acquire("r", eligible)
+        if lease is not None:
+            self._granted(lease)
+        elif len(self.pool.queue) < self.pool.spec.max_waiting:
+            self.pool.enqueue("r", self._granted, eligible=eligible)
+
+    @precondition(lambda self: self.leases)
+    @rule(index=st.integers(0, 99), outcome=st.sampled_from([S, F, F, F, F, F, FULL, IGN]))
+    def finish(self, index: int, outcome: Outcome) -> None:
+        lease = self.leases.pop(index % len(self.leases))
+        self.pool.report(lease, outcome)
+        lease.release()
+
+    @rule()
+    def every_request_fails(self) -> None:
+        """A burst: every replica fails what it has (a pool-wide outage)."""
+        while self.leases:
+            lease = self.leases.pop()
+            self.pool.report(lease, F)
+            lease.release()
+
+    @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 2.5]))
+    def advance_and_restore(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.pool.restore_outliers()
+        self.cap_settled = True
+        for address in self.pool.outliers.ejected():  # nothing due is left ejected
+            status = self.pool.outliers.status(address)
+            assert status is not None and status.ejected_seconds_left > 0
+
+    @rule(address=st.sampled_from((A, B, C, D)), warm=st.booleans())
+    def phase(self, address: str, warm: bool) -> None:
+        replica = self.pool.replicas[address]
+        self.pool.upsert(address, replica.slots, Phase.WARM if warm else Phase.LOADING)
+        self.cap_settled = False
+
+    @invariant()
+    def no_held_replica_leased(self) -> None:
+        assert self.held_leased == []
+
+    @invariant()
+    def held_flags_match(self) -> None:
+        held = self.pool.outliers.held
+        for address, replica in self.pool.replicas.items():
+            assert replica.held == (address in held), address
+        assert self.pool.outliers.ejected() <= held
+        assert (self.pool.outliers.next_due() is None) == (not held)
+
+    @invariant()
+    def no_free_replica_idles_while_someone_waits(self) -> None:
+        if not self.pool.queue:
+            return
+        for w in self.pool.queue:
+            for r in self.pool.replicas.values():
+                if w.eligible is None or r.address in w.eligible:
+                    assert r.phase is not Phase.WARM or r.held or r.free == 0, r
+
+    @invariant()
+    def never_more_than_the_cap(self) -> None:
+        if not self.cap_settled:
+            return
+        warm = [a for a, r in self.pool.replicas.items() if r.phase is Phase.WARM]
+        ejected = self.pool.outliers.ejected()
+        assert sum(a in ejected for a in warm) <= self.pool.outliers.spec.allowed(len(warm))
+
+    @invariant()
+    def within_slots(self) -> None:
+        for r in self.pool.replicas.values():
+            assert r.capacity.leased <= r.capacity.slots
+
+
+TestOutlierPool = OutlierPoolMachine.TestCase
+TestOutlierPool.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
