@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.unit.test_state_pool import FakeClock, Ids, Requester
+from warmroute import view
 from warmroute.state import Lease, Phase, Pool, PoolSpec, Registry, ReplicaUpsert
 from warmroute.state.outlier import (
     Backoff,
@@ -525,3 +526,23 @@ class OutlierPoolMachine(RuleBasedStateMachine):
 
 TestOutlierPool = OutlierPoolMachine.TestCase
 TestOutlierPool.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
+
+
+def test_the_status_table_shows_ejections_and_back_offs() -> None:
+    clock = FakeClock()
+    registry = Registry(clock=clock, new_id=Ids())
+    registry.configure([PoolSpec("p", ("m",), outlier=OutlierSpec(failure_ratio=None))])
+    for address in (A, B, C):
+        registry.apply(ReplicaUpsert("p", address, 1, Phase.WARM))
+    pool = registry.pools["p"]
+    _eject(pool, A)
+    lease = _lease_on(pool, B)
+    pool.report(lease, FULL)
+    lease.release()
+    clock.advance(2.5)
+    text = view.render(registry.view().to_json())
+    assert "outliers: 1 ejected now, 1 ejections (0 held back by the cap), 1 full back-offs" in text
+    (row_a,) = [line for line in text.splitlines() if A in line]
+    assert row_a.endswith("EJECTED 7.5s more (consecutive_failures, ejection 1 in a row, 1 in all)")
+    (row_c,) = [line for line in text.splitlines() if C in line]
+    assert "EJECTED" not in row_c and "full" not in row_c
