@@ -7,10 +7,12 @@ import logging
 from collections.abc import Callable
 
 import pytest
+from envoy.data.accesslog.v3 import accesslog_pb2
 
 from tests.e2e.stack import metric_total
 from tests.unit.test_state_outlier import A, B, C, Ids, _lease_on
 from tests.unit.test_state_pool import FakeClock
+from warmroute.extproc.accesslog import _for_replica
 from warmroute.extproc.outliers import OutlierReporter
 from warmroute.metrics import Metrics
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaUpsert
@@ -146,3 +148,32 @@ def test_close_cancels_the_timer() -> None:
     reporter.close()
     reporter.close()
     assert timers.live() == []
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "flags", "expected"),
+    [
+        (200, "via_upstream", {}, Outcome.SUCCESS),
+        (500, "via_upstream", {}, Outcome.FAILURE),
+        (503, "via_upstream", {}, Outcome.FULL),  # the replica's own "full"
+        (429, "via_upstream", {}, Outcome.FULL),
+        # Measured with Envoy 1.40: a refused connection is Envoy's own 503.
+        (
+            503,
+            "upstream_reset_before_response_started{remote_connection_failure|"
+            "delayed_connect_error:_Connection_refused}",
+            {"upstream_connection_failure": True},
+            Outcome.FAILURE,
+        ),
+        (504, "upstream_response_timeout", {"upstream_request_timeout": True}, Outcome.FAILURE),
+        (200, "via_upstream", {"upstream_remote_reset": True}, Outcome.FAILURE),  # mid-stream
+        (503, "upstream_reset_before_response_started{overflow}", {"upstream_overflow": True},
+         Outcome.IGNORED),  # Envoy's circuit breaker, not the replica
+        (0, "downstream_remote_disconnect", {"downstream_remote_reset": True}, Outcome.IGNORED),
+        (200, "via_upstream", {"downstream_connection_termination": True}, Outcome.IGNORED),
+    ],
+)  # fmt: skip
+def test_an_access_log_entry_counts_for_its_replica(
+    code: int, details: str, flags: dict[str, bool], expected: Outcome
+) -> None:
+    assert _for_replica(code, details, accesslog_pb2.ResponseFlags(**flags)) is expected
