@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from warmroute.errors import ConfigError
 from warmroute.state.affinity import AffinitySpec
+from warmroute.state.outlier import OutlierSpec
 from warmroute.state.pool import PoolSpec
 from warmroute.state.priority import BandSpec, PrioritySpec
 from warmroute.state.tokens import TokenSpec
@@ -420,6 +421,52 @@ class AffinityConfig(_Model):
         )
 
 
+class OutlierConfig(_Model):
+    """Replicas whose requests fail stop getting leases for a while (README "Outlier
+    detection"; Envoy's own cannot see requests pinned with override_host)."""
+
+    enabled: bool = True
+    # Failures in a row (5xx but 503, connection failure, reset, timeout) that eject a
+    # replica; 0: never on this test alone.
+    consecutive_failures: int = Field(default=5, ge=0, le=1_000_000)
+    # Eject when at least this share of its requests over window_seconds failed, once it
+    # had failure_ratio_min_requests there; null: never on this test alone.
+    failure_ratio: float | None = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
+    failure_ratio_min_requests: int = Field(default=20, ge=1, le=1_000_000)
+    window_seconds: float = Field(default=30.0, gt=0, le=86_400, allow_inf_nan=False)
+    # Ejected for base x its ejections in a row, at most max_ejection_seconds.
+    base_ejection_seconds: float = Field(default=10.0, gt=0, le=86_400, allow_inf_nan=False)
+    max_ejection_seconds: float = Field(default=300.0, gt=0, le=7 * 86_400, allow_inf_nan=False)
+    # At most this share of the pool's warm replicas ejected at once; at least one if it
+    # has two or more, never all of them.
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+    # A replica answering 503 or 429 itself (full) takes no lease this long; 0: none.
+    full_backoff_seconds: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _max_covers_base(self) -> OutlierConfig:
+        if self.max_ejection_seconds < self.base_ejection_seconds:
+            raise _located(
+                f"max_ejection_seconds ({self.max_ejection_seconds:g}) is below "
+                f"base_ejection_seconds ({self.base_ejection_seconds:g}): expected at least it",
+                "max_ejection_seconds",
+            )
+        return self
+
+    def spec(self) -> OutlierSpec:
+        return OutlierSpec(
+            enabled=self.enabled,
+            consecutive_failures=self.consecutive_failures,
+            failure_ratio=self.failure_ratio,
+            failure_ratio_min_requests=self.failure_ratio_min_requests,
+            window_seconds=self.window_seconds,
+            base_ejection_seconds=self.base_ejection_seconds,
+            max_ejection_seconds=self.max_ejection_seconds,
+            max_ejection_percent=self.max_ejection_percent,
+            full_backoff_seconds=self.full_backoff_seconds,
+        )
+
+
 class AutoscaleConfig(_Model):
     """Request-time scaling: queued demand asks for replicas at once, idle pools shrink."""
 
@@ -477,6 +524,7 @@ class PoolConfig(_Model):
     inference_pool: InferencePoolRef | None = None
     autoscale: AutoscaleConfig | None = None
     metrics: ScrapeConfig | None = None
+    outlier_detection: OutlierConfig = OutlierConfig()
 
     @model_validator(mode="after")
     def _simulated_slots_cover_autoscale(self) -> PoolConfig:
@@ -551,6 +599,7 @@ class PoolConfig(_Model):
                 if self.policy == "prefix_affinity"
                 else None
             ),
+            outlier=self.outlier_detection.spec(),
         )
 
     def replica_slots(self, replica: ReplicaConfig) -> int:

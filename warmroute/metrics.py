@@ -128,6 +128,19 @@ class Metrics:
             "warmroute_scale_decisions", "Autoscaling decisions, by pool and direction.",
             ["pool", "direction"], registry=r,
         )  # fmt: skip
+        # Outlier detection (``warmroute.extproc.outliers`` records them; README).
+        self.replica_ejections = Counter(
+            "warmroute_replica_ejections",
+            "Ejections of a replica whose requests failed (outlier detection).",
+            ["pool", "replica"],
+            registry=r,
+        )
+        self.replica_full_answers = Counter(
+            "warmroute_replica_full_answers",
+            "Answers 503 or 429 a replica sent itself (it was full): each backs it off.",
+            ["pool", "replica"],
+            registry=r,
+        )
         r.register(_RegistryCollector(view))
         if xds_status is not None:
             r.register(_XdsNodeCollector(xds_status))
@@ -275,6 +288,16 @@ class _RegistryCollector(Collector):
         granted = _counter(
             "warmroute_leases_granted", "Leases granted, by whether the request waited.", "waited"
         )
+        # Pools with outlier detection on: 1 per replica ejected now, 0 per other replica.
+        ejected = GaugeMetricFamily(
+            "warmroute_replica_ejected",
+            "1 while outlier detection keeps the replica from new leases, else 0.",
+            labels=["pool", "replica"],
+        )
+        capped = _counter(
+            "warmroute_replica_ejections_capped",
+            "Ejections max_ejection_percent held back (too many of the pool already out).",
+        )
         for pool in view.pools:
             by_phase = dict.fromkeys((p.value for p in Phase), 0)
             for rep in pool.replicas:
@@ -296,8 +319,12 @@ class _RegistryCollector(Collector):
             reconciled.add_metric([pool.name], pool.reconciled)
             granted.add_metric([pool.name, "false"], pool.granted_immediately)
             granted.add_metric([pool.name, "true"], pool.granted_after_wait)
+            if pool.outlier_detection or pool.ejections:
+                for rep in pool.replicas:
+                    ejected.add_metric([pool.name, rep.address], int(rep.ejected))
+                capped.add_metric([pool.name], pool.ejections_capped)
         yield from (replicas, slots, leases, busy, waiting, expired, reconciled, granted)
-        yield from (tokens, tokens_leased, unleased, fenced)
+        yield from (tokens, tokens_leased, unleased, fenced, ejected, capped)
 
 
 class _XdsNodeCollector(Collector):

@@ -36,6 +36,7 @@ from warmroute.errors import ConfigError
 from warmroute.extproc.accesslog import AccessLogService
 from warmroute.extproc.admission import Admission
 from warmroute.extproc.load_reports import LoadReportService
+from warmroute.extproc.outliers import OutlierReporter
 from warmroute.extproc.processor import ExternalProcessor
 from warmroute.fence import Fence
 from warmroute.k8s.leader import LeaderElector
@@ -148,7 +149,9 @@ class ControlPlane:
         self.rollout = Rollout(self.cache, cfg.xds.rollout, nodes=self.nodes, clock=clock)
         self.metrics = Metrics(self.registry.view, self.rollout.status)
         self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
-        self.access_log = AccessLogService(self.registry, self.metrics)
+        # Request outcomes -> ejections (both front ends feed it; it times the returns).
+        self.outliers = OutlierReporter(self.registry, self.metrics)
+        self.access_log = AccessLogService(self.registry, self.metrics, self.outliers)
         self.publisher = EndpointPublisher(
             self.registry,
             self.cache,
@@ -176,7 +179,11 @@ class ControlPlane:
         )
         self.processor.on_queued = self.autoscaler.poke
         # Endpoint picker mode (`serve --epp`): a gateway owns Envoy; chosen at start.
-        self.epp = PickerService(self.registry, self.metrics, cfg) if cfg.epp.enabled else None
+        self.epp = (
+            PickerService(self.registry, self.metrics, cfg, self.outliers)
+            if cfg.epp.enabled
+            else None
+        )
         if self.epp is not None:
             self.epp.picker.on_queued = self.autoscaler.poke
         self.scraper = MetricsScraper(self.registry, self.publisher.emit)
@@ -347,6 +354,7 @@ class ControlPlane:
         if self.epp is not None:  # gateways' health checks see it first
             self.epp.stopping()
         self.fence.cancel()
+        self.outliers.close()
         for t in self._tasks:
             t.cancel()
         if self._watcher is not None:
@@ -391,3 +399,6 @@ class ControlPlane:
             self.rollout.tick()
             # Pools a reload removed leave once their last request ended.
             self.manager.tick()
+            # Ejections end on the outlier timer; this tick is a backstop (and returns
+            # replicas a reload or a shrinking pool lets back early).
+            self.outliers.restore()

@@ -30,6 +30,13 @@ def render(state: dict[str, Any]) -> str:
             )
         if learned := _forecast(pool.get("forecast")):
             lines.append(f"  {learned}")
+        if pool.get("ejections") or pool.get("backoffs") or pool.get("ejections_capped"):
+            out = sum(1 for r in replicas if (r.get("outlier") or {}).get("ejected"))
+            lines.append(
+                f"  outliers: {out} ejected now, {pool.get('ejections', 0)} ejections "
+                f"({pool.get('ejections_capped', 0)} held back by the cap), "
+                f"{pool.get('backoffs', 0)} full back-offs"
+            )
         lines.append(f"  {'REPLICA':<24}{'PHASE':<10}{'SLOTS':<14}{'LEASED':>8}")
         for r in replicas:
             # '#' this pool's leases, '+' another pool's on the same server (a moved replica).
@@ -45,6 +52,7 @@ def render(state: dict[str, Any]) -> str:
                 extra = ""
             lines.append(
                 f"  {r['address']:<24}{r['phase']:<10}{bar[:12] + extra:<14}{r['leased_total']:>8}"
+                + _outlier(r.get("outlier"))
             )
         if not replicas:
             lines.append("  (no replicas)")
@@ -62,6 +70,20 @@ def _fence(f: dict[str, Any] | None) -> str:
         f"fence ({f['reason']}): {len(f['held'])} replica(s) held until their load is known "
         f"(Envoys reporting: {f.get('reporting_envoys', 0)})"
     )
+
+
+def _outlier(o: dict[str, Any] | None) -> str:
+    """A replica's ejection or back-off, after its row (empty when in service)."""
+    if not o:
+        return ""
+    if o.get("ejected"):
+        return (
+            f"  EJECTED {o['ejected_seconds_left']:.1f}s more ({o['ejection_reason']}, "
+            f"ejection {o['ejections_in_a_row']} in a row, {o['ejections']} in all)"
+        )
+    if o.get("backoff_seconds_left"):
+        return f"  full: skipped {o['backoff_seconds_left']:.1f}s more"
+    return ""
 
 
 def _forecast(f: dict[str, Any] | None) -> str:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = [
     "--host", "--port", "--slots", "--load-seconds", "--distribution", "--median-ms",
     "--sigma", "--seed", "--model", "--models", "--ttft-ms", "--per-token-ms", "--log-level",
+    "--fail-status",
 ]  # fmt: skip
 
 
@@ -51,6 +52,10 @@ async def test_bad_option_exits_2_naming_it() -> None:
     assert code == 2 and "--slots" in err and "expected an integer >= 1" in err
     code, _, err = await _run("-m", "warmroute", "sim", "--port", "1", "--nonsense")
     assert code == 2 and "unrecognized arguments: --nonsense" in err
+    code, _, err = await _run("-m", "warmroute", "sim", "--fail-status", "404")
+    assert code == 2 and "--fail-status" in err and "expected an integer >= 500" in err
+    code, _, err = await _run("-m", "warmroute.sim", "--fail-status", "600")
+    assert code == 2 and "fail status must be in 500..599, got 600" in err
 
 
 def test_the_example_model_pool_runs_warmroute_sim_with_valid_arguments() -> None:

@@ -288,6 +288,7 @@ async def test_metrics_use_vllm_names_and_values(
         'sim_requests_received_while_loading_total{model_name="m1"}': 0,
         'sim_requests_completed_total{model_name="m1"}': 1,
         'sim_requests_cancelled_total{model_name="m1"}': 0,
+        'sim_requests_failed_total{model_name="m1"}': 0,
         'sim_max_in_flight{model_name="m1"}': 1,
     }
 
@@ -393,3 +394,29 @@ async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_fail_mode_answers_every_request_at_once_while_health_stays_green(
+    start: Start, session: aiohttp.ClientSession
+) -> None:
+    _, base = await start(service_ms=5_000)
+
+    async def set_fail(body: object) -> int:
+        async with session.post(f"{base}/admin/fail", json=body) as resp:
+            return resp.status
+
+    assert await set_fail({"status": 500}) == 200
+    for path in ("/v1/completions", "/v1/x"):
+        status, body = await post(session, f"{base}{path}")  # at once: no 5 s service time
+        assert (status, body) == (500, {"error": "replica failing"})
+    async with session.get(f"{base}/health") as resp:
+        assert resp.status == 200
+    counters = await stats(session, base)
+    assert (counters["received"], counters["failed"], counters["in_flight"]) == (2, 2, 0)
+    assert counters["fail_status"] == 500
+    for bad in ({"status": 200}, {"status": "500"}, {"status": True}, {}, [500]):
+        assert await set_fail(bad) == 400, bad
+    assert await set_fail({"status": None}) == 200  # healed
+    assert (await stats(session, base))["fail_status"] is None
+    async with session.post(f"{base}/v1/x", headers={"x-sim-service-ms": "1"}) as resp:
+        assert resp.status == 200

@@ -183,6 +183,24 @@ def status_code(headers: ep.HttpHeaders) -> int:
     return int(value) if value.isdigit() else 0
 
 
+# Headers an upstream's response carries and Envoy's own (local) reply does not yet have
+# when ext_proc sees it: Envoy adds ``date`` and ``server`` to its replies only after the
+# filter chain, and ``x-envoy-upstream-service-time`` only to upstream responses.
+_UPSTREAM_MARKS = frozenset(("date", "server", "x-envoy-upstream-service-time"))
+
+
+def from_upstream(headers: ep.HttpHeaders) -> bool:
+    """True if these response headers came from the replica, not from Envoy itself.
+
+    Envoy's own reply (connection refused, reset, timeout: "upstream connect error ...")
+    reaches the picker with ``:status``, ``content-length`` and ``content-type`` only; a
+    model server's answer carries ``date`` (uvicorn, hyper and aiohttp send it on every
+    response) and usually ``server``. A heuristic, as the protocol says nothing of who
+    answered; it decides only whether a 503 or 429 means "full" or "failed".
+    """
+    return any(h.key in _UPSTREAM_MARKS for h in headers.headers.headers)
+
+
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),

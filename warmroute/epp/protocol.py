@@ -17,7 +17,12 @@ picker configuration). Per stream, in order:
      An endpoint the gateway reports having used that is not the leased one is counted in
      ``warmroute_upstream_mismatch_total``;
   5. the response's end (body ``end_of_stream``, trailers, or headers with
-     ``end_of_stream``) releases the lease and ends our side of the stream.
+     ``end_of_stream``) releases the lease and ends our side of the stream. Just before,
+     how the request went counts for the replica's outlier detection
+     (``extproc.outliers``): a 5xx or Envoy's own 5xx reply for it
+     (``messages.from_upstream`` false: refused, reset, timed out) is a failure; a 503 or
+     429 the replica sent itself says it is full; a stream that ends before the response
+     does (the client left) counts for nothing.
 
 The lease is released in a ``finally`` that always runs: response end, stream end, reset
 (client gone: gRPC cancels the handler) or any error. No access log is needed in this
@@ -49,11 +54,13 @@ from warmroute.errors import (
 )
 from warmroute.extproc import affinity_hint, responses, tokens
 from warmroute.extproc.admission import Admission
+from warmroute.extproc.outliers import OutlierReporter
 from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Lease, Pool, Registry
+from warmroute.state.outlier import Outcome, classify
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +78,8 @@ class _Exchange:
     """One request's state on its stream. Owned by the stream's task."""
 
     __slots__ = (
-        "body", "granted_at", "headers", "hint", "lease", "model", "outcome", "request_id",
-        "status",
+        "answered", "body", "granted_at", "headers", "hint", "lease", "model", "outcome",
+        "request_id", "status",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -85,6 +92,7 @@ class _Exchange:
         self.lease: Lease | None = None
         self.granted_at = 0.0
         self.status = 0  # the response's :status, once seen
+        self.answered = False  # the replica sent those response headers, not Envoy
         self.outcome: str | None = None  # set when the response ended
 
 
@@ -94,10 +102,17 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     Runs on the registry's event loop. ``serving`` False answers 503 (standby, stopping).
     """
 
-    def __init__(self, registry: Registry, metrics: Metrics, settings: PickerSettings) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        settings: PickerSettings,
+        outliers: OutlierReporter | None = None,
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
         self.settings = settings
+        self._outliers = outliers if outliers is not None else OutlierReporter(registry, metrics)
         self.serving = True
         # Called with the pool name when a request has to wait: demand for the autoscaler.
         self.on_queued: Callable[[str], None] | None = None
@@ -154,6 +169,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             elif kind == "response_headers":
                 headers = msg.response_headers
                 ex.status = messages.status_code(headers)
+                ex.answered = messages.from_upstream(headers)
                 self._check_served(ex, messages.served_endpoint(msg))
                 if headers.end_of_stream:
                     self._response_ended(ex)
@@ -315,14 +331,20 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         """Runs whatever ended the stream: a lease still held is released here."""
         if ex.lease is not None and ex.lease.ended is None:
             if ex.outcome is None:
-                # Envoy closed the stream before the response ended: the request failed
-                # between us and the replica, or Envoy gave up on it.
-                ex.outcome = "upstream_error" if ex.status == 0 else "client_disconnect"
+                # Envoy closed the stream before the response ended. Not for a failure
+                # upstream: Envoy answers a refused, reset or timed-out request itself, and
+                # that reply comes through the response phase like any other (measured,
+                # Envoy 1.40). So the client left (before the response or during it).
+                ex.outcome = "client_disconnect"
             self._release(ex)
 
     def _release(self, ex: _Exchange) -> None:
         lease = ex.lease
-        if lease is None or not lease.release(EndReason.FINISHED):
+        if lease is None or lease.ended is not None:
+            return
+        # Before the release: the slot it frees must not go to a replica this ejects.
+        self._outliers.report(lease, _for_replica(ex))
+        if not lease.release(EndReason.FINISHED):
             return
         duration = time.perf_counter() - ex.granted_at
         outcome = ex.outcome or "success"
@@ -332,3 +354,11 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 "request %s ended on %s: %s (status %d), lease %s released after %.1f ms",
                 ex.request_id, lease.address, outcome, ex.status, lease.id[:8], duration * 1e3,
             )  # fmt: skip
+
+
+def _for_replica(ex: _Exchange) -> Outcome:
+    """How the request counts for its replica's outlier detection (module doc, step 5)."""
+    status = ex.status
+    if ex.outcome == "client_disconnect":
+        return Outcome.IGNORED
+    return classify(status, answered=ex.answered, upstream_failed=status >= 500 and not ex.answered)

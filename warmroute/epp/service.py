@@ -16,6 +16,7 @@ from warmroute.config import Config
 from warmroute.epp import tls
 from warmroute.epp.health import PickerHealth
 from warmroute.epp.protocol import EndpointPicker, PickerSettings
+from warmroute.extproc.outliers import OutlierReporter
 from warmroute.metrics import Metrics
 from warmroute.state import Registry
 
@@ -31,9 +32,15 @@ def settings(cfg: Config) -> PickerSettings:
 class PickerService:
     """Owns the picker servicer and its health service. Use from the event loop thread."""
 
-    def __init__(self, registry: Registry, metrics: Metrics, cfg: Config) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        cfg: Config,
+        outliers: OutlierReporter | None = None,
+    ) -> None:
         self._registry = registry
-        self.picker = EndpointPicker(registry, metrics, settings(cfg))
+        self.picker = EndpointPicker(registry, metrics, settings(cfg), outliers)
         self.health = PickerHealth(self._ready)
 
     def _ready(self) -> bool:

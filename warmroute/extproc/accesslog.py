@@ -22,8 +22,10 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from google.protobuf import empty_pb2
 
 from warmroute.envoy_names import METADATA_NAMESPACE
+from warmroute.extproc.outliers import OutlierReporter
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Registry
+from warmroute.state.outlier import Outcome, classify
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +33,12 @@ _FINAL = (accesslog_pb2.AccessLogType.NotSet, accesslog_pb2.AccessLogType.Downst
 
 
 class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: Registry, metrics: Metrics, outliers: OutlierReporter | None = None
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._outliers = outliers if outliers is not None else OutlierReporter(registry, metrics)
         self._entries = metrics.access_log_entries
         self._streams: set[asyncio.Task[object]] = set()
 
@@ -105,15 +110,20 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
             return
         pool = lease.pool.name
         upstream = _address(common.upstream_remote_address)
+        response = entry.response
+        code = response.response_code.value
+        flags = common.response_flags
         if upstream and upstream != lease.address:
             self._metrics.upstream_mismatch.labels(pool).inc()
             logger.error(
                 "request %s was leased %s but Envoy sent it to %s",
                 lease.request_id, lease.address, upstream,
             )  # fmt: skip
+        else:
+            # Before the release: the slot it frees must not go to a replica this ejects.
+            self._outliers.report(lease, _for_replica(code, response.response_code_details, flags))
         lease.release(EndReason.FINISHED)
-        code = entry.response.response_code.value
-        outcome = _outcome(code, common.response_flags)
+        outcome = _outcome(code, flags)
         duration = common.time_to_last_downstream_tx_byte
         self._metrics.pool(pool).finished(outcome, duration.seconds + duration.nanos * 1e-9)
         if logger.isEnabledFor(logging.DEBUG):
@@ -128,6 +138,27 @@ def _address(addr: object) -> str:
     if not sa.address:
         return ""
     return f"{sa.address}:{sa.port_value}"
+
+
+def _for_replica(code: int, details: str, flags: accesslog_pb2.ResponseFlags) -> Outcome:
+    """How the request counts for its replica's outlier detection: ``via_upstream`` is
+    Envoy's response code detail for a status the replica itself sent; the flags say
+    whether Envoy saw the replica fail (refused, reset, protocol error, timeout) or the
+    client leave. Envoy's own refusals (overflow, no route, no healthy host) count for
+    nothing."""
+    return classify(
+        code,
+        answered=details == "via_upstream",
+        upstream_failed=(
+            flags.upstream_connection_failure
+            or flags.upstream_remote_reset
+            or flags.upstream_connection_termination
+            or flags.upstream_request_timeout
+            or flags.upstream_protocol_error
+            or flags.upstream_max_stream_duration_reached
+        ),
+        client_gone=flags.downstream_connection_termination or flags.downstream_remote_reset,
+    )
 
 
 def _outcome(code: int, flags: accesslog_pb2.ResponseFlags) -> str:

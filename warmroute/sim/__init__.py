@@ -30,6 +30,9 @@ Endpoints (every response carries ``x-sim-replica: <host:port>``):
 * ``GET /stats``: the :class:`SimStats` fields as JSON.
 * ``GET /received``: ``{"requests": [...]}``, the last 64 requests under ``/v1/`` (method, path,
   headers with credentials redacted, body length and SHA-256, the body itself up to 64 KiB).
+* ``POST /admin/fail`` with ``{"status": 500}`` (500..599): answer every inference request
+  with that status at once (``{"error": "replica failing"}``, no slot) while ``/health``
+  stays as it is; ``{"status": null}`` heals it. ``--fail-status`` starts it so.
 * ``POST /admin/health`` with ``{"healthy": false|true}``; ``POST /admin/reset`` zeroes the
   counters except ``in_flight``, forgets the received requests, and returns the stats.
 

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with max_tokens: time to the first token (default %(default)s)")
     add("--per-token-ms", type=_number(0), default=timing.per_token_ms, metavar="MS",
         help="with max_tokens: time per token (default %(default)s)")
+    add("--fail-status", type=_number(500, kind=int), default=None, metavar="CODE",
+        help="answer every inference request with this 5xx status at once while /health "
+             "stays 200 (a broken server; POST /admin/fail changes it)")
     add("--log-level", type=str.upper, choices=_LEVELS, default=None,
         help="DEBUG logs one line per request (default INFO)")
     # fmt: on
@@ -84,7 +87,10 @@ def build(args: argparse.Namespace) -> SimReplica:
     service = parse_service_time(args.distribution, args.median_ms, args.sigma)
     timing = TokenTiming(args.ttft_ms, args.per_token_ms)
     models = args.models or ["sim-model"]
-    return SimReplica(args.slots, args.load_seconds, service, args.seed, models, timing)
+    replica = SimReplica(args.slots, args.load_seconds, service, args.seed, models, timing)
+    if getattr(args, "fail_status", None) is not None:
+        replica.set_failing(int(args.fail_status))  # ValueError above 599: a usage error
+    return replica
 
 
 def run(replica: SimReplica, args: argparse.Namespace) -> None:

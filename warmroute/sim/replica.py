@@ -6,9 +6,11 @@ headers counts in ``received``, then in exactly one of ``received_while_loading`
 ``received_while_full`` (both answered 503 at once), or takes a slot. A slot is released exactly
 once, as ``completed`` (service time ran out, whatever status is simulated) or ``cancelled``
 (client gone first), and *before* the final bytes are written, so a router that frees its lease
-when the client has the last byte never finds the replica still busy. So between resets:
-``received == received_while_loading + received_while_full + received_over_tokens + completed
-+ cancelled + in_flight``. With a token budget (``set_token_budget``) a request that would take
+when the client has the last byte never finds the replica still busy. A replica set to fail
+(``set_failing``) answers every such request with that status at once, without a slot, and
+counts it in ``failed``. So between resets: ``received == received_while_loading +
+received_while_full + received_over_tokens + failed + completed + cancelled + in_flight``.
+With a token budget (``set_token_budget``) a request that would take
 the tokens in flight over it is refused (503, ``received_over_tokens``), as one over the slots
 is; its cost is priced as warmroute's ``tokens:`` pools price it (body bytes per token, plus
 ``max_completion_tokens``/``max_tokens`` or a default).
@@ -51,6 +53,8 @@ class SimStats:
     slots: int
     warm: bool = False
     healthy: bool = True
+    # Set: every inference request is answered this status at once (``set_failing``).
+    fail_status: int | None = None
     in_flight: int = 0
     max_in_flight: int = 0
     received: int = 0
@@ -58,6 +62,7 @@ class SimStats:
     received_while_loading: int = 0
     completed: int = 0
     cancelled: int = 0
+    failed: int = 0  # answered fail_status at once
     # With a prefix cache (``prefix_cache``): admitted requests whose prompt's first block
     # was cached, and their prompts' full blocks, total and cached.
     prefix_hits: int = 0
@@ -197,13 +202,22 @@ class SimReplica:
         self._stats.healthy = healthy
         logger.info("sim replica %s healthy=%s", self._address, healthy)
 
+    def set_failing(self, status: int | None) -> None:
+        """Answer every inference request with ``status`` (500..599) at once, taking no
+        slot, while ``/health`` stays as it is: a broken model server whose probe is
+        green (DESIGN.md fact 12). None: serve normally again."""
+        if status is not None and not 500 <= status <= 599:
+            raise ValueError(f"fail status must be in 500..599, got {status}")
+        self._stats.fail_status = status
+        logger.info("sim replica %s failing=%s", self._address, status)
+
     def reset(self) -> None:
         """Zero every counter but ``in_flight`` (``max_in_flight`` restarts from it) and forget
         ``last_headers``, :meth:`received` and the prefix cache. In place, so slots held
         across a reset are released into it."""
         s = self._stats
         s.received = s.received_while_full = s.received_while_loading = 0
-        s.completed = s.cancelled = s.received_over_tokens = 0
+        s.completed = s.cancelled = s.received_over_tokens = s.failed = 0
         s.max_tokens_in_flight = s.tokens_in_flight
         s.prefix_hits = s.prefix_blocks = s.prefix_blocks_hit = 0
         if self._prefix is not None:
@@ -226,6 +240,7 @@ class SimReplica:
         app.router.add_get("/stats", self._stats_json)
         app.router.add_get("/received", self._received_json)
         app.router.add_post("/admin/health", self._admin_health)
+        app.router.add_post("/admin/fail", self._admin_fail)
         app.router.add_post("/admin/reset", self._admin_reset)
         app.router.add_get("/v1/models", self._list_models, allow_head=False)
         app.router.add_post("/v1/{tail:.*}", self._inference)
@@ -307,6 +322,17 @@ class SimReplica:
         self.set_healthy(body["healthy"])
         return web.json_response({"healthy": self._stats.healthy})
 
+    async def _admin_fail(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        status = body.get("status", 0) if isinstance(body, dict) else 0
+        if status is not None and (type(status) is not int or not 500 <= status <= 599):
+            return web.json_response({"error": 'expected {"status": 500..599 | null}'}, status=400)
+        self.set_failing(status)
+        return web.json_response({"fail_status": self._stats.fail_status})
+
     async def _admin_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return await self._stats_json(request)
@@ -336,6 +362,10 @@ class SimReplica:
             stats.received_while_loading += 1
             logger.debug("sim replica %s request %s: refused, loading", self._address, rid)
             return web.json_response({"error": "loading"}, status=503)
+        if (failing := stats.fail_status) is not None:
+            stats.failed += 1
+            logger.debug("sim replica %s request %s: failing, %d", self._address, rid, failing)
+            return web.json_response({"error": "replica failing"}, status=failing)
         if stats.in_flight >= stats.slots:
             stats.received_while_full += 1
             logger.debug("sim replica %s request %s: refused, full", self._address, rid)
@@ -425,6 +455,7 @@ def render_metrics(model: str, stats: SimStats) -> str:
         ("sim_requests_received_while_loading_total", "counter", stats.received_while_loading),
         ("sim_requests_completed_total", "counter", stats.completed),
         ("sim_requests_cancelled_total", "counter", stats.cancelled),
+        ("sim_requests_failed_total", "counter", stats.failed),
         ("sim_max_in_flight", "gauge", stats.max_in_flight),
     ]
     lines: list[str] = []

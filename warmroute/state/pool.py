@@ -48,6 +48,11 @@ of line (``_dispatch_tokens``): a waiter that fits none of its free replicas hol
 so work conservation there reads "no waiter waits while a free replica it may use fits
 it, unless an earlier waiter may use that replica" (tests/unit/test_state_tokens.py).
 
+Outlier detection (``PoolSpec.outlier``, ``warmroute.state.outlier``): a replica it holds
+(ejected, or backed off after answering that it is full; ``Replica.held``) takes no new
+lease, as if it had no free slot; "free" above excludes it. Its return is a slot freeing
+like any other: ``restore_outliers`` dispatches the waiters.
+
 A waiter whose eligible replicas all disappear (removed, draining) while it waits is not
 failed early: it waits for one to come back and otherwise times out after its queue timeout
 like any other waiter. New requests are turned away up front by ``can_ever_serve``.
@@ -56,13 +61,14 @@ like any other waiter. New requests are turned away up front by ``can_ever_serve
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from warmroute.errors import QueueFull, RequestTooLarge
 from warmroute.state.affinity import Affinity, AffinityMemory, AffinitySpec
 from warmroute.state.forecast import Forecast, Supply, wait_on_slots
 from warmroute.state.lease import EndReason, Lease
+from warmroute.state.outlier import Backoff, Ejection, Outcome, OutlierDetector, OutlierSpec, Return
 from warmroute.state.policy import Policy, least_loaded, prefix_affinity
 from warmroute.state.priority import PrioritySpec
 from warmroute.state.replica import Capacity, Phase, Replica
@@ -100,6 +106,8 @@ class PoolSpec:
     priority: PrioritySpec | None = None
     # Set with policy prefix_affinity: hints steer the immediate pick (``try_acquire``).
     affinity: AffinitySpec | None = None
+    # Replicas whose requests fail stop getting leases for a while (None: never).
+    outlier: OutlierSpec | None = None
 
 
 @dataclass(slots=True)
@@ -157,6 +165,9 @@ class Pool:
         self.affinity: AffinityMemory | None = None
         # Learned service and cold-start times (fed by _end and upsert), last decision.
         self.forecast = Forecast()
+        # Replicas held out of leasing (ejected, backed off): ``warmroute.state.outlier``.
+        self.outliers = OutlierDetector(spec.name, spec.outlier, self._warm_addresses, clock)
+        self._held = self.outliers.held  # the same set: truthy only while one is held
 
     @property
     def name(self) -> str:
@@ -187,10 +198,10 @@ class Pool:
             return None
         if affinity is not None and self.spec.affinity is not None:
             return self._acquire_near(request_id, eligible, affinity, self.spec.affinity)
-        if eligible is None:
+        if eligible is None and not self._held:
             replica = self._policy(self.replicas.values())
         else:
-            replica = self._policy(self._candidates(eligible))
+            replica = self._policy(self._pickable(eligible))
         if replica is None:
             return None
         self.counters.granted_immediately += 1
@@ -205,7 +216,7 @@ class Pool:
     ) -> Lease | None:
         """``try_acquire`` with a hint: a separate method so the plain path stays as cheap."""
         memory = self._affinity_memory(spec)
-        candidates = self.replicas.values() if eligible is None else self._candidates(eligible)
+        candidates = self._pickable(eligible)
         replica = prefix_affinity(candidates, memory.scores(affinity), spec.max_imbalance)
         if replica is None:
             return None
@@ -387,6 +398,14 @@ class Pool:
         """The pool's replicas in ``eligible``, in the pool's order (so picks are stable)."""
         return [r for r in self.replicas.values() if r.address in eligible]
 
+    def _pickable(self, eligible: frozenset[str] | None) -> Iterable[Replica]:
+        """The replicas a new lease may go to (in ``eligible``, if given): all but those
+        outlier detection holds (``Replica.held``), in the pool's order."""
+        replicas = self.replicas.values() if eligible is None else self._candidates(eligible)
+        if self._held:
+            return [r for r in replicas if not r.held]
+        return replicas
+
     def cancel(self, waiter: Waiter) -> bool:
         """Withdraw a waiter. False if it already left the queue (granted or timed out)."""
         if waiter.state is not WaitState.WAITING or not self.queue.remove(waiter):
@@ -493,7 +512,9 @@ class Pool:
                     waiter, replica = pick
                     queue.take(waiter)
                 elif unrestricted:
-                    found = self._policy(self.replicas.values())
+                    found = self._policy(
+                        self.replicas.values() if not self._held else self._pickable(None)
+                    )
                     if found is None:
                         return
                     replica = found
@@ -532,7 +553,8 @@ class Pool:
             r
             for r in self.replicas.values()
             if r.phase is _WARM and r.capacity.leased + r.external < r.capacity.slots
-        ]
+            and not r.held
+        ]  # fmt: skip
         if not free:
             return None
         best = self.queue.select([r.address for r in free])
@@ -580,6 +602,8 @@ class Pool:
         serves its waiters by slots alone."""
         old = self.spec.tokens
         self.spec = spec
+        if spec.outlier != self.outliers.spec:
+            self.outliers.configure(spec.outlier)  # a detection turned off: due at once
         if spec.tokens == old:
             return
         self._bind_dispatch()
@@ -604,7 +628,7 @@ class Pool:
         self._check_tokens(tokens)
         if self.queue:
             return None
-        candidates = self.replicas.values() if eligible is None else self._candidates(eligible)
+        candidates = self._pickable(eligible)
         replica = self._policy([r for r in candidates if r.capacity.fits(tokens)])
         if replica is None:
             return None
@@ -683,6 +707,7 @@ class Pool:
                     if r.phase is _WARM
                     and r.capacity.leased + r.external < r.capacity.slots
                     and r.address not in held
+                    and not r.held
                 ]
                 if not free:
                     return
@@ -780,6 +805,8 @@ class Pool:
         if replica is None:
             return
         replica.phase = Phase.GONE
+        self.outliers.forget(address)
+        replica.held = False
         if replica.in_flight == 0:
             self._forget(replica)
         else:
@@ -874,6 +901,39 @@ class Pool:
     def idle(self) -> bool:
         """No waiter and no lease: nothing would be lost by forgetting this pool."""
         return not self.queue and not any(r.in_flight for r in self.replicas.values())
+
+    # -- outliers (``warmroute.state.outlier``) --------------------------------------------
+
+    def report(self, lease: Lease, outcome: Outcome) -> Ejection | Backoff | None:
+        """Count how ``lease``'s request ended for its replica, *before* releasing the
+        lease: the slot it frees must not go to a replica this ejects or backs off.
+
+        Returns the ejection or back-off it caused (then call ``next_outlier_due`` and
+        ``restore_outliers`` when due), else None. Nothing for another pool's lease or a
+        replica that left the pool.
+        """
+        replica = lease.replica
+        if lease.pool is not self or replica.phase is Phase.GONE:
+            return None
+        event = self.outliers.report(replica.address, outcome)
+        if event is not None:
+            replica.held = True
+        return event
+
+    def restore_outliers(self) -> list[Return]:
+        """End the ejections and back-offs that are due (``OutlierDetector.restore``)
+        and hand the replicas they free to waiting requests. Returns the ejections ended."""
+        returns, freed = self.outliers.restore()
+        for address in freed:
+            replica = self.replicas.get(address)
+            if replica is not None:
+                replica.held = False
+        if freed:
+            self._dispatch()
+        return returns
+
+    def _warm_addresses(self) -> list[str]:
+        return [a for a, r in self.replicas.items() if r.phase is _WARM]
 
     # -- reads for adapters ----------------------------------------------------------------
 

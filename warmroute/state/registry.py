@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRemoved, ReplicaUpsert
 from warmroute.state.inflight import InFlightBook
 from warmroute.state.lease import EndReason, Lease
+from warmroute.state.outlier import Backoff, Ejection, Outcome, Return
 from warmroute.state.policy import POLICIES
 from warmroute.state.pool import Clock, IdFactory, Pool, PoolSpec
 from warmroute.state.replica import Capacity, Replica
@@ -180,6 +181,32 @@ class Registry:
         """The active lease granted to Envoy's request ``request_id`` (ids Envoy made)."""
         return self._by_request.get(request_id) if request_id else None
 
+    # -- outlier detection (``warmroute.state.outlier``) ------------------------------------
+
+    def report(self, lease: Lease, outcome: Outcome) -> Ejection | Backoff | None:
+        """How ``lease``'s request ended, for its replica; call before releasing the lease
+        (``Pool.report``). Returns the ejection or back-off it caused, else None."""
+        return lease.pool.report(lease, outcome)
+
+    def next_outlier_due(self) -> float | None:
+        """When the next ejection or back-off ends, in any pool (None: none held). Call
+        ``restore_outliers`` then."""
+        due: float | None = None
+        for pool in [*self.pools.values(), *self._retired]:
+            when = pool.outliers.next_due()
+            if when is not None and (due is None or when < due):
+                due = when
+        return due
+
+    def restore_outliers(self) -> list[Return]:
+        """End every ejection and back-off that is due and dispatch the replicas they
+        free (``Pool.restore_outliers``). Returns the ejections ended."""
+        returns: list[Return] = []
+        for pool in [*self.pools.values(), *self._retired]:
+            if pool.outliers.held:
+                returns += pool.restore_outliers()
+        return returns
+
     def expire(self) -> list[Lease]:
         """Reclaim every lease past its deadline and time out overdue waiters."""
         now = self._clock()
@@ -203,6 +230,7 @@ class Registry:
         book = self.inflight
         pools = []
         for pool in self.pools.values():
+            outliers = pool.outliers
             replicas = tuple(
                 ReplicaView(
                     r.address,
@@ -220,6 +248,7 @@ class Registry:
                     r.unleased,
                     book.in_progress(r.address),
                     book.held(r.address),
+                    outliers.status(r.address),
                 )
                 for r in sorted(pool.replicas.values(), key=lambda r: r.address)
             )
@@ -239,6 +268,10 @@ class Registry:
                     waits_timed_out=c.waits_timed_out,
                     waits_cancelled=c.waits_cancelled,
                     forecast=pool.forecast.view(),
+                    outlier_detection=outliers.spec.enabled,
+                    ejections=outliers.ejections,
+                    ejections_capped=outliers.capped,
+                    backoffs=outliers.backoffs,
                 )
             )
         return RegistryView(pools=tuple(pools), leases=len(self.leases), fence=book.view())

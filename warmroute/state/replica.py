@@ -109,12 +109,15 @@ class Replica:
     not free. It is the larger of two estimates of the same thing: ``scraped`` (the
     replica's own metrics: what it runs beyond every pool's leases) and ``unleased`` (what
     Envoys report in progress beyond them, or a start's fence: ``state.inflight``).
+    not free. ``held`` is True while outlier detection keeps it from new leases (ejected,
+    or backed off after answering that it is full; ``warmroute.state.outlier``).
     """
 
     __slots__ = (
         "address",
         "capacity",
         "external",
+        "held",
         "in_flight",
         "last_used",
         "leased_total",
@@ -143,11 +146,13 @@ class Replica:
         self.unleased = 0
         self.last_used = 0.0
         self.leased_total = 0
+        self.held = False
 
     @property
     def free(self) -> int:
-        """Slots that may be leased now, counting every pool's leases (0 unless WARM)."""
-        if self.phase is not Phase.WARM:
+        """Slots that may be leased now, counting every pool's leases (0 unless WARM and
+        not held by outlier detection)."""
+        if self.phase is not Phase.WARM or self.held:
             return 0
         c = self.capacity
         return max(0, c.slots - c.leased - self.external)

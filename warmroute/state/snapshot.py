@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from warmroute.state.forecast import ForecastView
+from warmroute.state.outlier import ReplicaOutlier
 from warmroute.state.replica import Phase
 
 
@@ -40,6 +41,13 @@ class ReplicaView:
     unleased: int = 0
     envoy_in_progress: int = 0
     fenced: int | None = None
+    # Outlier detection's view of it (ejected, backed off, counters); None before any
+    # request of it counted (``warmroute.state.outlier``).
+    outlier: ReplicaOutlier | None = None
+
+    @property
+    def ejected(self) -> bool:
+        return self.outlier is not None and self.outlier.ejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,12 @@ class PoolView:
     waits_cancelled: int
     # Learned service and cold-start times, and the last wait-or-scale decision.
     forecast: ForecastView | None = None
+    # Outlier detection: on or off, ejections so far, ejections the cap held back, and
+    # back-offs after "full" answers (``warmroute.state.outlier``).
+    outlier_detection: bool = False
+    ejections: int = 0
+    ejections_capped: int = 0
+    backoffs: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -68,6 +82,11 @@ class PoolView:
     def busy(self) -> int:
         """Busy slots on this pool's servers, every pool's leases and external load."""
         return sum(r.busy for r in self.replicas)
+
+    @property
+    def ejected(self) -> int:
+        """Replicas ejected now."""
+        return sum(r.ejected for r in self.replicas)
 
     @property
     def tokens_leased(self) -> int:
