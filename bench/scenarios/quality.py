@@ -108,9 +108,10 @@ def _router_note(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 async def run(args: argparse.Namespace) -> Path:
-    plan = trace.quality_plan(args.quick)
+    plan = trace.quality_plan(args.quick, getattr(args, "smoke", False))
     phases = trace.quality_phases(plan, args.seed)
-    contenders = args.contenders or list(NAMES)
+    skipped = getattr(args, "left_out", {})
+    contenders = [name for name in args.contenders or NAMES if name not in skipped]
     logs = LogDir("quality")
     say(
         f"quality: {plan.servers} replicas x 1 slot; service lognormal median "
@@ -147,8 +148,8 @@ def write_report(
         "`LEAST_REQUEST` (power of two choices), no retries. **celery**: aiohttp front end "
         "enqueues a task on Redis and waits on `result.get()`; 1 worker per replica (solo pool, "
         "concurrency 1, `task_acks_late`, `worker_prefetch_multiplier=1`) calls its replica. "
-        "**warmroute**: control plane + Envoy over ADS. **ideal**: one central FIFO queue, 8 "
-        "servers, zero overhead, computed on the same trace (M/G/c).",
+        "**warmroute**: control plane + Envoy over ADS. **ideal**: one central FIFO queue, "
+        f"{plan.servers} servers, zero overhead, computed on the same trace (M/G/c).",
         "",
         "Latency percentiles are over successful requests; `errors` counts every other answer "
         "(for envoy-rr/lr, chiefly the 503 of a full replica). `mean wait` is the mean of "
