@@ -65,9 +65,21 @@ class Timeline:
         return [("warmroute", None), *((f"poll {_s(p)} s", p) for p in self.poll_periods)]
 
 
-def timeline(quick: bool) -> Timeline:
+def timeline(quick: bool, smoke: bool = False) -> Timeline:
     """Real KEDA/HPA periods by default; ``--quick`` scales the whole timeline down 10x
-    (except process start-up, which is what it is)."""
+    (except process start-up, which is what it is); ``smoke`` also keeps one repetition,
+    one poller, 4 requests on at most 2 replicas."""
+    if smoke:
+        return Timeline(
+            poll_periods=(15.0 * QUICK_SCALE,),
+            load_seconds=3.0 * QUICK_SCALE,
+            service_ms=1000.0 * QUICK_SCALE,
+            burst=4,
+            max_replicas=2,
+            repetitions=1,
+            queue_timeout=30.0,
+            scale=QUICK_SCALE,
+        )
     scale = QUICK_SCALE if quick else 1.0
     return Timeline(
         poll_periods=(15.0 * scale, 30.0 * scale),
@@ -312,7 +324,7 @@ async def run_rep(
 
 
 async def run(args: argparse.Namespace) -> Path:
-    tl = timeline(args.quick)
+    tl = timeline(args.quick, getattr(args, "smoke", False))
     logs = LogDir("coldstart")
     say(
         f"coldstart: {', '.join(n for n, _ in tl.contenders)}; {tl.repetitions} repetitions "

@@ -56,8 +56,14 @@ def ideal_run(phase: trace.Phase, servers: int) -> PhaseRun:
 
 
 async def run_contender(
-    name: str, plan: trace.QualityPlan, phases: list[trace.Phase], logs: LogDir, quick: bool
+    name: str,
+    plan: trace.QualityPlan,
+    phases: list[trace.Phase],
+    logs: LogDir,
+    quick: bool,
+    pause: float = 0.5,
 ) -> dict[str, PhaseRun]:
+    """Every phase against one contender, ``pause`` seconds of quiet between phases."""
     out: dict[str, PhaseRun] = {}
     async with make(name, Backends(plan.servers, 1), logs) as contender:
         client = Client("127.0.0.1", contender.port)
@@ -86,7 +92,7 @@ async def run_contender(
                     f"{label}: {run.sent - run.errors} ok, {run.errors} errors, "
                     f"{run.full_hits} hit a full replica, p50 {p.p50:.0f} ms, p99 {p.p99:.0f} ms"
                 )
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(pause)
         finally:
             client.close()
     return out
@@ -121,7 +127,8 @@ async def run(args: argparse.Namespace) -> Path:
     )
     results: dict[str, dict[str, PhaseRun]] = {}
     for name in contenders:
-        results[name] = await run_contender(name, plan, phases, logs, args.quick)
+        pause = 0.0 if getattr(args, "smoke", False) else 0.5
+        results[name] = await run_contender(name, plan, phases, logs, args.quick, pause)
     results["ideal (M/G/c)"] = {p.name: ideal_run(p, plan.servers) for p in phases}
     return write_report(plan, phases, results, args.seed, args.out or RESULTS)
 
