@@ -95,3 +95,17 @@ def test_envoy_is_found_beside_the_interpreter_without_an_activated_venv(
 ) -> None:
     monkeypatch.setenv("PATH", _venv_not_activated()["PATH"])
     assert lacking(("envoy",)) == []
+
+
+def test_smoke_leaves_out_what_is_missing_and_the_pages_say_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench.scenarios.overhead_report import saturation_section
+
+    monkeypatch.setattr("bench.run.lacking", lambda tools: [f"command {t}" for t in tools])
+    assert left_out("dispatch") == {
+        "celery": "not installed: command celery, command redis-server (`bash bench/setup.sh`)"
+    }
+    assert set(left_out("overhead")) == {"wrk"}
+    assert left_out("coldstart") == {}
+    assert "Not measured in this run: wrk was left out" in "\n".join(saturation_section(None, None))
