@@ -29,7 +29,6 @@ import math
 import os
 import random
 import re
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import aiohttp
 from bench import report
 from bench.loadgen import Client, http_request
 from bench.stats import percentile
-from bench.util import MODEL, RESULTS, LogDir, free_port, say
+from bench.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
 
 POOL = "main"
 TARGET_DECISION_S = 1.0  # "queued demand issues a scale-up within 1 s"
@@ -156,25 +155,6 @@ def median_and_worst(values: list[float | None]) -> tuple[float, float]:
 
 
 # -- running it ----------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports (``simulate.base_port``)."""
-    for _ in range(100):
-        base = free_port()
-        socks = []
-        try:
-            for i in range(1, count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def plane_config(tl: Timeline, autoscale: bool) -> dict[str, Any]:

@@ -35,10 +35,10 @@ from typing import Any
 from bench import report
 from bench.ideal import fifo_latencies
 from bench.loadgen import Client, Outcome, Progress, http_request, open_loop
-from bench.scenarios.coldstart import _output_to, free_ports
+from bench.scenarios.coldstart import _output_to
 from bench.stats import percentile
 from bench.trace import Lognormal, Request, phase_seed
-from bench.util import MODEL, RESULTS, LogDir, free_port, say
+from bench.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
 
 POOL = "main"
 
