@@ -1,4 +1,5 @@
-"""Every scenario of ``bench/run.py`` runs, in seconds (``--smoke``), as a user runs it.
+"""Every scenario of ``bench/run.py`` runs, in seconds (``--smoke``), as a user runs it;
+so do bench's other tools (``epp.py``, the micro benchmarks), with tiny arguments.
 
 A benchmark nobody runs breaks silently (the dispatch scenario did: a wrapped method's
 signature changed). Each test runs ``python bench/run.py SCENARIO --smoke`` as a separate
@@ -69,6 +70,32 @@ def test_the_scenario_runs(scenario: str, tmp_path: Path) -> None:
     missing = [marker for marker in PAGES.get(scenario, ()) if marker not in page]
     assert not missing, f"{missing} not on the page:\n{page}"
     assert not (ROOT / "bench" / "results" / "smoke").exists()
+
+
+# bench's tools outside run.py, each with its smallest useful arguments ("{out}": a
+# temporary directory); each must exit 0 and print what it measured.
+TOOLS: dict[str, tuple[list[str], str]] = {
+    "epp": (["epp.py", "--requests", "10", "--clients", "2", "--rounds", "1", "--sizes", "1000",
+             "--out", "{out}/epp.md"], "| epp |"),
+    "micro_extproc": (["micro_extproc.py", "--seconds", "0.5", "--warmup", "0.1", "--rate",
+                       "200"], '"errors": 0'),
+    "xds_scale": (["xds_scale.py", "--replicas", "100", "--clients", "3", "--rounds", "1"],
+                  "| 3 | 100 |"),
+    "micro_affinity": (["micro_affinity.py", "affinity", "200"], "ns"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_the_tool_runs(tool: str, tmp_path: Path) -> None:
+    args, shown = TOOLS[tool]
+    argv = [a.replace("{out}", str(tmp_path)) for a in args]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]],
+        cwd=tmp_path, env=_venv_not_activated(), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert shown in proc.stdout, proc.stdout[-4000:]
 
 
 def test_every_scenario_has_page_markers() -> None:
