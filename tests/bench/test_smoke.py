@@ -41,9 +41,12 @@ PAGES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _venv_not_activated() -> dict[str, str]:
-    """This environment as a shell that never sourced ``.venv/bin/activate`` has it."""
+def _venv_not_activated(tmp: Path | None = None) -> dict[str, str]:
+    """This environment as a shell that never sourced ``.venv/bin/activate`` has it; with
+    ``tmp``, the run's temporary files (its children's logs) go there."""
     env = dict(os.environ)
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if p and os.path.abspath(p) != bindir
@@ -55,9 +58,11 @@ def _venv_not_activated() -> dict[str, str]:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_the_scenario_runs(scenario: str, tmp_path: Path) -> None:
     out = tmp_path / "results"
+    kept = ROOT / "bench" / "results" / f"{scenario}.md"
+    before = kept.stat().st_mtime_ns if kept.exists() else None
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), scenario, "--smoke", "--out", str(out)],
-        cwd=tmp_path, env=_venv_not_activated(), stdin=subprocess.DEVNULL,
+        cwd=tmp_path, env=_venv_not_activated(tmp_path), stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     log = proc.stderr[-4000:]
@@ -69,7 +74,7 @@ def test_the_scenario_runs(scenario: str, tmp_path: Path) -> None:
         assert f"| left out: {part} | {why} |" in page
     missing = [marker for marker in PAGES.get(scenario, ()) if marker not in page]
     assert not missing, f"{missing} not on the page:\n{page}"
-    assert not (ROOT / "bench" / "results" / "smoke").exists()
+    assert (kept.stat().st_mtime_ns if kept.exists() else None) == before  # never overwritten
 
 
 # bench's tools outside run.py, each with its smallest useful arguments ("{out}": a
@@ -91,7 +96,7 @@ def test_the_tool_runs(tool: str, tmp_path: Path) -> None:
     argv = [a.replace("{out}", str(tmp_path)) for a in args]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]],
-        cwd=tmp_path, env=_venv_not_activated(), stdin=subprocess.DEVNULL,
+        cwd=tmp_path, env=_venv_not_activated(tmp_path), stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
