@@ -108,3 +108,23 @@ def test_the_librarys_info_lines_are_quiet_unless_a_level_was_chosen(
     library_logger.setLevel(logging.DEBUG)  # what `warmroute -vvv` does
     quiet_library_logs()
     assert logging.getLogger("watchfiles.main").isEnabledFor(logging.DEBUG)
+
+
+@pytest.mark.parametrize(("flags", "debug"), [(["-vv"], False), (["-vvv"], True)])
+def test_only_vvv_shows_the_librarys_own_lines(
+    library_logger: logging.Logger, flags: list[str], debug: bool
+) -> None:
+    from tests.helpers import free_port
+    from warmroute import cli
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        with pytest.raises(SystemExit):  # nothing listens there: status exits 1
+            cli.main([*flags, "status", "--admin", f"127.0.0.1:{free_port()}"])
+    finally:  # the CLI configures logging for its process; this is pytest's
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+    quiet_library_logs()  # what the config watcher does when it starts
+    assert logging.getLogger("watchfiles.main").isEnabledFor(logging.DEBUG) is debug
+    assert not logging.getLogger("watchfiles.main").isEnabledFor(logging.INFO) or debug
