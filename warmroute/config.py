@@ -157,6 +157,14 @@ class ControlConfig(_Model):
     tls: GrpcTlsConfig | None = None
     expire_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     lease_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Envoys report their requests in progress per replica this often (LRS).
+    load_report_interval_seconds: float = Field(default=0.5, ge=0.05, le=60)
+    # At start, hold every slot until the load on each replica is known (Envoys' load
+    # reports, its metrics, or the end of its previous requests); at most this long.
+    # Default: 30 s with our own Envoys (a request Envoy routed runs on after we die);
+    # 1 s as an endpoint picker (a gateway ends every request whose picker stream broke).
+    start_fence: bool = True
+    start_fence_grace_seconds: float | None = Field(default=None, ge=0, le=86_400)
 
 
 class RolloutConfig(_Model):
@@ -183,6 +191,10 @@ class RoutingConfig(_Model):
     # on a busy replica; true lets Envoy route without a lease (its fallback policy,
     # least-request), trading the slot guarantee for availability.
     failure_mode_allow: bool = False
+    # With failure_mode_allow false, Envoy's 503 for "warmroute unreachable" carries this
+    # Retry-After (and JSON code control_plane_unavailable): a restart takes a second or
+    # two, a leader failover up to kubernetes.leader_election.lease_seconds.
+    unreachable_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
     # Requests whose model is in the JSON body are buffered whole by Envoy before routing;
     # a body over this size is answered 413 (it would not fit Envoy's buffer).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)

@@ -119,6 +119,19 @@ class Metrics:
         )  # fmt: skip
         for cause in ("event", "backstop"):
             self.config_file_checks.labels(cause)
+        self.load_reports = Counter(
+            "warmroute_envoy_load_reports",
+            "Load reports (LRS) received from Envoys: requests in progress per replica.",
+            registry=r,
+        )
+        self.discrepancies = Counter(
+            "warmroute_lease_discrepancies",
+            "Differences between the ledger and what Envoys report in progress: 'unleased' "
+            "requests Envoy sent without a lease (counted as busy), 'lost' leases no Envoy "
+            "counts any more (reclaimed).",
+            ["pool", "kind"],
+            registry=r,
+        )
         self.scale_events = Counter(
             "warmroute_scale_decisions", "Autoscaling decisions, by pool and direction.",
             ["pool", "direction"], registry=r,
@@ -251,6 +264,17 @@ class _RegistryCollector(Collector):
             "Tokens (prompt estimate plus max tokens) reserved by the pool's active leases.",
             labels=["pool"],
         )
+        unleased = GaugeMetricFamily(
+            "warmroute_slots_unleased",
+            "Slots busy with requests Envoys report in progress beyond every pool's leases "
+            "(a start's fence counts every slot it still holds).",
+            labels=["pool"],
+        )
+        fenced = GaugeMetricFamily(
+            "warmroute_replicas_fenced",
+            "Replicas whose slots a start's fence still holds until their load is known.",
+            labels=["pool"],
+        )
         expired = _counter("warmroute_leases_expired", "Leases reclaimed at their deadline.")
         reconciled = _counter(
             "warmroute_leases_reconciled",
@@ -270,6 +294,8 @@ class _RegistryCollector(Collector):
             )
             leases.add_metric([pool.name], pool.in_flight)
             busy.add_metric([pool.name], pool.busy)
+            unleased.add_metric([pool.name], sum(r.unleased for r in pool.replicas))
+            fenced.add_metric([pool.name], sum(r.fenced is not None for r in pool.replicas))
             waiting.add_metric([pool.name], pool.waiting)
             if (budget := pool.tokens) is not None or pool.tokens_leased:
                 tokens.add_metric([pool.name], budget or 0)
@@ -279,7 +305,7 @@ class _RegistryCollector(Collector):
             granted.add_metric([pool.name, "false"], pool.granted_immediately)
             granted.add_metric([pool.name, "true"], pool.granted_after_wait)
         yield from (replicas, slots, leases, busy, waiting, expired, reconciled, granted)
-        yield from (tokens, tokens_leased)
+        yield from (tokens, tokens_leased, unleased, fenced)
 
 
 class _XdsNodeCollector(Collector):

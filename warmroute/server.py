@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from envoy.service.load_stats.v3 import lrs_pb2_grpc
 from kubernetes import client as k8s
 
 from warmroute import config as config_mod
@@ -35,10 +35,11 @@ from warmroute.epp import PickerService
 from warmroute.errors import ConfigError
 from warmroute.extproc.accesslog import AccessLogService
 from warmroute.extproc.admission import Admission
+from warmroute.extproc.load_reports import LoadReportService
 from warmroute.extproc.processor import ExternalProcessor
+from warmroute.fence import Fence
 from warmroute.k8s.leader import LeaderElector
 from warmroute.k8s.scale import KubernetesScaler
-from warmroute.leadership import TakeoverFence
 from warmroute.metrics import Metrics
 from warmroute.sim.scaler import LocalScaler
 from warmroute.state import Registry
@@ -57,6 +58,15 @@ _GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
 ]
 
+
+# How long a start's fence holds slots nobody reported on (``control.start_fence``). Own
+# Envoys: a request they routed runs on after we die; Envoy reports it within ~5.5 s (its
+# LRS retry), so this is only the bound for an Envoy that never reports. As a picker: the
+# gateway ends every request whose picker stream broke (measured with the reference
+# gateway config: each answered 500, and the replicas saw the disconnect), so only the
+# replicas' reaction to the disconnect is left to wait for.
+_START_GRACE = 30.0
+_EPP_START_GRACE = 1.0
 
 # The longest any one step of stop() may take: a shutdown must end, whatever one part does.
 _STOP_STEP_SECONDS = 15.0
@@ -196,9 +206,16 @@ class ControlPlane:
             self.elector = LeaderElector(
                 kube.api, cfg.kubernetes.leader_election, self._on_leadership, clock=clock
             )
-        # A new leader counts every slot as taken until it knows the replica's real load.
-        self.fence = TakeoverFence(
-            self.registry, lambda key: self.scraper.last_scrape.get(key, -math.inf)
+        # A starting process, and a new leader, count every slot as taken until they know
+        # the replica's real load: Envoys' load reports, its metrics, or its requests' ends.
+        self.fence = Fence(self.registry)
+        self.load_reports = LoadReportService(
+            self.registry,
+            self.metrics,
+            on_truth=self.fence.truth,
+            ads_nodes=None if self.epp is not None else self.nodes.connected,
+            interval=cfg.control.load_report_interval_seconds,
+            clock=clock,
         )
         self.admin = AdminServer(
             self.metrics,
@@ -255,12 +272,19 @@ class ControlPlane:
             self.grpc_port = server.add_insecure_port(cfg.control.grpc)
         else:
             self.grpc_port = server.add_secure_port(cfg.control.grpc, _server_credentials(tls))
+        lrs_pb2_grpc.add_LoadReportingServiceServicer_to_server(self.load_reports, server)
         if self.epp is None:
             ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
             als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, server)
             ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {cfg.control.grpc}")
+        if cfg.control.start_fence:
+            # Requests routed before this start may still run anywhere (module fence).
+            grace = cfg.control.start_fence_grace_seconds
+            if grace is None:
+                grace = _EPP_START_GRACE if self.epp is not None else _START_GRACE
+            self.fence.begin("start", grace)
         await self.manager.start()
         await server.start()
         self._grpc = server
@@ -354,8 +378,9 @@ class ControlPlane:
             self.access_log.close_streams()
             return
         # The previous leader's requests may still run on any replica: count every slot
-        # as taken until a metrics scrape shows the truth or the grace period ends.
-        self.fence.begin(self.config.kubernetes.leader_election.takeover_grace_seconds)
+        # as taken until Envoys' reports or a metrics scrape show the truth, or the grace
+        # period ends.
+        self.fence.begin("takeover", self.config.kubernetes.leader_election.takeover_grace_seconds)
 
     async def _housekeeping(self) -> None:
         while True:

@@ -37,14 +37,31 @@ def render(state: dict[str, Any]) -> str:
             others = max(0, r.get("busy", mine) - mine - r["external"])
             free = r["slots"] - mine - others - r["external"]
             bar = "#" * mine + "+" * others + "." * max(0, free)
-            extra = f" +{r['external']} ext" if r["external"] else ""
+            if r.get("fenced") is not None:
+                extra = f" fenced {r['fenced']}"  # held until its load is known
+            elif r["external"]:
+                extra = f" +{r['external']} ext"  # busy with requests nobody leased
+            else:
+                extra = ""
             lines.append(
                 f"  {r['address']:<24}{r['phase']:<10}{bar[:12] + extra:<14}{r['leased_total']:>8}"
             )
         if not replicas:
             lines.append("  (no replicas)")
     lines.append(f"leases in flight: {state['leases']}")
+    if fence := _fence(state.get("fence")):
+        lines.append(fence)
     return "\n".join(lines)
+
+
+def _fence(f: dict[str, Any] | None) -> str:
+    """The start's fence while it holds slots (``warmroute.state.inflight``)."""
+    if not f or not f.get("held"):
+        return ""
+    return (
+        f"fence ({f['reason']}): {len(f['held'])} replica(s) held until their load is known "
+        f"(Envoys reporting: {f.get('reporting_envoys', 0)})"
+    )
 
 
 def _forecast(f: dict[str, Any] | None) -> str:

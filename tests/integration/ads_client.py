@@ -394,7 +394,7 @@ async def envoy_scenario(delta: bool) -> None:
         cfg = Config.model_validate(
             {
                 "envoy": {"listen": f"127.0.0.1:{listen}", "admin": f"127.0.0.1:{admin}"},
-                "control": {"grpc": h.target},
+                "control": {"start_fence": False, "grpc": h.target},
                 "pools": [{"name": "p", "models": ["m"], "probe": None}],
             }
         )

@@ -36,7 +36,11 @@ def _doc(
     *, replica: str = A, model: str = "m", scrape: float | None = 5.0, idle: float = 300.0
 ) -> dict[str, Any]:
     return {
-        "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+        "control": {
+            "start_fence": False,
+            "grpc": f"127.0.0.1:{free_port()}",
+            "admin": f"127.0.0.1:{free_port()}",
+        },
         "xds": {"rollout": {"canary_share": 1.0, "soak_seconds": 3600}},
         "pools": [
             {

@@ -22,7 +22,11 @@ from warmroute.server import ControlPlane
 
 def _doc(models: list[str]) -> dict[str, object]:
     return {
-        "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+        "control": {
+            "start_fence": False,
+            "grpc": f"127.0.0.1:{free_port()}",
+            "admin": f"127.0.0.1:{free_port()}",
+        },
         "pools": [{"name": "p", "models": models, "probe": None, "replicas": ["10.0.0.1:80"]}],
     }
 

@@ -34,7 +34,11 @@ class Clock:
 async def test_a_wait_that_cannot_be_met_is_refused_at_once() -> None:
     cfg = Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "pools": [
                 {
                     "name": "p",

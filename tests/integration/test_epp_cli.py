@@ -19,7 +19,11 @@ from tests.helpers import free_port, wait_for
 def _config(path: Path, pools: int = 1) -> tuple[Path, int]:
     port = free_port()
     cfg = {
-        "control": {"grpc": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{free_port()}"},
+        "control": {
+            "start_fence": False,
+            "grpc": f"127.0.0.1:{port}",
+            "admin": f"127.0.0.1:{free_port()}",
+        },
         "pools": [
             {"name": f"p{i}", "models": [f"m{i}"], "probe": None, "replicas": [f"10.0.0.{i}:80"]}
             for i in range(1, pools + 1)

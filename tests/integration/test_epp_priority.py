@@ -28,7 +28,11 @@ REPLICA = "10.0.0.1:8000"
 async def test_interactive_displaces_batch_in_a_full_queue() -> None:
     cfg = Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "pools": [
                 {
                     "name": "p",

@@ -37,7 +37,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def _config(tls: Any = False, **routing: Any) -> Config:
     return Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "routing": routing,
             "pools": [
                 {

@@ -22,7 +22,11 @@ from warmroute.server import ControlPlane
 async def plane() -> AsyncIterator[ControlPlane]:
     cfg = Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "pools": [
                 {
                     "name": "p",

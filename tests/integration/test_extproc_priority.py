@@ -24,7 +24,11 @@ from warmroute.server import ControlPlane
 async def plane() -> AsyncIterator[ControlPlane]:
     cfg = Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "pools": [
                 {
                     "name": "p",
@@ -122,7 +126,11 @@ async def test_bands_order_the_queue_and_a_full_queue_displaces_batch(
 async def test_each_band_times_out_on_its_own_timeout() -> None:
     cfg = Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "pools": [
                 {
                     "name": "p",

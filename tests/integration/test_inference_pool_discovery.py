@@ -240,7 +240,11 @@ async def test_control_plane_probes_each_port_and_shows_the_failure_mode(
     ports = [await s.start("127.0.0.1", 0) for s in sims]
     cfg = Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "kubernetes": {"api_url": kube.url},
             "pools": [pool_config(probe={"path": "/health", "interval_seconds": 0.05})],
             "epp": {"enabled": epp, "tls": False},  # the picker mode uses the same discovery

@@ -31,7 +31,11 @@ REPLICA = "10.0.0.1:8000"
 def _config(**extra: Any) -> Config:
     return Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
+            "control": {
+                "start_fence": False,
+                "grpc": f"127.0.0.1:{free_port()}",
+                "admin": f"127.0.0.1:{free_port()}",
+            },
             "pools": [
                 {
                     "name": "p",

@@ -49,14 +49,14 @@ LAYERS: dict[str, frozenset[str]] = {
     "autoscale": _units("config state"),  # the Scaler protocol only; never a platform
     "sim": _units("children config discovery"),  # simulated replicas + their local scaler
     "admin": _units("metrics state"),  # /metrics and /state
-    "leadership": _units("state"),  # the takeover fence
+    "fence": _units("state"),  # the start's and takeover's fence: its grace timer
     # -- wiring and entry points ---------------------------------------------------------------
     "config_watch": _units(""),
     "config_manager": _units("autoscale config discovery epp errors k8s metrics state xds"),
     "envoy_process": _units("children"),
     "server": _units(
         "admin autoscale config config_manager config_watch discovery epp errors extproc k8s "
-        "leadership metrics sim state xds"
+        "fence metrics sim state xds"
     ),
     "up": _units("config envoy_process server sim view xds"),
     "soak": _units("config envoy_process server sim xds"),

@@ -6,7 +6,6 @@ itself is tested against the test API server in tests/integration/test_leader_el
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from warmroute.config import LeaderElectionConfig
-from warmroute.leadership import TakeoverFence
+from warmroute.fence import Fence
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaExternalLoad, ReplicaUpsert
 
 R1, R2 = "10.0.0.1:8000", "10.0.0.2:8000"
@@ -62,9 +61,7 @@ class Setup:
             self.registry.apply(ReplicaUpsert("main", address, 2, Phase.WARM))
         self.scraped: dict[tuple[str, str], float] = {}
         self.schedule = FakeScheduler()
-        self.fence = TakeoverFence(
-            self.registry, lambda key: self.scraped.get(key, -math.inf), schedule=self.schedule
-        )
+        self.fence = Fence(self.registry, schedule=self.schedule)
 
     def free(self, address: str) -> int:
         return self.registry.pools["main"].replicas[address].free
@@ -77,7 +74,7 @@ class Setup:
 
 def test_fence_takes_every_slot_at_begin_and_lifts_after_the_grace() -> None:
     s = Setup()
-    assert s.fence.begin(30.0) == 2
+    assert s.fence.begin("takeover", 30.0) == 2
     assert (s.free(R1), s.free(R2)) == (0, 0)
     assert [t.delay for t in s.schedule.timers] == [30.0]
     assert s.registry.pools["main"].try_acquire("r1") is None  # nothing leasable
@@ -91,7 +88,7 @@ def test_a_scrape_after_begin_keeps_its_load_when_the_fence_lifts() -> None:
     s = Setup()
     s.scrape(R1, 0)  # before the fence: says nothing about the old leader's requests
     s.clock.now += 1.0
-    s.fence.begin(30.0)
+    s.fence.begin("takeover", 30.0)
     s.clock.now += 5.0
     s.scrape(R2, 1)  # the replica's own count: one request still runs on it
     assert s.free(R2) == 1
@@ -102,7 +99,7 @@ def test_a_scrape_after_begin_keeps_its_load_when_the_fence_lifts() -> None:
 
 def test_cancel_stops_the_lift() -> None:
     s = Setup()
-    s.fence.begin(30.0)
+    s.fence.begin("takeover", 30.0)
     s.fence.cancel()
     s.fence.cancel()  # twice is fine
     assert s.schedule.timers[0].cancelled
@@ -112,9 +109,9 @@ def test_cancel_stops_the_lift() -> None:
 
 def test_a_second_begin_replaces_the_first() -> None:
     s = Setup()
-    s.fence.begin(30.0)
+    s.fence.begin("takeover", 30.0)
     s.clock.now += 10.0
-    s.fence.begin(30.0)
+    s.fence.begin("takeover", 30.0)
     assert [t.cancelled for t in s.schedule.timers] == [True, False]
     s.schedule.fire()
     assert (s.free(R1), s.free(R2)) == (2, 2)
@@ -122,8 +119,9 @@ def test_a_second_begin_replaces_the_first() -> None:
 
 def test_a_replica_removed_during_the_fence_is_skipped() -> None:
     s = Setup()
-    s.fence.begin(30.0)
+    s.fence.begin("takeover", 30.0)
     s.registry.configure([PoolSpec("other", ("o",))])
+    s.registry.expire()  # the retired pool is idle: forgotten, its addresses with it
     assert s.fence.lift() == 0
 
 

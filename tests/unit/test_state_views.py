@@ -53,3 +53,21 @@ def test_the_status_table_reads_documents_without_busy() -> None:
     lines = render(state).splitlines()
     assert "busy 1/4 warm slots" in lines[0]
     assert lines[2].split()[:3] == [R, "warm", "#..."]
+
+
+def test_the_status_table_shows_the_start_fence_and_what_it_holds() -> None:
+    registry = Registry(clock=lambda: 0.0)
+    registry.configure([PoolSpec("a", ("ma",))])
+    registry.apply(ReplicaUpsert("a", R, 2, Phase.WARM))
+    registry.inflight.begin("start")
+    lines = render(registry.view().to_json()).splitlines()
+    assert any(R in line and "fenced 2" in line for line in lines), lines
+    assert (
+        lines[-1]
+        == "fence (start): 1 replica(s) held until their load is known (Envoys reporting: 0)"
+    )
+    text = Metrics(registry.view).exposition().decode()
+    assert 'warmroute_replicas_fenced{pool="a"} 1.0' in text
+    assert 'warmroute_slots_unleased{pool="a"} 2.0' in text
+    registry.inflight.lift_all()
+    assert "fence" not in render(registry.view().to_json())

@@ -89,6 +89,14 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
         lease_id = ours.fields["lease"].string_value
         lease = self._registry.lease(lease_id)
         if lease is None:
+            upstream = _address(common.upstream_remote_address)
+            if upstream and self._registry.inflight.unknown_end(upstream, lease_id):
+                # A previous process's request: one fewer may still run there.
+                logger.info(
+                    "request %s (lease %s of a previous control plane) ended on %s",
+                    entry.request.request_id, lease_id[:8], upstream,
+                )  # fmt: skip
+                return
             self._metrics.unknown_lease.inc()
             logger.warning(
                 "request %s ended but lease %s is not active (already expired?)",

@@ -781,11 +781,8 @@ class Pool:
         """Record how many requests the replica reports running in total.
 
         Beyond our leases they count as busy slots. With ``reconcile``, leases the replica
-        no longer has are reclaimed: if it runs fewer requests than we leased, the oldest
-        leases older than ``reconcile_after_seconds`` (so not still on their way to it)
-        end as RECONCILED (only this pool's: another pool's leases on a shared address
-        are its own to reconcile). Returns those leases. Touches only this replica's
-        leases (its index), never the registry's.
+        no longer has are reclaimed (``reclaim``). Returns those leases. Touches only this
+        replica's leases (its index), never the registry's.
         """
         replica = self.replicas.get(address)
         if replica is None:
@@ -793,23 +790,51 @@ class Pool:
         capacity = replica.capacity
         reclaimed: list[Lease] = []
         if reconcile and running < capacity.leased:
-            cutoff = self._clock() - self.spec.reconcile_after_seconds
-            # In grant order, which is acquisition order; sorted anyway (a stable sort of
-            # a handful) so an injected clock that steps back cannot reorder them.
-            stale = sorted(
-                (lease for lease in replica.leases.values() if lease.acquired_at <= cutoff),
-                key=lambda lease: lease.acquired_at,
-            )
-            for lease in stale[: capacity.leased - running]:
-                self._end(lease, EndReason.RECONCILED)
-                reclaimed.append(lease)
-            self.counters.reconciled += len(reclaimed)
+            reclaimed = self._reclaim(replica, capacity.leased - running)
         # ``running`` is the whole server's load: every pool's leases on it are ours.
-        replica.external = max(0, running - capacity.leased)
+        replica.scraped = max(0, running - capacity.leased)
+        replica.external = max(replica.scraped, replica.unleased)
         self._dispatch()
         if reclaimed:
             self._dispatch_others(capacity.members)
         return reclaimed
+
+    def reclaim(self, address: str, count: int) -> list[Lease]:
+        """End up to ``count`` of this pool's leases on ``address`` as RECONCILED: the
+        oldest ones older than ``reconcile_after_seconds`` (younger ones may not have
+        reached the replica, or Envoy's count, yet). Only this pool's: another pool's
+        leases on a shared address are its own to reconcile. Returns them."""
+        replica = self.replicas.get(address)
+        if replica is None or count <= 0:
+            return []
+        reclaimed = self._reclaim(replica, count)
+        if reclaimed:
+            self._dispatch()
+            self._dispatch_others(replica.capacity.members)
+        return reclaimed
+
+    def _reclaim(self, replica: Replica, count: int) -> list[Lease]:
+        cutoff = self._clock() - self.spec.reconcile_after_seconds
+        # In grant order, which is acquisition order; sorted anyway (a stable sort of
+        # a handful) so an injected clock that steps back cannot reorder them.
+        stale = sorted(
+            (lease for lease in replica.leases.values() if lease.acquired_at <= cutoff),
+            key=lambda lease: lease.acquired_at,
+        )
+        reclaimed = stale[:count]
+        for lease in reclaimed:
+            self._end(lease, EndReason.RECONCILED)
+        self.counters.reconciled += len(reclaimed)
+        return reclaimed
+
+    def set_unleased(self, address: str, unleased: int) -> None:
+        """Slots busy on ``address`` with requests no pool leased (``state.inflight``)."""
+        replica = self.replicas.get(address)
+        if replica is None:
+            return
+        replica.unleased = unleased
+        replica.external = max(replica.scraped, unleased)
+        self._dispatch()
 
     def _forget(self, replica: Replica) -> None:
         if self.replicas.get(replica.address) is not replica:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 
 from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRemoved, ReplicaUpsert
+from warmroute.state.inflight import InFlightBook
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.policy import POLICIES
 from warmroute.state.pool import Clock, IdFactory, Pool, PoolSpec
@@ -30,17 +31,24 @@ def _reserved(replica: Replica) -> int:
     return sum(reserved.get(i, 0) for i in replica.leases) if reserved else 0
 
 
-def _new_lease_id() -> str:
-    # 128 random bits: a lease id is a capability, it must not be guessable.
-    return secrets.token_hex(16)
-
-
 class Registry:
-    """Pools by name, a model -> pool index and the lease index."""
+    """Pools by name, a model -> pool index and the lease index.
 
-    def __init__(self, *, clock: Clock = time.monotonic, new_id: IdFactory = _new_lease_id) -> None:
+    Lease ids start with this registry's ``epoch`` (random per process) followed by 96
+    random bits: a lease id is a capability, it must not be guessable, and an id with
+    another epoch names a lease a previous process granted (``state.inflight``).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.monotonic,
+        new_id: IdFactory | None = None,
+        young_seconds: float = 0.25,
+    ) -> None:
         self._clock = clock
-        self._new_id = new_id
+        self.epoch = secrets.token_hex(4)
+        self._new_id = new_id or self._new_lease_id
         self.leases: dict[str, Lease] = {}
         # Envoy's request id -> lease, for an end-of-request entry that lacks our metadata.
         self._by_request: dict[str, Lease] = {}
@@ -49,6 +57,30 @@ class Registry:
         self._retired: list[Pool] = []
         # Address -> its slots across every pool (live or retired) that lists it.
         self._capacities: dict[str, Capacity] = {}
+        # What runs on the replicas beyond our leases: a start's fence, Envoys' counts.
+        self.inflight = InFlightBook(
+            self._capacities,
+            clock=clock,
+            set_unleased=self._set_unleased,
+            reclaim=self._reclaim,
+            own_lease=lambda lease_id: lease_id.startswith(self.epoch),
+            young_seconds=young_seconds,
+        )
+
+    def _new_lease_id(self) -> str:
+        return self.epoch + secrets.token_hex(12)
+
+    @staticmethod
+    def _set_unleased(capacity: Capacity, unleased: int) -> None:
+        for pool in list(capacity.members):
+            pool.set_unleased(capacity.address, unleased)
+
+    @staticmethod
+    def _reclaim(capacity: Capacity, count: int) -> list[Lease]:
+        reclaimed: list[Lease] = []
+        for pool in list(capacity.members):
+            reclaimed += pool.reclaim(capacity.address, count - len(reclaimed))
+        return reclaimed
 
     @property
     def clock(self) -> Clock:
@@ -101,11 +133,16 @@ class Registry:
         if pool is None:
             return
         if isinstance(event, ReplicaUpsert):
+            known = event.address in pool.replicas
             pool.upsert(event.address, event.slots, event.phase)
+            if not known:
+                self.inflight.added(event.address)
         elif isinstance(event, ReplicaRemoved):
             pool.remove(event.address)
         elif isinstance(event, ReplicaExternalLoad):
             pool.set_external(event.address, event.running, reconcile=event.reconcile)
+            if event.reconcile:  # the replica's own report: the fence is no longer needed
+                self.inflight.scraped(event.address)
 
     # -- narrow reads for adapters (they never walk pools' internals) ----------------------
 
@@ -163,6 +200,7 @@ class Registry:
 
     def view(self) -> RegistryView:
         """An immutable snapshot for status pages and metrics."""
+        book = self.inflight
         pools = []
         for pool in self.pools.values():
             replicas = tuple(
@@ -178,6 +216,10 @@ class Registry:
                     r.capacity.tokens,
                     _reserved(r),
                     r.capacity.tokens_leased,
+                    r.scraped,
+                    r.unleased,
+                    book.in_progress(r.address),
+                    book.held(r.address),
                 )
                 for r in sorted(pool.replicas.values(), key=lambda r: r.address)
             )
@@ -199,4 +241,4 @@ class Registry:
                     forecast=pool.forecast.view(),
                 )
             )
-        return RegistryView(pools=tuple(pools), leases=len(self.leases))
+        return RegistryView(pools=tuple(pools), leases=len(self.leases), fence=book.view())

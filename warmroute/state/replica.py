@@ -106,7 +106,9 @@ class Replica:
     only its own leases; ``in_flight`` is their number. ``capacity`` is shared with other
     pools' replicas of the same address and decides what is free. ``external`` counts slots
     busy with traffic warmroute did not lease (seen in the replica's own metrics); they are
-    not free.
+    not free. It is the larger of two estimates of the same thing: ``scraped`` (the
+    replica's own metrics: what it runs beyond every pool's leases) and ``unleased`` (what
+    Envoys report in progress beyond them, or a start's fence: ``state.inflight``).
     """
 
     __slots__ = (
@@ -118,7 +120,9 @@ class Replica:
         "leased_total",
         "leases",
         "phase",
+        "scraped",
         "slots",
+        "unleased",
     )
 
     def __init__(
@@ -135,6 +139,8 @@ class Replica:
         self.leases: dict[str, Lease] = {}
         self.in_flight = 0
         self.external = 0
+        self.scraped = 0
+        self.unleased = 0
         self.last_used = 0.0
         self.leased_total = 0
 

@@ -9,7 +9,7 @@ the model server itself, every pool's leases plus load warmroute did not lease. 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from warmroute.state.forecast import ForecastView
@@ -33,6 +33,13 @@ class ReplicaView:
     tokens: int | None = None
     tokens_leased: int = 0
     tokens_busy: int = 0
+    # Beyond every pool's leases: what the replica's metrics show (``scraped``), what
+    # Envoys report in progress (``unleased``; the fence's bound while ``fenced``), and
+    # the Envoys' own count of requests in progress there (``state.inflight``).
+    scraped: int = 0
+    unleased: int = 0
+    envoy_in_progress: int = 0
+    fenced: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +82,23 @@ class PoolView:
 
 
 @dataclass(frozen=True, slots=True)
+class FenceView:
+    """The start's fence (``state.inflight``): up, why, since when (registry clock), the
+    addresses still held with their bound, and how many were lifted by what."""
+
+    active: bool = False
+    reason: str = ""
+    since: float = 0.0
+    held: dict[str, int] = field(default_factory=dict)
+    lifted: dict[str, int] = field(default_factory=dict)
+    reporting_envoys: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryView:
     pools: tuple[PoolView, ...]
     leases: int
+    fence: FenceView = field(default_factory=FenceView)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,6 +39,7 @@ def static_bootstrap(
         ),
     )
     boot.admin.address.CopyFrom(resources.socket_address(addresses.admin))
+    _report_load(boot)
     return boot
 
 
@@ -85,7 +86,27 @@ def ads_bootstrap(
     boot.admin.address.CopyFrom(
         resources.socket_address(cfg.envoy.for_node(node_id, cluster).admin)
     )
+    _report_load(boot)
     return boot
+
+
+def _report_load(boot: bootstrap_pb2.Bootstrap) -> None:
+    """Envoy reports its requests in progress per endpoint to warmroute (LRS), which is
+    how a restarted control plane learns what it did not lease (``xds.lrs``)."""
+    api = config_source_pb2.ApiConfigSource
+    boot.cluster_manager.load_stats_config.CopyFrom(
+        api(
+            api_type=api.GRPC,
+            transport_api_version=config_source_pb2.ApiVersion.V3,
+            grpc_services=[
+                grpc_service_pb2.GrpcService(
+                    envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                        cluster_name=resources.CONTROL_CLUSTER
+                    )
+                )
+            ],
+        )
+    )
 
 
 def to_json(msg: bootstrap_pb2.Bootstrap) -> str:

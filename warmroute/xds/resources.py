@@ -28,7 +28,6 @@ from envoy.config.core.v3 import (
     grpc_service_pb2,
     health_check_pb2,
     protocol_pb2,
-    substitution_format_string_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -58,6 +57,7 @@ from warmroute.envoy_names import (
     POOL_METADATA_KEY,
 )
 from warmroute.state.tokens import MAX_TOKEN_FIELDS
+from warmroute.xds.local_replies import local_reply_config
 
 LISTENER_NAME = "warmroute_ingress"
 ROUTE_CONFIG_NAME = "warmroute_routes"
@@ -239,7 +239,7 @@ def http_connection_manager(
             ),
         ],
         access_log=[access_log(cfg)],
-        local_reply_config=_local_replies(cfg.routing.max_body_bytes),
+        local_reply_config=local_reply_config(cfg),
     )
     if route_config is not None:
         hcm.route_config.CopyFrom(route_config)
@@ -247,51 +247,6 @@ def http_connection_manager(
         hcm.rds.route_config_name = ROUTE_CONFIG_NAME
         hcm.rds.config_source.CopyFrom(ads_config_source())
     return hcm
-
-
-def _local_replies(max_body_bytes: int) -> hcm_pb2.LocalReplyConfig:
-    """Envoy's own 413 (body over ``routing.max_body_bytes``) in warmroute's JSON error shape."""
-    too_large = hcm_pb2.ResponseMapper(
-        filter=accesslog_pb2.AccessLogFilter(
-            status_code_filter=accesslog_pb2.StatusCodeFilter(
-                comparison=accesslog_pb2.ComparisonFilter(
-                    op=accesslog_pb2.ComparisonFilter.EQ,
-                    value=base_pb2.RuntimeUInt32(default_value=413, runtime_key="unused"),
-                )
-            )
-        ),
-        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
-            # A fixed text (not json_format, a map whose key order is not stable): the
-            # request id is Envoy's own UUID (use_remote_address), safe inside the string.
-            text_format_source=base_pb2.DataSource(
-                inline_string=(
-                    '{"error": {"code": "body_too_large", "message": "the request body is '
-                    f"over this gateway's limit of {max_body_bytes} bytes "
-                    '(routing.max_body_bytes)", "request_id": "%REQ(X-REQUEST-ID)%"}}\n'
-                )
-            ),
-            content_type="application/json",
-        ),
-    )
-    # A request that matched a route before its pool was removed, and reached the router
-    # after the pool's cluster left Envoy (a rare race: warmroute keeps a removed pool's
-    # cluster until its requests drain): 404 in the JSON shape, not an empty 503.
-    removed = hcm_pb2.ResponseMapper(
-        filter=accesslog_pb2.AccessLogFilter(
-            response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=["NC"])
-        ),
-        status_code=wrappers_pb2.UInt32Value(value=404),
-        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
-            text_format_source=base_pb2.DataSource(
-                inline_string=(
-                    '{"error": {"code": "unknown_model", "message": "the pool serving this '
-                    'model was removed from the config", "request_id": "%REQ(X-REQUEST-ID)%"}}\n'
-                )
-            ),
-            content_type="application/json",
-        ),
-    )
-    return hcm_pb2.LocalReplyConfig(mappers=[too_large, removed])
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
