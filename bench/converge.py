@@ -343,6 +343,7 @@ class Stack:
     envoy_admins: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(1))
+    jitter: float = JITTER
 
     def base(self) -> Doc:
         probe = {"path": "/health", "interval_seconds": PROBE_INTERVAL}
@@ -375,7 +376,11 @@ class Stack:
             )
         )
         await until(lambda: _ok(http, f"http://{self.control_admin}/healthz"), "control plane")
-        envoy = str(Path(sys.executable).with_name("envoy"))
+        # Found as warmroute finds it (PATH, else beside this Python); only this process's
+        # tree is asked, the children still run the measured tree.
+        from warmroute.envoy_process import find_envoy
+
+        envoy = find_envoy()
         for node in NODES:
             boot = json.loads(
                 self.tree.run("bootstrap", "-c", str(self.config_path), "--node-id", node,
@@ -429,7 +434,7 @@ class Stack:
     async def change(self, http: aiohttp.ClientSession, kind: str, new: Doc, old: Doc) -> Sample:
         """After a random pause, write ``new`` over ``old``; time until each Envoy shows it."""
         want = want_of(new, old).minus(want_of(old, new))
-        await asyncio.sleep(self.rng.uniform(0, JITTER))
+        await asyncio.sleep(self.rng.uniform(0, self.jitter))
         times: list[float | None] = [None] * len(self.envoy_admins)
         t0 = write_atomically(self.config_path, new)
         lacking: list[str] = []
@@ -455,8 +460,11 @@ class Stack:
         stop(reversed(self.procs))
 
 
-async def measure(tree: Tree, logs: LogDir, soak: float, reps: int, seed: int) -> list[Sample]:
-    """Start sims, the control plane and two Envoys; ``reps`` rounds of every kind."""
+async def measure(
+    tree: Tree, logs: LogDir, soak: float, reps: int, seed: int, jitter: float = JITTER
+) -> list[Sample]:
+    """Start sims, the control plane and two Envoys; ``reps`` rounds of every kind, each
+    write after a random pause of up to ``jitter`` seconds."""
     ports = [free_port() for _ in range(6)]
     sims = [
         tree.start(tree.argv("sim", "--port", str(p), "--log-level", "WARNING"),
@@ -464,7 +472,7 @@ async def measure(tree: Tree, logs: LogDir, soak: float, reps: int, seed: int) -
         for p in ports
     ]  # fmt: skip
     replicas = [f"127.0.0.1:{p}" for p in ports]
-    stack = Stack(tree, logs, soak, replicas, rng=random.Random(seed))
+    stack = Stack(tree, logs, soak, replicas, rng=random.Random(seed), jitter=jitter)
     samples: list[Sample] = []
     try:
         async with aiohttp.ClientSession() as http:
@@ -641,8 +649,9 @@ def plot(png: Path, runs: Mapping[str, Any], labels: Sequence[str], soaks: Seque
 async def run(args: argparse.Namespace) -> Path:
     tree_src: Path = getattr(args, "warmroute_src", None) or ROOT
     label: str = getattr(args, "label", None) or "after"
-    reps: int = getattr(args, "reps", None) or (3 if args.quick else 10)
-    soaks: Sequence[float] = getattr(args, "soaks", None) or (1.0, 0.0)
+    smoke = getattr(args, "smoke", False)
+    reps: int = getattr(args, "reps", None) or (1 if smoke else 3 if args.quick else 10)
+    soaks: Sequence[float] = getattr(args, "soaks", None) or ((0.0,) if smoke else (1.0, 0.0))
     logs = LogDir("converge")
     with tempfile.TemporaryDirectory(prefix="warmroute-converge-") as work:
         tree = Tree(tree_src, Path(work))
@@ -652,7 +661,9 @@ async def run(args: argparse.Namespace) -> Path:
             f"{', '.join(f'{s:g}s' for s in soaks)}; logs {logs.path}")  # fmt: skip
         results = []
         for soak in soaks:
-            samples = await measure(tree, logs, soak, reps, getattr(args, "seed", 1))
+            samples = await measure(
+                tree, logs, soak, reps, getattr(args, "seed", 1), 0.1 if smoke else JITTER
+            )
             results.append(run_record(samples, soak))
     run = {
         "src": str(tree.src),

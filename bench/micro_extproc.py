@@ -61,9 +61,18 @@ async def serve(args: argparse.Namespace) -> None:
         value: int | str = int(raw) if raw.lstrip("-").isdigit() else raw
         server_mod._GRPC_OPTIONS = [o for o in server_mod._GRPC_OPTIONS if o[0] != name]
         server_mod._GRPC_OPTIONS.append((name, value))
+    control: dict[str, object] = {
+        "grpc": f"127.0.0.1:{_free_port()}",
+        "admin": f"127.0.0.1:{_free_port()}",
+    }
+    # No Envoy here reports load, so a start fence would hold every slot for its whole
+    # grace; older checkouts (--repo) have no such setting.
+    control_model = Config.model_fields["control"].annotation
+    if "start_fence" in getattr(control_model, "model_fields", {}):
+        control["start_fence"] = False
     cfg = Config.model_validate(
         {
-            "control": {"grpc": f"127.0.0.1:{_free_port()}", "admin": f"127.0.0.1:{_free_port()}"},
+            "control": control,
             "pools": [
                 {
                     "name": POOL,

@@ -64,9 +64,11 @@ def _cpu_times() -> list[int]:
 _BEGIN: dict[str, object] = {}
 
 
-def begin() -> None:
-    """Mark the start of a run: header() then reports the machine's load over it."""
-    _BEGIN.update(cpu=_cpu_times(), load=os.getloadavg()[0])
+def begin(smoke: bool = False, left_out: Mapping[str, str] | None = None) -> None:
+    """Mark the start of a run: header() then reports the machine's load over it, and for a
+    ``--smoke`` run says so and names the parts ``left_out`` (part -> why)."""
+    _BEGIN.update(cpu=_cpu_times(), load=os.getloadavg()[0], smoke=smoke)
+    _BEGIN["left_out"] = dict(left_out or {})
 
 
 def _load_over_run() -> str:
@@ -102,11 +104,22 @@ def header(title: str, seed: int | None = None) -> list[str]:
                 ["command", f"`{command_line()}`"],
                 *([["machine load", load]] if (load := _load_over_run()) else []),
                 *([["seed", str(seed)]] if seed is not None else []),
+                *_smoke_rows(),
             ],
         ),
         "",
     ]
     return lines
+
+
+def _smoke_rows() -> list[list[str]]:
+    if not _BEGIN.get("smoke"):
+        return []
+    rows = [["smoke run", "**`--smoke`: tiny sizes, the numbers mean nothing**"]]
+    left = _BEGIN.get("left_out")
+    if isinstance(left, dict):
+        rows += [[f"left out: {part}", why] for part, why in left.items()]
+    return rows
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

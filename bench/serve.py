@@ -207,22 +207,38 @@ def _record_gc() -> list[tuple[int, float, float]]:
 
 def _stamp_request_path(plane: Any, released: list[float], routed: list[float]) -> None:
     """Note when each access-log entry reaches the control plane and when each ext_proc
-    answer is built, by wrapping two methods of this process's instances (warmroute's code
-    is unchanged). ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, shared by every
-    process, so these line up with the replicas' timestamps."""
-    finish, hand_over = plane.access_log.finish, plane.processor._hand_over
+    answer is built, by wrapping two of warmroute's callables in this process (warmroute's
+    code is unchanged): the access-log service's ``finish(entry)`` and the module function
+    ``warmroute.extproc.responses.routed`` that builds every routed answer, both public.
+    The wrappers pass any arguments through, so a changed signature does not matter; a
+    renamed or unused callable is caught by the dispatch scenario's ``check_stamps`` (and
+    its smoke run in tests/bench). ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, shared
+    by every process, so these line up with the replicas' timestamps."""
+    from warmroute.extproc import responses
 
-    def timed_finish(entry: Any) -> None:
-        released.append(time.perf_counter())
-        finish(entry)
+    _wrap(plane.access_log, "finish", released, before=True)
+    _wrap(responses, "routed", routed, before=False)
 
-    def timed_hand_over(lease: Any) -> Any:
-        response = hand_over(lease)
-        routed.append(time.perf_counter())
-        return response
 
-    plane.access_log.finish = timed_finish
-    plane.processor._hand_over = timed_hand_over
+def _wrap(owner: Any, name: str, stamps: list[float], *, before: bool) -> None:
+    """Replace ``owner.name`` by a wrapper appending ``perf_counter()`` to ``stamps``
+    before or after each call."""
+    import functools
+
+    original = getattr(owner, name, None)
+    if not callable(original):
+        raise RuntimeError(f"--stamps: {owner!r} has no callable {name!r}; update bench/serve.py")
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if before:
+            stamps.append(time.perf_counter())
+            return original(*args, **kwargs)
+        result = original(*args, **kwargs)
+        stamps.append(time.perf_counter())
+        return result
+
+    setattr(owner, name, timed)
 
 
 async def run_plane(args: argparse.Namespace) -> None:

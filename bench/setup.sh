@@ -3,15 +3,17 @@
 #   Python: bench/requirements.txt (matplotlib, celery[redis] with its redis client, requests)
 #   System: redis-server (Celery's broker) and wrk (saturation load), via apt if missing.
 # Usage: bash bench/setup.sh        (from anywhere; needs root or sudo for apt)
+#        PYTHON=/path/to/venv/bin/python bash bench/setup.sh   (another environment)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
+python="${PYTHON:-$root/.venv/bin/python}"
 
-if [[ ! -x "$root/.venv/bin/python" ]]; then
-    echo "no $root/.venv: run scripts/test.sh (or scripts/demo.sh) once to create it" >&2
+if [[ ! -x "$python" ]]; then
+    echo "no $python: run scripts/test.sh (or scripts/demo.sh) once to create it" >&2
     exit 1
 fi
-"$root/.venv/bin/python" -m pip install --quiet -r "$here/requirements.txt"
+"$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -23,7 +25,7 @@ if (( ${#missing[@]} )); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
-"$root/.venv/bin/python" -c 'import celery, matplotlib, redis
+"$python" -c 'import celery, matplotlib, redis
 print("bench setup ok: matplotlib", matplotlib.__version__, "celery", celery.__version__,
       "redis-py", redis.__version__)'
 echo "$(redis-server --version | cut -d' ' -f1-3), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"

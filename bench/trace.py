@@ -144,9 +144,19 @@ class QualityPlan:
         return capacity(self.servers, self.service.mean_ms / 1000.0)
 
 
-def quality_plan(quick: bool) -> QualityPlan:
+def quality_plan(quick: bool, smoke: bool = False) -> QualityPlan:
     """8 one-slot replicas, lognormal service (median 200 ms, p99 2 s), 70 % and 90 % load,
-    then a burst at 3x capacity."""
+    then a burst at 3x capacity. ``smoke``: 2 replicas, service 10x shorter, a dozen
+    requests per phase (a run of seconds that only shows the scenario still works)."""
+    if smoke:
+        return QualityPlan(
+            servers=2,
+            service=Lognormal.from_p99(20.0, 200.0),
+            loads=(0.7, 0.9),
+            per_load=12,
+            burst_load=3.0,
+            burst_count=8,
+        )
     return QualityPlan(
         servers=8,
         service=Lognormal.from_p99(200.0, 2000.0),

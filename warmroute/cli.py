@@ -115,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="warmroute",
         description="Route every AI inference request through Envoy to a free, warm replica.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging: -v INFO, -vv DEBUG, -vvv also the file-watching library's own "
+        "lines (serve and sim log INFO without -v)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="run replicas (simulated), the control plane and Envoy")
@@ -192,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "up" and args.verbose == 0 and (args.quiet or not sys.stdout.isatty()):
         level = logging.INFO  # a live table on a terminal would be scrolled away by logs
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose >= 3:
+        # Otherwise the config watcher keeps it at WARNING (see config_watch).
+        logging.getLogger("watchfiles").setLevel(logging.DEBUG)
     try:
         sys.exit(args.func(args))
     except ConfigError as exc:

@@ -111,6 +111,14 @@ class Metrics:
             "warmroute_config_reloads", "Config reloads, by result (applied, invalid).",
             ["result"], registry=r,
         )  # fmt: skip
+        self.config_file_checks = Counter(
+            "warmroute_config_file_checks",
+            "Reads of the config file's content by its watcher, by cause: event (a change "
+            "to the file or a path it resolves through), backstop (every 2 s).",
+            ["cause"], registry=r,
+        )  # fmt: skip
+        for cause in ("event", "backstop"):
+            self.config_file_checks.labels(cause)
         self.load_reports = Counter(
             "warmroute_envoy_load_reports",
             "Load reports (LRS) received from Envoys: requests in progress per replica.",

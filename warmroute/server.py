@@ -304,7 +304,12 @@ class ControlPlane:
         if self.elector is not None:
             self._tasks.append(asyncio.create_task(self.elector.run(), name="leader election"))
         if self.config_path is not None:
-            self._watcher = ConfigFileWatcher(self.config_path, self._reload_changed_file)
+            checks = self.metrics.config_file_checks
+            self._watcher = ConfigFileWatcher(
+                self.config_path,
+                self._reload_changed_file,
+                on_check=lambda cause: checks.labels(cause).inc(),
+            )
             self._tasks.append(asyncio.create_task(self._watcher.run(), name="config watch"))
         logger.info(
             "control plane up: gRPC (ADS, ext_proc, access log) %s, admin http://%s:%d",

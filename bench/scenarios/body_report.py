@@ -120,6 +120,12 @@ def round_rows(cells: Cells) -> list[list[object]]:
     return rows
 
 
+def _per_second(us: float) -> str:
+    """Requests per second at ``us`` µs each; CPU time is counted in clock ticks, so a
+    short run can measure none."""
+    return f"~{1e6 / us:,.0f}" if us > 0 else "n/a (no CPU time measured)"
+
+
 def conclusions(cells: Cells) -> list[str]:
     """Differences that answer "which mechanism costs what", computed from the cells."""
     out = []
@@ -147,8 +153,8 @@ def conclusions(cells: Cells) -> list[str]:
         out += [
             f"- **{label}, model in the body, A vs B**: control plane {cp('A-body'):,.0f} vs "
             f"{cp('B-body'):,.0f} µs CPU per request ({cp('A-body') - cp('B-body'):+,.0f} µs; "
-            f"one control-plane CPU would route at most ~{1e6 / cp('A-body'):,.0f} vs "
-            f"~{1e6 / cp('B-body'):,.0f} such requests/s); Envoy {env('A-body'):,.0f} vs "
+            f"one control-plane CPU would route at most {_per_second(cp('A-body'))} vs "
+            f"{_per_second(cp('B-body'))} such requests/s); Envoy {env('A-body'):,.0f} vs "
             f"{env('B-body'):,.0f} µs ({env('A-body') - env('B-body'):+,.0f} µs); p50 "
             f"{p50('A-body'):.2f} vs {p50('B-body'):.2f} ms, p99 {p99('A-body'):.2f} vs "
             f"{p99('B-body'):.2f} ms; Envoy → control plane {_bytes(ctrl_bytes('A-body'))} vs "

@@ -29,7 +29,6 @@ import math
 import os
 import random
 import re
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import aiohttp
 from bench import report
 from bench.loadgen import Client, http_request
 from bench.stats import percentile
-from bench.util import MODEL, RESULTS, LogDir, free_port, say
+from bench.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
 
 POOL = "main"
 TARGET_DECISION_S = 1.0  # "queued demand issues a scale-up within 1 s"
@@ -65,9 +64,21 @@ class Timeline:
         return [("warmroute", None), *((f"poll {_s(p)} s", p) for p in self.poll_periods)]
 
 
-def timeline(quick: bool) -> Timeline:
+def timeline(quick: bool, smoke: bool = False) -> Timeline:
     """Real KEDA/HPA periods by default; ``--quick`` scales the whole timeline down 10x
-    (except process start-up, which is what it is)."""
+    (except process start-up, which is what it is); ``smoke`` also keeps one repetition,
+    one poller, 4 requests on at most 2 replicas."""
+    if smoke:
+        return Timeline(
+            poll_periods=(15.0 * QUICK_SCALE,),
+            load_seconds=3.0 * QUICK_SCALE,
+            service_ms=1000.0 * QUICK_SCALE,
+            burst=4,
+            max_replicas=2,
+            repetitions=1,
+            queue_timeout=30.0,
+            scale=QUICK_SCALE,
+        )
     scale = QUICK_SCALE if quick else 1.0
     return Timeline(
         poll_periods=(15.0 * scale, 30.0 * scale),
@@ -144,25 +155,6 @@ def median_and_worst(values: list[float | None]) -> tuple[float, float]:
 
 
 # -- running it ----------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports (``simulate.base_port``)."""
-    for _ in range(100):
-        base = free_port()
-        socks = []
-        try:
-            for i in range(1, count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def plane_config(tl: Timeline, autoscale: bool) -> dict[str, Any]:
@@ -312,7 +304,7 @@ async def run_rep(
 
 
 async def run(args: argparse.Namespace) -> Path:
-    tl = timeline(args.quick)
+    tl = timeline(args.quick, getattr(args, "smoke", False))
     logs = LogDir("coldstart")
     say(
         f"coldstart: {', '.join(n for n, _ in tl.contenders)}; {tl.repetitions} repetitions "

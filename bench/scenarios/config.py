@@ -37,6 +37,24 @@ TARGET_MS = 200.0  # warm -> leasable
 STEP_TIMEOUT = 10.0  # seconds, per wait
 
 
+@dataclass(frozen=True)
+class Plan:
+    build_sizes: tuple[int, ...] = BUILD_SIZES
+    push_sizes: tuple[int, ...] = PUSH_SIZES
+    push_clients: int = PUSH_CLIENTS
+    build_rounds: int = 5
+    push_rounds: int = 10
+    warm_rounds: int = 100
+
+
+def plan(quick: bool, smoke: bool = False) -> Plan:
+    if smoke:
+        return Plan((100,), (1, 100), 5, build_rounds=1, push_rounds=1, warm_rounds=2)
+    if quick:
+        return Plan(build_rounds=3, push_rounds=3, warm_rounds=20)
+    return Plan()
+
+
 @dataclass
 class BuildRow:
     replicas: int
@@ -177,39 +195,35 @@ async def warm_to_leasable(variant: str, rounds: int, logs: LogDir) -> WarmRun:
 
 async def run(args: argparse.Namespace) -> Path:
     logs = LogDir("config")
-    build_rounds = 3 if args.quick else 5
-    push_rounds = 3 if args.quick else 10
-    warm_rounds = 20 if args.quick else 100
-    say(f"config: EDS build/serialize, push to {PUSH_CLIENTS} ADS clients, warm -> leasable; "
+    p = plan(args.quick, getattr(args, "smoke", False))
+    say(f"config: EDS build/serialize, push to {p.push_clients} ADS clients, warm -> leasable; "
         f"logs {logs.path}")  # fmt: skip
     builds = []
-    for n in BUILD_SIZES:
-        b, s, size = bench_build(n, build_rounds)
+    for n in p.build_sizes:
+        b, s, size = bench_build(n, p.build_rounds)
         builds.append(BuildRow(n, b, s, size))
         say(f"build + pack EDS, {n:,} replicas: {b * 1e3:.1f} ms; serialize {s * 1e3:.2f} ms")
     pushes = []
-    for n in PUSH_SIZES:
-        times = await bench_push(PUSH_CLIENTS, n, push_rounds)
+    for n in p.push_sizes:
+        times = await bench_push(p.push_clients, n, p.push_rounds)
         pushes.append(PushRow(n, times))
-        say(f"push {n:,} replicas to {PUSH_CLIENTS} clients: "
+        say(f"push {n:,} replicas to {p.push_clients} clients: "
             f"median {statistics.median(times) * 1e3:.1f} ms")  # fmt: skip
     warm = []
     for variant in VARIANTS:
-        say(f"warm -> leasable, {variant}: {warm_rounds} rounds")
-        warm.append(await warm_to_leasable(variant, warm_rounds, logs))
-    return write_report(
-        builds, pushes, warm, (build_rounds, push_rounds, warm_rounds), args.out or RESULTS
-    )
+        say(f"warm -> leasable, {variant}: {p.warm_rounds} rounds")
+        warm.append(await warm_to_leasable(variant, p.warm_rounds, logs))
+    return write_report(builds, pushes, warm, p, args.out or RESULTS)
 
 
 def write_report(
     builds: list[BuildRow],
     pushes: list[PushRow],
     warm: list[WarmRun],
-    rounds: tuple[int, int, int],
+    p: Plan,
     out_dir: Path,
 ) -> Path:
-    build_rounds, push_rounds, warm_rounds = rounds
+    build_rounds, push_rounds, warm_rounds = p.build_rounds, p.push_rounds, p.warm_rounds
     lines = report.header("Config plane: EDS at scale, and warm to leasable behind Envoy")
     lines += [
         "## Building and serializing EDS",
@@ -229,16 +243,16 @@ def write_report(
         "",
         "## One endpoint change pushed to many ADS clients",
         "",
-        f"`bench_push`: {PUSH_CLIENTS} real gRPC ADS streams (state of the world) in this "
+        f"`bench_push`: {p.push_clients} real gRPC ADS streams (state of the world) in this "
         "process, each ACKing like an Envoy; a round is one EDS change and ends when every "
         f"client has received it. {push_rounds} rounds.",
         "",
         report.table(
             ["ADS clients", "replicas in the update", "median ms", "max ms"],
             [
-                [PUSH_CLIENTS, f"{p.replicas:,}", fmt_ms(statistics.median(p.times) * 1e3),
-                 fmt_ms(max(p.times) * 1e3)]
-                for p in pushes
+                [p.push_clients, f"{row.replicas:,}", fmt_ms(statistics.median(row.times) * 1e3),
+                 fmt_ms(max(row.times) * 1e3)]
+                for row in pushes
             ],
         ),
         "",

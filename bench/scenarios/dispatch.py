@@ -82,6 +82,18 @@ def split_gaps(
     return out
 
 
+def check_stamps(released: list[float], routed: list[float], served: int) -> None:
+    """The control plane's stamps must cover the requests served: ``bench.serve`` hooks
+    warmroute's request path from outside, and a change there must fail loudly here rather
+    than leave the stage table empty."""
+    if min(len(released), len(routed)) < served // 2:  # the last entries may be in flight
+        raise RuntimeError(
+            f"--stamps saw {len(released)} access-log entries and {len(routed)} ext_proc "
+            f"answers for {served} requests served: bench/serve.py's _stamp_request_path no "
+            "longer sees warmroute's request path"
+        )
+
+
 async def run_contender(name: str, total: int, quick: bool, logs: LogDir) -> DispatchRun:
     contender = make(name, Backends(1, 1), logs)
     if name == "warmroute":
@@ -106,6 +118,7 @@ async def run_contender(name: str, total: int, quick: bool, logs: LogDir) -> Dis
     gaps, span = gaps_of(timings, skip=CLIENTS)
     run = DispatchRun(outcomes, gaps, span, len(timings) - CLIENTS, stats["received_while_full"])
     if stamps is not None:
+        check_stamps(*stamps, served=len(timings))
         run.stages = split_gaps(timings, CLIENTS, *stamps)
     g = Summary.of(gaps).scaled(1e3)
     say(
@@ -116,11 +129,19 @@ async def run_contender(name: str, total: int, quick: bool, logs: LogDir) -> Dis
     return run
 
 
+def total_requests(quick: bool, smoke: bool = False) -> int:
+    if smoke:
+        return CLIENTS + 40  # the first CLIENTS are left out (queue filling)
+    return 300 if quick else 2000
+
+
 async def run(args: argparse.Namespace) -> Path:
-    total = 300 if args.quick else 2000
+    total = total_requests(args.quick, getattr(args, "smoke", False))
+    skipped = getattr(args, "left_out", {})
+    contenders = [name for name in CONTENDERS if name not in skipped]
     logs = LogDir("dispatch")
-    say(f"dispatch: {', '.join(CONTENDERS)}; logs {logs.path}")
-    results = {name: await run_contender(name, total, args.quick, logs) for name in CONTENDERS}
+    say(f"dispatch: {', '.join(contenders)}; logs {logs.path}")
+    results = {name: await run_contender(name, total, args.quick, logs) for name in contenders}
     return write_report(results, args.seed, args.out or RESULTS)
 
 

@@ -34,12 +34,16 @@ TARGET_P50_MS, TARGET_P99_MS, TARGET_RATE = 1.0, 3.0, 2000.0
 class Plan:
     seconds: float  # measured, per rate
     warm_seconds: float  # sent first at the same rate, not measured
-    wrk_seconds: int
+    wrk_seconds: int  # 0: no saturation step (wrk left out)
     profile_rate: int
     profile_seconds: float
+    rates: tuple[int, ...] = RATES
 
 
-def plan(quick: bool) -> Plan:
+def plan(quick: bool, smoke: bool = False) -> Plan:
+    if smoke:
+        return Plan(seconds=0.5, warm_seconds=0.2, wrk_seconds=1, profile_rate=200,
+                    profile_seconds=0.5, rates=(200,))  # fmt: skip
     if quick:
         return Plan(seconds=3.0, warm_seconds=1.0, wrk_seconds=5, profile_rate=500,
                     profile_seconds=3.0)  # fmt: skip
@@ -145,23 +149,27 @@ async def measure_rate(c: Contender, rate: int, p: Plan, seed: int) -> RateRun:
 
 async def run_contender(
     name: str, p: Plan, seed: int, logs: LogDir
-) -> tuple[list[RateRun], wrk.WrkResult, dict[str, Any]]:
+) -> tuple[list[RateRun], wrk.WrkResult | None, dict[str, Any]]:
+    """Fixed rates, then (unless ``p.wrk_seconds`` is 0) saturation with wrk."""
     extra: dict[str, Any] = {}
     async with make(name, BACKENDS, logs) as c:
         router = c if name == ROUTED else None
         before = await router.metrics() if router else None  # type: ignore[attr-defined]
         heap0 = await router.heap() if router else None  # type: ignore[attr-defined]
-        runs = [await measure_rate(c, rate, p, seed) for rate in RATES]
-        say(f"{name} saturation: wrk for {p.wrk_seconds} s")
-        pid = _plane_pid(c)
-        cpu0 = cpu_seconds(pid) if pid else 0.0
-        sat = await wrk.run(c.port, p.wrk_seconds)
-        if pid:
-            extra["wrk_plane_cpu_s"] = cpu_seconds(pid) - cpu0
-        say(
-            f"{name} saturation: {sat.rate:.0f} req/s ({sat.non_2xx} non-2xx, "
-            f"{sat.socket_errors} socket errors), p50 {sat.p50_ms:.2f} ms, p99 {sat.p99_ms:.2f} ms"
-        )
+        runs = [await measure_rate(c, rate, p, seed) for rate in p.rates]
+        sat = None
+        if p.wrk_seconds:
+            say(f"{name} saturation: wrk for {p.wrk_seconds} s")
+            pid = _plane_pid(c)
+            cpu0 = cpu_seconds(pid) if pid else 0.0
+            sat = await wrk.run(c.port, p.wrk_seconds)
+            if pid:
+                extra["wrk_plane_cpu_s"] = cpu_seconds(pid) - cpu0
+            say(
+                f"{name} saturation: {sat.rate:.0f} req/s ({sat.non_2xx} non-2xx, "
+                f"{sat.socket_errors} socket errors), p50 {sat.p50_ms:.2f} ms, "
+                f"p99 {sat.p99_ms:.2f} ms"
+            )
         extra["full_hits"] = sum(s["received_while_full"] for s in await c.sims.stats())
         if router is not None and before is not None:
             after = await router.metrics()  # type: ignore[attr-defined]
@@ -185,11 +193,15 @@ async def profile(c: Any, p: Plan, seed: int, logs: LogDir) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> Path:
-    p = plan(args.quick)
+    import dataclasses
+
+    p = plan(args.quick, getattr(args, "smoke", False))
+    if "wrk" in getattr(args, "left_out", {}):
+        p = dataclasses.replace(p, wrk_seconds=0)
     logs = LogDir("overhead")
     say(
         f"overhead: {BACKENDS.replicas} replicas x {BACKENDS.slots} slots, service 0 ms; rates "
-        f"{', '.join(map(str, RATES))}/s for {p.seconds:g} s each, wrk {p.wrk_seconds} s; "
+        f"{', '.join(map(str, p.rates))}/s for {p.seconds:g} s each, wrk {p.wrk_seconds} s; "
         f"logs {logs.path}"
     )
     results = {name: await run_contender(name, p, args.seed, logs) for name in (PLAIN, ROUTED)}

@@ -22,7 +22,7 @@ from bench.stats import Summary, fmt_ms
 
 def write_report(
     p: Plan,
-    results: dict[str, tuple[list[RateRun], wrk.WrkResult, dict[str, Any]]],
+    results: dict[str, tuple[list[RateRun], wrk.WrkResult | None, dict[str, Any]]],
     seed: int,
     out_dir: Path,
 ) -> Path:
@@ -80,27 +80,8 @@ def write_report(
             rows,
         ),
         "",
-        "## Saturation (wrk)",
-        "",
-        report.table(
-            ["", "requests/s", "2xx requests/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"],
-            [
-                [
-                    LABELS[n],
-                    f"{s.rate:,.0f}",
-                    f"{s.ok_rate:,.0f}",
-                    fmt_ms(s.p50_ms, 2),
-                    fmt_ms(s.p99_ms, 2),
-                    s.non_2xx,
-                    s.socket_errors,
-                ]
-                for n, s in ((PLAIN, plain_sat), (ROUTED, routed_sat))
-            ],
-        ),
-        "",
-        f"Command: `{routed_sat.command}` (the port differs per contender).",
-        "",
     ]
+    lines += saturation_section(plain_sat, routed_sat)
     cpu_rows = []
     for name, runs in ((PLAIN, plain_runs), (ROUTED, routed_runs)):
         for r in runs:
@@ -163,7 +144,7 @@ def write_report(
             "",
         ]
     wrk_cpu = extra.get("wrk_plane_cpu_s")
-    if wrk_cpu:
+    if wrk_cpu and routed_sat is not None:
         busy = wrk_cpu / (routed_sat.seconds or 1)
         lines += [
             f"During saturation the control plane used {busy:.0%} of one CPU "
@@ -199,11 +180,12 @@ def write_report(
             f"(target ≤ {TARGET_P99_MS:g}): **{'met' if add99 <= TARGET_P99_MS else 'missed'}**"
             + (f"; {errors} errors" if errors else "")
         )
-    lines.append(
-        f"- routed requests/s at saturation: {routed_sat.ok_rate:,.0f} (target ≥ "
-        f"{TARGET_RATE:,.0f} on a 2-core machine): "
-        f"**{'met' if routed_sat.ok_rate >= TARGET_RATE else 'missed'}**"
-    )
+    if routed_sat is not None:
+        lines.append(
+            f"- routed requests/s at saturation: {routed_sat.ok_rate:,.0f} (target ≥ "
+            f"{TARGET_RATE:,.0f} on a 2-core machine): "
+            f"**{'met' if routed_sat.ok_rate >= TARGET_RATE else 'missed'}**"
+        )
     lines.append("")
     prof = extra.get("profile")
     if prof:
@@ -233,6 +215,33 @@ def write_report(
     except ImportError:
         lines += ["(no plot: matplotlib is not installed; run `bash bench/setup.sh`)", ""]
     return report.write("overhead", lines, out_dir)
+
+
+def saturation_section(plain: wrk.WrkResult | None, routed: wrk.WrkResult | None) -> list[str]:
+    lines = ["## Saturation (wrk)", ""]
+    if plain is None or routed is None:
+        return [*lines, "Not measured in this run: wrk was left out (see the header).", ""]
+    return [
+        *lines,
+        report.table(
+            ["", "requests/s", "2xx requests/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"],
+            [
+                [
+                    LABELS[n],
+                    f"{s.rate:,.0f}",
+                    f"{s.ok_rate:,.0f}",
+                    fmt_ms(s.p50_ms, 2),
+                    fmt_ms(s.p99_ms, 2),
+                    s.non_2xx,
+                    s.socket_errors,
+                ]
+                for n, s in ((PLAIN, plain), (ROUTED, routed))
+            ],
+        ),
+        "",
+        f"Command: `{routed.command}` (the port differs per contender).",
+        "",
+    ]
 
 
 def profile_section(prof: dict[str, Any], rate: int) -> list[str]:

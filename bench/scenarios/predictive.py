@@ -35,10 +35,10 @@ from typing import Any
 from bench import report
 from bench.ideal import fifo_latencies
 from bench.loadgen import Client, Outcome, Progress, http_request, open_loop
-from bench.scenarios.coldstart import _output_to, free_ports
+from bench.scenarios.coldstart import _output_to
 from bench.stats import percentile
 from bench.trace import Lognormal, Request, phase_seed
-from bench.util import MODEL, RESULTS, LogDir, free_port, say
+from bench.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
 
 POOL = "main"
 
@@ -63,7 +63,11 @@ class Plan:
         return [("predictive", "predictive"), ("every_wait", "every_wait"), ("no scaling", None)]
 
 
-def plan(quick: bool) -> Plan:
+def plan(quick: bool, smoke: bool = False) -> Plan:
+    if smoke:  # one short burst, fast replicas: seconds per contender
+        return Plan(bursts=(8,), gap=1.0, spread=0.2, service=Lognormal(50.0, 0.5),
+                    load_seconds=0.3, min_replicas=1, max_replicas=2, idle_seconds=1.0,
+                    queue_timeout=20.0, warmup_requests=2)  # fmt: skip
     if quick:
         return Plan(bursts=(12, 120, 12), gap=10.0, spread=0.5)
     return Plan(bursts=(12, 40, 12, 120, 12, 40, 120, 12), gap=12.0, spread=0.5)
@@ -272,7 +276,7 @@ async def run_one(p: Plan, name: str, mode: str | None, trace: list[Request], lo
 
 
 async def run(args: argparse.Namespace) -> Path:
-    p = plan(args.quick)
+    p = plan(args.quick, getattr(args, "smoke", False))
     trace = bursty_trace(p, args.seed)
     logs = LogDir("predictive")
     say(

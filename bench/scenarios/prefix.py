@@ -71,7 +71,9 @@ class Plan:
         return self.load * self.servers / (self.service.mean_ms / 1000.0)
 
 
-def plan(quick: bool) -> Plan:
+def plan(quick: bool, smoke: bool = False) -> Plan:
+    if smoke:
+        return Plan(duration=1.0, overhead_requests=5)
     return Plan(duration=15.0, overhead_requests=100) if quick else Plan(duration=60.0)
 
 
@@ -304,7 +306,7 @@ async def run_one(
 
 
 async def run(args: argparse.Namespace) -> Path:
-    p = plan(args.quick)
+    p = plan(args.quick, getattr(args, "smoke", False))
     trace = prefix_trace(p, args.seed)
     logs = LogDir("prefix")
     say(

@@ -56,8 +56,14 @@ def ideal_run(phase: trace.Phase, servers: int) -> PhaseRun:
 
 
 async def run_contender(
-    name: str, plan: trace.QualityPlan, phases: list[trace.Phase], logs: LogDir, quick: bool
+    name: str,
+    plan: trace.QualityPlan,
+    phases: list[trace.Phase],
+    logs: LogDir,
+    quick: bool,
+    pause: float = 0.5,
 ) -> dict[str, PhaseRun]:
+    """Every phase against one contender, ``pause`` seconds of quiet between phases."""
     out: dict[str, PhaseRun] = {}
     async with make(name, Backends(plan.servers, 1), logs) as contender:
         client = Client("127.0.0.1", contender.port)
@@ -86,7 +92,7 @@ async def run_contender(
                     f"{label}: {run.sent - run.errors} ok, {run.errors} errors, "
                     f"{run.full_hits} hit a full replica, p50 {p.p50:.0f} ms, p99 {p.p99:.0f} ms"
                 )
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(pause)
         finally:
             client.close()
     return out
@@ -108,9 +114,10 @@ def _router_note(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 async def run(args: argparse.Namespace) -> Path:
-    plan = trace.quality_plan(args.quick)
+    plan = trace.quality_plan(args.quick, getattr(args, "smoke", False))
     phases = trace.quality_phases(plan, args.seed)
-    contenders = args.contenders or list(NAMES)
+    skipped = getattr(args, "left_out", {})
+    contenders = [name for name in args.contenders or NAMES if name not in skipped]
     logs = LogDir("quality")
     say(
         f"quality: {plan.servers} replicas x 1 slot; service lognormal median "
@@ -120,7 +127,8 @@ async def run(args: argparse.Namespace) -> Path:
     )
     results: dict[str, dict[str, PhaseRun]] = {}
     for name in contenders:
-        results[name] = await run_contender(name, plan, phases, logs, args.quick)
+        pause = 0.0 if getattr(args, "smoke", False) else 0.5
+        results[name] = await run_contender(name, plan, phases, logs, args.quick, pause)
     results["ideal (M/G/c)"] = {p.name: ideal_run(p, plan.servers) for p in phases}
     return write_report(plan, phases, results, args.seed, args.out or RESULTS)
 
@@ -147,8 +155,8 @@ def write_report(
         "`LEAST_REQUEST` (power of two choices), no retries. **celery**: aiohttp front end "
         "enqueues a task on Redis and waits on `result.get()`; 1 worker per replica (solo pool, "
         "concurrency 1, `task_acks_late`, `worker_prefetch_multiplier=1`) calls its replica. "
-        "**warmroute**: control plane + Envoy over ADS. **ideal**: one central FIFO queue, 8 "
-        "servers, zero overhead, computed on the same trace (M/G/c).",
+        "**warmroute**: control plane + Envoy over ADS. **ideal**: one central FIFO queue, "
+        f"{plan.servers} servers, zero overhead, computed on the same trace (M/G/c).",
         "",
         "Latency percentiles are over successful requests; `errors` counts every other answer "
         "(for envoy-rr/lr, chiefly the 503 of a full replica). `mean wait` is the mean of "
