@@ -92,10 +92,25 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _faults(text: str) -> tuple[str, ...]:
+    from warmroute.soak import FAULTS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FAULTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown fault(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"expected a comma list out of: {', '.join(FAULTS)}"
+        )
+    return names
+
+
 def _cmd_soak(args: argparse.Namespace) -> int:
     from warmroute.soak import soak
 
-    return asyncio.run(soak(args.duration, args.replicas, args.clients, args.seed))
+    return asyncio.run(
+        soak(args.duration, args.replicas, args.clients, args.seed, faults=args.faults)
+    )
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -172,11 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("example", help="print the annotated built-in config")
     p.set_defaults(func=_cmd_config)
 
+    from warmroute.soak import FAULTS
+
     p = sub.add_parser("soak", help="traffic under random faults; check nothing is lost")
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--faults",
+        type=_faults,
+        default=FAULTS,
+        help=f"comma list of faults to draw from (default all: {', '.join(FAULTS)})",
+    )
     p.set_defaults(func=_cmd_soak)
 
     from warmroute.sim.__main__ import DESCRIPTION, add_arguments
