@@ -690,13 +690,20 @@ def save(out_dir: Path, label: str, run: Mapping[str, Any]) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warmroute-src", type=lambda s: Path(s).absolute(), default=None,
-        help="converge: the source tree whose CLI runs the control plane (default: this one)",
+        help="converge, restart: the source tree whose CLI runs the control plane "
+             "(default: this one)",
     )  # fmt: skip
     parser.add_argument(
-        "--label", default=None, help="converge: this run's name in the results (default after)"
+        "--label",
+        default=None,
+        help="converge, restart: this run's name in the results (default after)",
     )
     parser.add_argument(
-        "--reps", type=int, default=None, help="converge: rounds per kind (default 10, quick 3)"
+        "--reps",
+        type=int,
+        default=None,
+        help="converge: rounds per kind (default 10, quick 3); restart: rounds per variant "
+        "(default 5, quick 3)",
     )
     parser.add_argument(
         "--soaks", type=lambda s: [float(v) for v in s.split(",") if v], default=None,

@@ -9,6 +9,7 @@
     python bench/run.py config   [--quick]
     python bench/run.py body     [--quick] [--seed N]
     python bench/run.py converge [--quick] [--label before|after] [--warmroute-src PATH]
+    python bench/run.py restart  [--quick] [--label before|after] [--warmroute-src PATH]
     python bench/run.py SCENARIO --smoke     # seconds: does it still run? (tests/bench)
 
 Needs the bench extras: ``bash bench/setup.sh`` (matplotlib, Celery, redis-server, wrk).
@@ -32,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCENARIOS = (
     "quality", "overhead", "dispatch", "coldstart", "predictive", "config", "body", "converge",
-    "prefix",
+    "prefix", "restart",
 )  # fmt: skip
 # Scenarios that live outside bench/scenarios/.
-MODULES = {"converge": "bench.converge"}
+MODULES = {"converge": "bench.converge", "restart": "bench.restart"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +81,7 @@ NEEDS: dict[str, dict[str, tuple[str, ...]]] = {
     "body": {},
     "converge": {},
     "prefix": {},
+    "restart": {},
 }
 PYTHON_PACKAGES = ("celery", "matplotlib")
 

@@ -38,6 +38,7 @@ PAGES: dict[str, tuple[str, ...]] = {
     "body": ("plain Envoy", "B json_to_metadata", "A ext_proc BUFFERED"),
     "converge": ("converge",),
     "prefix": ("least_loaded", "prefix_affinity", "session (tenant header)"),
+    "restart": ("| no metrics |", "over slots"),
 }
 
 
