@@ -27,7 +27,8 @@ just routed). Counts are snapshots taken a few milliseconds before they arrive, 
 lease that ends in between makes one report read one too high. Hence:
 
 * a previous process's requests ("orphans", counted when the fence lifts) only ever
-  end: their count falls to ``max(u, u_prev)`` (two reports agreeing), never rises;
+  end: their count falls to ``max(u, u_prev)`` (two reports agreeing), or by one at
+  once when the access log reports one of them ended; it never rises;
 * other unleased traffic counts as ``min(u, u_prev)``: it must show in two reports in a
   row, so a race costs no slot; a real newcomer is counted one interval later;
 * a lease older than the pool's ``reconcile_after_seconds`` that no Envoy counted in two
@@ -137,11 +138,23 @@ class InFlightBook:
 
     def unknown_end(self, address: str, lease_id: str) -> bool:
         """A request with lease ``lease_id`` ended on ``address`` and the ledger has no such
-        lease. A previous process's lease lowers the held bound; True if it did."""
+        lease. A previous process's lease lowers the held bound, or, once the fence lifted
+        to what Envoys reported, the count of old requests still running; True if it did."""
         if self._own_lease(lease_id):
             return False  # ours, already ended (expired, reconciled): not an old request
         state = self._addresses.get(address)
-        if state is None or state.held is None or state.held == 0:
+        if state is None:
+            return False
+        if state.held is None:
+            if state.orphans == 0:
+                return False
+            # Lifted to what Envoys reported: this end is one of those old requests, so
+            # its slot is free now, not two reports from now.
+            state.orphans -= 1
+            state.u_prev = max(0, state.u_prev - 1)
+            self._apply(address, state, self._capacities.get(address))
+            return True
+        if state.held == 0:
             return False
         state.held -= 1
         if state.held == 0:
