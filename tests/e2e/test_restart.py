@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -33,55 +31,17 @@ from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import ServiceTime
+from warmroute.soak import ControlPlaneProcess
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 MODEL = "restart-model"
 H = {"x-model": MODEL}
 
 
-class Serve:
-    """`warmroute serve -c PATH` as its own process, killed and started again at will."""
-
-    def __init__(self, path: Path, admin: str, log: Path) -> None:
-        self.path, self.admin, self.log = path, admin, log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "warmroute", "serve", "-c", str(self.path),
-                stdout=out, stderr=out, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-    async def state(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
-        try:
-            async with http.get(f"http://{self.admin}/state") as r:
-                return dict(await r.json()) if r.status == 200 else None
-        except aiohttp.ClientError:
-            return None
-
-
 @contextlib.asynccontextmanager
 async def fleet(
     tmp_path: Path, *, metrics: bool
-) -> AsyncIterator[tuple[Serve, list[SimReplica], str]]:
+) -> AsyncIterator[tuple[ControlPlaneProcess, list[SimReplica], str]]:
     async with contextlib.AsyncExitStack() as cleanup:
         sims = []
         for i in range(3):
@@ -111,7 +71,7 @@ async def fleet(
         }
         path = tmp_path / "warmroute.yaml"
         path.write_text(yaml.safe_dump(raw))
-        serve = Serve(path, admin, tmp_path / "serve.log")
+        serve = ControlPlaneProcess(path, admin, tmp_path / "serve.log")
         cleanup.push_async_callback(serve.stop)
         await serve.start()
         cfg = Config.model_validate(raw)
@@ -131,7 +91,7 @@ async def _post(http: aiohttp.ClientSession, url: str, service_ms: int = 30) -> 
         return 0
 
 
-async def _routable(serve: Serve, http: aiohttp.ClientSession) -> bool:
+async def _routable(serve: ControlPlaneProcess, http: aiohttp.ClientSession) -> bool:
     state = await serve.state(http)
     if state is None or state["fence"]["active"]:
         return False
@@ -149,8 +109,7 @@ async def _kill_and_restart_under_load(tmp_path: Path, *, metrics: bool) -> dict
         # restart, all routed by the process about to die.
         old = [asyncio.create_task(_post(http, url, ms)) for ms in (12_000, 12_000, 3_000)]
         await wait_for(lambda: all(s.stats().in_flight == 1 for s in sims), what="busy")
-        serve.kill()
-        await serve.wait()
+        await serve.stop(signal.SIGKILL)
         await asyncio.sleep(0.2)  # the fault: 0.2 s without a control plane
         restarted = time.monotonic()
         await serve.start()
@@ -273,7 +232,7 @@ async def _picker_restart_under_load(
             raw["pools"][0]["metrics"] = {"interval_seconds": 0.2}  # type: ignore[index]
         path = tmp_path / "warmroute.yaml"
         path.write_text(yaml.safe_dump(raw))
-        serve = Serve(path, f"127.0.0.1:{admin}", tmp_path / "serve.log")
+        serve = ControlPlaneProcess(path, f"127.0.0.1:{admin}", tmp_path / "serve.log")
         cleanup.push_async_callback(serve.stop)
         await serve.start()
         envoy = EnvoyProcess(
@@ -288,8 +247,7 @@ async def _picker_restart_under_load(
         await wait_for(lambda: _routable(serve, http), timeout=40, what="a routable picker")
         old = [asyncio.create_task(_post(http, url, 12_000)) for _ in range(3)]
         await wait_for(lambda: all(s.stats().in_flight == 1 for s in sims), what="busy")
-        serve.kill()
-        await serve.wait()
+        await serve.stop(signal.SIGKILL)
         await asyncio.sleep(0.2)  # the fault: 0.2 s without a picker
         restarted = time.monotonic()
         await serve.start()
