@@ -36,11 +36,11 @@ SCENARIOS = (
     "prefix", "restart",
 )  # fmt: skip
 # Scenarios that live outside bench/scenarios/.
-MODULES = {"converge": "bench.converge", "restart": "bench.restart"}
+MODULES = {"converge": "bench.scenarios.converge", "restart": "bench.scenarios.restart"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from bench.contenders import NAMES
+    from bench.lib.contenders import NAMES
 
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n")[0])
     parser.add_argument("scenario", choices=SCENARIOS)
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"quality only: a comma list out of {','.join(NAMES)} (default: all)",
     )
     parser.add_argument("--out", type=Path, default=None, help="results directory")
-    from bench.converge import add_arguments as converge_arguments
+    from bench.scenarios.converge import add_arguments as converge_arguments
 
     converge_arguments(parser)
     args = parser.parse_args(argv)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from bench import report
+    from bench.lib import report
 
     scenario = importlib.import_module(
         MODULES.get(args.scenario, f"bench.scenarios.{args.scenario}")

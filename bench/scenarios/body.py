@@ -8,7 +8,7 @@ by side:
   plain  Envoy alone, round robin, no filters: the baseline
   B      warmroute as shipped: Envoy's json_to_metadata filter parses the body in C++ and
          forwards ``model`` to ext_proc as metadata with the request headers
-  A      for comparison (``bench/contenders/buffered_body.py``): no json_to_metadata;
+  A      for comparison (``bench/lib/contenders/buffered_body.py``): no json_to_metadata;
          ext_proc asks for the buffered body (mode_override BUFFERED) and the control
          plane parses it with json.loads
 
@@ -33,12 +33,12 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.chat_body import chat_body, post_request, size_label
-from bench.contenders.base import Backends, Contender
-from bench.loadgen import Client, Outcome
+from bench.lib.chat_body import chat_body, post_request, size_label
+from bench.lib.contenders.base import Backends, Contender
+from bench.lib.loadgen import Client, Outcome
+from bench.lib.stats import Summary, percentile
+from bench.lib.util import MODEL, RESULTS, LogDir, say
 from bench.scenarios.overhead import RateRun, cpu_by_role, cpu_seconds, fixed_rate, processes
-from bench.stats import Summary, percentile
-from bench.util import MODEL, RESULTS, LogDir, say
 from warmroute.xds.resources import CONTROL_CLUSTER
 
 # (body bytes, requests/s): a fixed, moderate rate per size; 200 KB also at a rate where
@@ -308,9 +308,9 @@ def schedule(rounds: int) -> list[list[tuple[Load, Variant]]]:
 
 
 async def run(args: argparse.Namespace) -> Path:
-    from bench.contenders.buffered_body import BufferedBody
-    from bench.contenders.envoy_static import StaticEnvoy
-    from bench.contenders.warmroute import Warmroute
+    from bench.lib.contenders.buffered_body import BufferedBody
+    from bench.lib.contenders.envoy_static import StaticEnvoy
+    from bench.lib.contenders.warmroute import Warmroute
 
     p = plan(args.quick, getattr(args, "smoke", False))
     logs = LogDir("body")

@@ -37,10 +37,10 @@ from typing import Any
 
 import aiohttp
 
-from bench import report
-from bench.loadgen import Client, http_request
-from bench.stats import percentile
-from bench.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
+from bench.lib import report
+from bench.lib.loadgen import Client, http_request
+from bench.lib.stats import percentile
+from bench.lib.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
 
 POOL = "main"
 TARGET_DECISION_S = 1.0  # "queued demand issues a scale-up within 1 s"

@@ -2,7 +2,7 @@
 
 4 replicas x 1000 slots, service 0 ms: no request ever waits for a slot, so any difference
 is warmroute's own cost (ext_proc round trip, lease, access-log release). Fixed open-loop
-rates with this package's generator (``bench.loadgen``), saturation with wrk, then a pass
+rates with this package's generator (``bench.lib.loadgen``), saturation with wrk, then a pass
 at a fixed rate with cProfile on in the control plane.
 """
 
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import trace, wrk
-from bench.contenders import make
-from bench.contenders.base import Backends, Contender
-from bench.loadgen import Client, Outcome, Progress, http_request, open_loop
-from bench.stats import Summary
-from bench.util import RESULTS, LogDir, say
+from bench.lib import trace, wrk
+from bench.lib.contenders import make
+from bench.lib.contenders.base import Backends, Contender
+from bench.lib.loadgen import Client, Outcome, Progress, http_request, open_loop
+from bench.lib.stats import Summary
+from bench.lib.util import RESULTS, LogDir, say
 
 PLAIN, ROUTED = "envoy-rr", "warmroute"
 LABELS = {PLAIN: "plain Envoy", ROUTED: "Envoy + warmroute"}

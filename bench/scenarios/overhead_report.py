@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import report, wrk
+from bench.lib import report, wrk
+from bench.lib.stats import Summary, fmt_ms
 from bench.scenarios.overhead import (
     BACKENDS,
     LABELS,
@@ -17,7 +18,6 @@ from bench.scenarios.overhead import (
     Plan,
     RateRun,
 )
-from bench.stats import Summary, fmt_ms
 
 
 def write_report(
@@ -36,7 +36,7 @@ def write_report(
         "**plain Envoy**: static cluster, round robin, no filters. **Envoy + warmroute**: "
         "ext_proc + gRPC access log, control plane in its own process (ADS).",
         "",
-        "Fixed rates: open-loop Poisson arrivals from `bench/loadgen.py` (a minimal asyncio "
+        "Fixed rates: open-loop Poisson arrivals from `bench/lib/loadgen.py` (a minimal asyncio "
         "HTTP/1.1 keep-alive client; latency from each request's *scheduled* time, so queueing "
         "is never hidden). wrk, being closed-loop (a connection waits for its answer before "
         "sending again), would under-report latency at a fixed rate (coordinated omission) and "

@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import report
-from bench.ideal import fifo_latencies
-from bench.loadgen import Client, Outcome, Progress, http_request, open_loop
+from bench.lib import report
+from bench.lib.ideal import fifo_latencies
+from bench.lib.loadgen import Client, Outcome, Progress, http_request, open_loop
+from bench.lib.stats import percentile
+from bench.lib.trace import Lognormal, Request, phase_seed
+from bench.lib.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
 from bench.scenarios.coldstart import _output_to
-from bench.stats import percentile
-from bench.trace import Lognormal, Request, phase_seed
-from bench.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
 
 POOL = "main"
 

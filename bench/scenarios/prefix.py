@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import report
-from bench.ideal import fifo_latencies
-from bench.loadgen import Client, Outcome, Progress, open_loop
-from bench.stats import percentile
-from bench.trace import Lognormal, phase_seed
-from bench.util import MODEL, RESULTS, LogDir, free_port, say
+from bench.lib import report
+from bench.lib.ideal import fifo_latencies
+from bench.lib.loadgen import Client, Outcome, Progress, open_loop
+from bench.lib.stats import percentile
+from bench.lib.trace import Lognormal, phase_seed
+from bench.lib.util import MODEL, RESULTS, LogDir, free_port, say
 
 POOL = "main"
 

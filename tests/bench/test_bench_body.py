@@ -14,15 +14,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from bench.chat_body import chat_body, post_request, size_label
-from bench.contenders.buffered_body import (
+from bench.lib.chat_body import chat_body, post_request, size_label
+from bench.lib.contenders.buffered_body import (
     as_body_response,
     buffered_listener,
     buffered_snapshot,
     has_header,
     note_body_model,
 )
-from bench.loadgen import Outcome
+from bench.lib.loadgen import Outcome
 from bench.scenarios.body import (
     LOADS,
     VARIANTS,

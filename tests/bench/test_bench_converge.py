@@ -1,4 +1,4 @@
-"""The pure parts of the config-convergence benchmark (bench/converge.py): reading Envoy's
+"""The pure parts of the config-convergence benchmark (bench/scenarios/converge.py): reading Envoy's
 admin output, what each kind of change must make appear, and the atomic config write."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.converge import (
+from bench.scenarios.converge import (
     KINDS,
     Sample,
     Want,

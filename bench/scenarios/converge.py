@@ -37,9 +37,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench import report
-from bench.stats import fmt_ms, percentile
-from bench.util import RESULTS, ROOT, LogDir, free_port, say
+from bench.lib import report
+from bench.lib.stats import fmt_ms, percentile
+from bench.lib.util import RESULTS, ROOT, LogDir, free_port, say
 
 NODES = ("converge-a", "converge-b")  # the first is the canary
 POLL = 0.005  # seconds between admin polls

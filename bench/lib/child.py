@@ -1,6 +1,6 @@
 """Child processes of a benchmark run, started and stopped by pid, never by name.
 
-:class:`Child` runs ``python -m bench.serve KIND ...``, which speaks JSON lines: its first
+:class:`Child` runs ``python -m bench.lib.serve KIND ...``, which speaks JSON lines: its first
 stdout line says it is ready, then it answers each command written to its stdin with one
 line. :class:`Process` is a plain child (Envoy's peers: redis-server, Celery workers, wrk).
 Both keep the child's stderr in the run's log directory.
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.util import ROOT, child_env
+from bench.lib.util import ROOT, child_env
 
 
 class ChildError(RuntimeError):
@@ -69,10 +69,10 @@ class Process:
 
 
 class Child(Process):
-    """``python -m bench.serve KIND ARGS``: a JSON-lines command channel on stdin/stdout."""
+    """``python -m bench.lib.serve KIND ARGS``: a JSON-lines command channel on stdin/stdout."""
 
     def __init__(self, kind: str, args: list[str], log: Path, env: dict[str, str] | None = None):
-        super().__init__(kind, [sys.executable, "-m", "bench.serve", kind, *args], log, env)
+        super().__init__(kind, [sys.executable, "-m", "bench.lib.serve", kind, *args], log, env)
         self.ready: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
