@@ -10,7 +10,7 @@ from bench.lib import report
 from bench.lib.chat_body import size_label
 from bench.lib.stats import fmt_ms
 from bench.lib.util import ROOT
-from bench.scenarios.body import BACKENDS, LOADS, PATH, SIZES, VARIANTS, Cell, Load, Plan
+from bench.scenarios.body_plan import BACKENDS, LOADS, PATH, SIZES, VARIANTS, Cell, Load, Plan
 
 Cells = dict[tuple[Load, str], Cell]
 

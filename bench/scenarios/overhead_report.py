@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.lib import report, wrk
+from bench.lib.measure import RateRun
 from bench.lib.stats import Summary, fmt_ms
-from bench.scenarios.overhead import (
+from bench.scenarios.overhead_plan import (
     BACKENDS,
     LABELS,
     PLAIN,
@@ -16,7 +17,6 @@ from bench.scenarios.overhead import (
     TARGET_P99_MS,
     TARGET_RATE,
     Plan,
-    RateRun,
 )
 
 

@@ -23,20 +23,19 @@ from bench.lib.contenders.buffered_body import (
     note_body_model,
 )
 from bench.lib.loadgen import Outcome
-from bench.scenarios.body import (
+from bench.lib.measure import RateRun
+from bench.scenarios.body import parse_tx_bytes, split_tx
+from bench.scenarios.body_plan import (
     LOADS,
     VARIANTS,
     Cell,
     Sample,
     median_of,
     net_per_request,
-    parse_tx_bytes,
     plan,
     schedule,
-    split_tx,
 )
 from bench.scenarios.body_report import write_report
-from bench.scenarios.overhead import RateRun
 from warmroute.config import Config
 from warmroute.extproc.request_model import BodyModel, BodyState, parse_body
 from warmroute.xds import resources
