@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,27 @@ class Child(Process):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), timeout)
         await super().stop(timeout, sig)
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Point this process's stdout/stderr (file descriptors 1 and 2) at ``path`` for the
+    block, so children it spawns meanwhile without redirecting their output themselves
+    (e.g. the replicas of warmroute's in-process ``LocalScaler``) inherit the log file
+    instead of the terminal. Whatever this process prints meanwhile (other tasks' progress
+    lines too) goes to the file as well."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])

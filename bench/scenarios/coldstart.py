@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import os
 import random
 import re
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,7 @@ from typing import Any
 import aiohttp
 
 from bench.lib import report
+from bench.lib.child import output_to
 from bench.lib.loadgen import Client, http_request
 from bench.lib.stats import percentile
 from bench.lib.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
@@ -180,27 +177,6 @@ def plane_config(tl: Timeline, autoscale: bool) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """Point this process's stdout/stderr at ``path`` while the local scaler spawns
-    replicas, so they inherit the log file instead of the terminal."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    try:
-        with path.open("ab") as log:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
 async def run_rep(
     tl: Timeline, name: str, period: float | None, phase: float | None, logs: LogDir, tag: str
 ) -> Rep:
@@ -221,7 +197,7 @@ async def run_rep(
 
     async def recorded(pool: Any, replicas: int) -> None:
         scale_calls.append((loop.time() - t0, replicas))
-        with _output_to(replicas_log):
+        with output_to(replicas_log):
             await spawn(pool, replicas)
 
     plane.local_scaler.set_replicas = recorded  # type: ignore[method-assign]

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.lib import report
+from bench.lib.child import output_to
 from bench.lib.ideal import fifo_latencies
 from bench.lib.loadgen import Client, Outcome, Progress, http_request, open_loop
 from bench.lib.stats import percentile
 from bench.lib.trace import Lognormal, Request, phase_seed
 from bench.lib.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
-from bench.scenarios.coldstart import _output_to
 
 POOL = "main"
 
@@ -199,7 +199,7 @@ async def run_one(p: Plan, name: str, mode: str | None, trace: list[Request], lo
     replicas_log = logs.file(f"{tag}-replicas")
 
     async def recorded(pool: Any, replicas: int) -> None:
-        with _output_to(replicas_log):
+        with output_to(replicas_log):
             await spawn(pool, replicas)
         steps.append((loop.time() - t0, replicas))
 
