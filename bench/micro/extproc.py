@@ -7,7 +7,7 @@ access-log stream, with the lease id in the entry's filter metadata like Envoy's
 The control plane (``warmroute.server.ControlPlane``, real gRPC server) runs in a child
 process; its CPU time per request is read from /proc, so the client's own cost is not in it.
 
-    python bench/micro_extproc.py [--rate 1000 | --concurrency 16] [--seconds 5]
+    python bench/micro/extproc.py [--rate 1000 | --concurrency 16] [--seconds 5]
         [--repo DIR] [--uvloop] [--gc-freeze] [--profile FILE] [--grpc-option name=value ...]
 
 ``--repo`` runs another checkout's ``warmroute`` in the control plane (A/B comparisons);
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POOL, MODEL = "bench", "sim-model"
 REPLICAS = [f"127.0.0.{i}:9000" for i in range(1, 5)]
 

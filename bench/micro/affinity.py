@@ -1,8 +1,8 @@
 """The lease hot path's cost with and without affinity: N try_acquire + release cycles.
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        python bench/micro_affinity.py plain 20000
-    valgrind --tool=callgrind ... python bench/micro_affinity.py plain 0   # the fixed cost
+        python bench/micro/affinity.py plain 20000
+    valgrind --tool=callgrind ... python bench/micro/affinity.py plain 0   # the fixed cost
 
 Instructions per cycle = (total(N) - total(0)) / N. ``plain``: a least_loaded pool, no
 hint (the default path, which must not get dearer); ``affinity``: a prefix_affinity pool

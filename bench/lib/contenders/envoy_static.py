@@ -15,8 +15,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
-from bench.contenders.base import Contender
-from bench.util import free_port
+from bench.lib.contenders.base import Contender
+from bench.lib.util import free_port
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.xds.bootstrap import to_json
 from warmroute.xds.resources import socket_address

@@ -33,13 +33,11 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import report
-from bench.converge import Tree, stop
-from bench.util import LogDir, free_port, say
+from bench.lib import report
+from bench.lib.source_tree import Tree, stop
+from bench.lib.util import RESULTS, ROOT, LogDir, free_port, say
 from warmroute.envoy_process import find_envoy
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 DATA = "restart.json"
 MODEL = "restart-model"
 VARIANTS = ("no metrics", "metrics")

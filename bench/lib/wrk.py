@@ -7,7 +7,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from bench.util import MODEL
+from bench.lib.util import MODEL
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 

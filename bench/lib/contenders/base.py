@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from bench.child import Child
-from bench.loadgen import Client, http_request
-from bench.util import LogDir, say
+from bench.lib.child import Child
+from bench.lib.loadgen import Client, http_request
+from bench.lib.util import LogDir, say
 
 
 @dataclass(frozen=True, slots=True)

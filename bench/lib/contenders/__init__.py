@@ -1,11 +1,11 @@
 """The systems under test. Each is an async context manager that starts its own simulated
-replicas (:class:`~bench.contenders.base.Sims`), exposes one HTTP ``port`` for clients, and
+replicas (:class:`~bench.lib.contenders.base.Sims`), exposes one HTTP ``port`` for clients, and
 stops everything it started."""
 
 from __future__ import annotations
 
-from bench.contenders.base import Backends, Contender
-from bench.util import LogDir
+from bench.lib.contenders.base import Backends, Contender
+from bench.lib.util import LogDir
 
 NAMES = ("envoy-rr", "envoy-lr", "celery", "warmroute")
 
@@ -13,15 +13,15 @@ NAMES = ("envoy-rr", "envoy-lr", "celery", "warmroute")
 def make(name: str, backends: Backends, logs: LogDir) -> Contender:
     """A contender by name (see NAMES); imports only what that contender needs."""
     if name in ("envoy-rr", "envoy-lr"):
-        from bench.contenders.envoy_static import StaticEnvoy
+        from bench.lib.contenders.envoy_static import StaticEnvoy
 
         return StaticEnvoy(name, backends, logs)
     if name == "celery":
-        from bench.contenders.celery_queue import CeleryQueue
+        from bench.lib.contenders.celery_queue import CeleryQueue
 
         return CeleryQueue(name, backends, logs)
     if name == "warmroute":
-        from bench.contenders.warmroute import Warmroute
+        from bench.lib.contenders.warmroute import Warmroute
 
         return Warmroute(name, backends, logs)
     raise ValueError(f"unknown contender {name!r}; expected one of {', '.join(NAMES)}")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.util import RESULTS
+from bench.lib.util import RESULTS
 
 
 def cpu_model() -> str:

@@ -11,9 +11,9 @@ import asyncio
 import shutil
 import sys
 
-from bench.child import Child, Process
-from bench.contenders.base import Contender
-from bench.util import child_env, free_port, say
+from bench.lib.child import Child, Process
+from bench.lib.contenders.base import Contender
+from bench.lib.util import child_env, free_port, say
 
 
 class CeleryQueue(Contender):
@@ -48,7 +48,7 @@ class CeleryQueue(Contender):
         for i, address in enumerate(addresses):
             worker = Process(
                 f"worker{i}",
-                [sys.executable, "-m", "celery", "-A", "bench.contenders.celery_app", "worker",
+                [sys.executable, "-m", "celery", "-A", "bench.lib.contenders.celery_app", "worker",
                  "--pool", "solo", "--concurrency", "1", "--hostname", f"w{i}@bench",
                  "--queues", "bench", "--loglevel", "WARNING",
                  "--without-gossip", "--without-mingle", "--without-heartbeat"],

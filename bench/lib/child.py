@@ -1,6 +1,6 @@
 """Child processes of a benchmark run, started and stopped by pid, never by name.
 
-:class:`Child` runs ``python -m bench.serve KIND ...``, which speaks JSON lines: its first
+:class:`Child` runs ``python -m bench.lib.serve KIND ...``, which speaks JSON lines: its first
 stdout line says it is ready, then it answers each command written to its stdin with one
 line. :class:`Process` is a plain child (Envoy's peers: redis-server, Celery workers, wrk).
 Both keep the child's stderr in the run's log directory.
@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.util import ROOT, child_env
+from bench.lib.util import ROOT, child_env
 
 
 class ChildError(RuntimeError):
@@ -69,10 +71,10 @@ class Process:
 
 
 class Child(Process):
-    """``python -m bench.serve KIND ARGS``: a JSON-lines command channel on stdin/stdout."""
+    """``python -m bench.lib.serve KIND ARGS``: a JSON-lines command channel on stdin/stdout."""
 
     def __init__(self, kind: str, args: list[str], log: Path, env: dict[str, str] | None = None):
-        super().__init__(kind, [sys.executable, "-m", "bench.serve", kind, *args], log, env)
+        super().__init__(kind, [sys.executable, "-m", "bench.lib.serve", kind, *args], log, env)
         self.ready: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
@@ -112,3 +114,27 @@ class Child(Process):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), timeout)
         await super().stop(timeout, sig)
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Point this process's stdout/stderr (file descriptors 1 and 2) at ``path`` for the
+    block, so children it spawns meanwhile without redirecting their output themselves
+    (e.g. the replicas of warmroute's in-process ``LocalScaler``) inherit the log file
+    instead of the terminal. Whatever this process prints meanwhile (other tasks' progress
+    lines too) goes to the file as well."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])

@@ -1,6 +1,6 @@
 """Config-plane scale: build + serialize EDS for many replicas; push to many ADS clients.
 
-    python bench/xds_scale.py [--replicas 1000 10000] [--clients 100] [--rounds 5]
+    python bench/micro/xds_scale.py [--replicas 1000 10000] [--clients 100] [--rounds 5]
 
 Prints a markdown table. Clients are real gRPC ADS streams (state of the world) in this
 process, subscribed to CDS and EDS like an Envoy; a round is one endpoint change and ends
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2

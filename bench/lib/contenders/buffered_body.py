@@ -13,8 +13,8 @@ read, so nothing checks that it agrees with the header).
 Everything else is warmroute unchanged: the same ``ControlPlane``, registry, leases, access
 log and xDS; the listener it serves is rewritten by :func:`buffered_snapshot` and its
 ext_proc servicer is :class:`BufferedBodyProcessor`. The control plane runs in its own
-process: ``python -m bench.contenders.buffered_body --config FILE`` (the
-``bench.serve plane`` protocol: a JSON ready line, then JSON commands on stdin).
+process: ``python -m bench.lib.contenders.buffered_body --config FILE`` (the
+``bench.lib.serve plane`` protocol: a JSON ready line, then JSON commands on stdin).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from bench.child import Child
-from bench.contenders.warmroute import Warmroute, plane_config
+from bench.lib.child import Child
+from bench.lib.contenders.warmroute import Warmroute, plane_config
 from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.extproc.processor import ExternalProcessor
@@ -52,7 +52,7 @@ from warmroute.xds.resources import (
 from warmroute.xds.snapshot import LISTENER, Resource, Resources, Snapshot
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
-MODULE = "bench.contenders.buffered_body"  # the control plane's entry point
+MODULE = "bench.lib.contenders.buffered_body"  # the control plane's entry point
 
 # The answer to request headers without a model header: "send me the whole body".
 _ASK_FOR_BODY = ep.ProcessingResponse(
@@ -167,8 +167,8 @@ class BufferedBodyProcessor(ExternalProcessor):
 
 
 async def run_plane(config_path: str) -> None:
-    """The control plane with mechanism A, speaking the ``bench.serve`` child protocol."""
-    from bench.serve import emit, serve_commands
+    """The control plane with mechanism A, speaking the ``bench.lib.serve`` child protocol."""
+    from bench.lib.serve import emit, serve_commands
     from warmroute.server import ControlPlane
 
     text = await asyncio.to_thread(Path(config_path).read_text)
@@ -197,7 +197,9 @@ def _rewrite_snapshots(manager: Any) -> None:
     gone; ``BufferedBody.bodies`` shows whether the rewrite took effect)."""
     build = getattr(manager, "_snapshot", None)
     if not callable(build):
-        raise RuntimeError("ConfigManager._snapshot is gone: update bench/contenders/buffered_body")
+        raise RuntimeError(
+            "ConfigManager._snapshot is gone: update bench/lib/contenders/buffered_body"
+        )
 
     def rewritten(*args: Any, **kwargs: Any) -> Snapshot:
         return buffered_snapshot(build(*args, **kwargs))
@@ -206,9 +208,9 @@ def _rewrite_snapshots(manager: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.serve import _claim_stdout
+    from bench.lib.serve import _claim_stdout
 
-    parser = argparse.ArgumentParser(prog="python -m bench.contenders.buffered_body")
+    parser = argparse.ArgumentParser(prog="python -m bench.lib.contenders.buffered_body")
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
     _claim_stdout()

@@ -1,6 +1,6 @@
 """Endpoint picker mode vs own-Envoy mode: added latency and control-plane CPU per request.
 
-    python bench/epp.py [--requests 400] [--clients 4] [--rounds 2] [--sizes 1000,200000]
+    python bench/micro/epp.py [--requests 400] [--clients 4] [--rounds 2] [--sizes 1000,200000]
 
 Three ways to reach the same 4 simulated replicas (1000 slots each, answering in ~1 ms), with
 the model only in the JSON body, as real clients send it:
@@ -36,13 +36,13 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.child import Child
-from bench.contenders.envoy_static import POLICIES, static_bootstrap
-from bench.contenders.warmroute import plane_config
-from bench.stats import Summary
-from bench.util import MODEL, RESULTS, ROOT, LogDir, free_port, say
+from bench.lib.child import Child
+from bench.lib.contenders.envoy_static import POLICIES, static_bootstrap
+from bench.lib.contenders.warmroute import plane_config
+from bench.lib.stats import Summary
+from bench.lib.util import MODEL, RESULTS, ROOT, LogDir, free_port, say
 from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
@@ -230,7 +230,7 @@ async def run(args: argparse.Namespace) -> str:
 
 def table(results: dict[tuple[str, int], dict[str, float]], args: argparse.Namespace) -> str:
     lines = [
-        f"`python bench/epp.py --requests {args.requests} --clients {args.clients} "
+        f"`python bench/micro/epp.py --requests {args.requests} --clients {args.clients} "
         f"--rounds {args.rounds} "
         f"--sizes {','.join(map(str, args.sizes))}` on {os.cpu_count()} CPUs "
         f"({time.strftime('%Y-%m-%d')}); replicas answer in ~1 ms.",
@@ -257,7 +257,9 @@ def table(results: dict[tuple[str, int], dict[str, float]], args: argparse.Names
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python bench/epp.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python bench/micro/epp.py", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--requests", type=int, default=400, help="per mode and size")
     parser.add_argument("--clients", type=int, default=4, help="closed-loop clients")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds, pooled")

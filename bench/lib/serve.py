@@ -1,10 +1,10 @@
-"""Entry points of the benchmark's child processes: ``python -m bench.serve KIND ...``.
+"""Entry points of the benchmark's child processes: ``python -m bench.lib.serve KIND ...``.
 
   sims          N simulated replicas (warmroute.sim) that also time every request
   plane         warmroute's control plane, with cProfile on demand
   celery-front  the Celery contender's HTTP front end: enqueue, then ``result.get()``
 
-Protocol (see ``bench.child.Child``): the first stdout line is a JSON ready message; each
+Protocol (see ``bench.lib.child.Child``): the first stdout line is a JSON ready message; each
 JSON command on stdin (``{"cmd": ...}``) gets one JSON reply line; EOF on stdin stops the
 child cleanly. Everything else a child prints goes to stderr (the run's log).
 """
@@ -227,7 +227,9 @@ def _wrap(owner: Any, name: str, stamps: list[float], *, before: bool) -> None:
 
     original = getattr(owner, name, None)
     if not callable(original):
-        raise RuntimeError(f"--stamps: {owner!r} has no callable {name!r}; update bench/serve.py")
+        raise RuntimeError(
+            f"--stamps: {owner!r} has no callable {name!r}; update bench/lib/serve.py"
+        )
 
     @functools.wraps(original)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -305,7 +307,7 @@ async def run_celery_front(args: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
     from functools import partial
 
-    from bench.contenders import celery_app
+    from bench.lib.contenders import celery_app
 
     loop = asyncio.get_running_loop()
     # result.get() blocks: run it in threads, as an async web app must. The default executor
@@ -337,7 +339,7 @@ async def run_celery_front(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.serve")
+    parser = argparse.ArgumentParser(prog="python -m bench.lib.serve")
     sub = parser.add_subparsers(dest="kind", required=True)
     p = sub.add_parser("sims")
     p.add_argument("--count", type=int, required=True)

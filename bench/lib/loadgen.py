@@ -20,7 +20,7 @@ import gc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from bench.util import MODEL, say
+from bench.lib.util import MODEL, say
 
 CONNECT_ERROR = -1
 TIMEOUT = -2

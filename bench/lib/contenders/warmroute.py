@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.child import Child
-from bench.contenders.base import Contender
-from bench.util import MODEL, free_port
+from bench.lib.child import Child
+from bench.lib.contenders.base import Contender
+from bench.lib.util import MODEL, free_port
 from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
@@ -42,7 +42,7 @@ class Warmroute(Contender):
         self.plane: Child | None = None
         self.envoy: EnvoyProcess | None = None
         self.admin = ""
-        self.plane_args: list[str] = []  # extra `bench.serve plane` flags, e.g. --stamps
+        self.plane_args: list[str] = []  # extra `bench.lib.serve plane` flags, e.g. --stamps
 
     async def _start(self, addresses: list[str]) -> None:
         raw = plane_config(addresses, self.backends.slots)
