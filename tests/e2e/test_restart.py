@@ -99,6 +99,65 @@ async def _routable(serve: ControlPlaneProcess, http: aiohttp.ClientSession) -> 
     return len(replicas) == 3 and all(r["phase"] == "warm" for r in replicas)
 
 
+class Traffic:
+    """``count`` clients sending short requests in a loop from the restart on; a refused
+    client backs off 50 ms, as real ones do. Records every answer, the time of the first
+    200 and how busy the replicas were when each 200 came."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, sims: list[SimReplica]) -> None:
+        self.http, self.url, self.sims = http, url, sims
+        self.answers: Counter[int] = Counter()
+        self.first_ok: float | None = None
+        self.busy_when_served: list[int] = []
+        self.restarted = time.monotonic()
+
+    async def run_until(self, done: Any, count: int, what: str) -> None:
+        """Send until ``await done()`` is true (within 40 s)."""
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(self._client(stop)) for _ in range(count)]
+        try:
+            await wait_for(done, timeout=40, what=what)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+
+    async def _client(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            status = await _post(self.http, self.url)
+            self.answers[status] += 1
+            if status == 200:
+                if self.first_ok is None:
+                    self.first_ok = time.monotonic() - self.restarted
+                self.busy_when_served.append(sum(s.stats().in_flight for s in self.sims))
+            else:
+                await asyncio.sleep(0.05)
+
+
+async def _settled(serve: ControlPlaneProcess, http: aiohttp.ClientSession) -> dict[str, Any]:
+    """The control plane's /state once no lease is left (within 15 s)."""
+
+    async def quiet() -> bool:
+        state = await serve.state(http)
+        return state is not None and state["leases"] == 0
+
+    await wait_for(quiet, timeout=15, what="no lease left")
+    state = await serve.state(http)
+    assert state is not None
+    return state
+
+
+def _books(sims: list[SimReplica], traffic: Traffic, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "answers": traffic.answers,
+        "full": sum(s.stats().received_while_full for s in sims),
+        "peak": max(s.stats().max_in_flight for s in sims),
+        "first_ok": traffic.first_ok,
+        "served_beside_old": max(traffic.busy_when_served, default=0),
+        "lifted": state["fence"]["lifted"],
+        "reporting": state["fence"]["reporting_envoys"],
+    }
+
+
 async def _kill_and_restart_under_load(tmp_path: Path, *, metrics: bool) -> dict[str, Any]:
     async with (
         fleet(tmp_path, metrics=metrics) as (serve, sims, url),
@@ -111,48 +170,15 @@ async def _kill_and_restart_under_load(tmp_path: Path, *, metrics: bool) -> dict
         await wait_for(lambda: all(s.stats().in_flight == 1 for s in sims), what="busy")
         await serve.stop(signal.SIGKILL)
         await asyncio.sleep(0.2)  # the fault: 0.2 s without a control plane
-        restarted = time.monotonic()
+        traffic = Traffic(http, url, sims)
         await serve.start()
-        answers: Counter[int] = Counter()
-        first_ok: list[float] = []
-        busy_when_served: list[int] = []
+        old_done = asyncio.gather(*old)
 
-        async def clients(stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                status = await _post(http, url)
-                answers[status] += 1
-                if status == 200:
-                    if not first_ok:
-                        first_ok.append(time.monotonic() - restarted)
-                    busy_when_served.append(sum(s.stats().in_flight for s in sims))
-                else:
-                    await asyncio.sleep(0.05)  # a refused client backs off, as real ones do
+        async def resumed() -> bool:
+            return old_done.done() and traffic.answers[200] >= 20
 
-        stop = asyncio.Event()
-        workers = [asyncio.create_task(clients(stop)) for _ in range(8)]
-        try:
-            statuses = await asyncio.gather(*old)
-            await wait_for(lambda: answers[200] >= 20, timeout=30, what="routing resumed")
-        finally:
-            stop.set()
-            await asyncio.gather(*workers)
-
-        async def quiet() -> bool:
-            state = await serve.state(http)
-            return state is not None and state["leases"] == 0
-
-        await wait_for(quiet, timeout=15, what="no lease left")
-        state = await serve.state(http)
-        assert state is not None
-        return {
-            "old": statuses,
-            "answers": answers,
-            "full": sum(s.stats().received_while_full for s in sims),
-            "peak": max(s.stats().max_in_flight for s in sims),
-            "first_ok": first_ok[0],
-            "served_beside_old": max(busy_when_served, default=0),
-            "lifted": state["fence"]["lifted"],
-        }
+        await traffic.run_until(resumed, 8, "the old requests answered and routing resumed")
+        return {"old": old_done.result(), **_books(sims, traffic, await _settled(serve, http))}
 
 
 def _report(name: str, r: dict[str, Any]) -> None:
@@ -249,34 +275,11 @@ async def _picker_restart_under_load(
         await wait_for(lambda: all(s.stats().in_flight == 1 for s in sims), what="busy")
         await serve.stop(signal.SIGKILL)
         await asyncio.sleep(0.2)  # the fault: 0.2 s without a picker
-        restarted = time.monotonic()
+        traffic = Traffic(http, url, sims)
         await serve.start()
         statuses = await asyncio.gather(*old)
-        answers: Counter[int] = Counter()
-        first_ok: list[float] = []
-
-        async def clients(stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                status = await _post(http, url)
-                answers[status] += 1
-                if status == 200 and not first_ok:
-                    first_ok.append(time.monotonic() - restarted)
-                elif status != 200:
-                    await asyncio.sleep(0.05)
-
-        stop = asyncio.Event()
-        workers = [asyncio.create_task(clients(stop)) for _ in range(6)]
-        try:
-            await wait_for(lambda: answers[200] >= 20, timeout=40, what="routing resumed")
-        finally:
-            stop.set()
-            await asyncio.gather(*workers)
-
-        async def quiet() -> bool:
-            state = await serve.state(http)
-            return state is not None and state["leases"] == 0
-
-        await wait_for(quiet, timeout=15, what="no lease left")
+        await traffic.run_until(lambda: traffic.answers[200] >= 20, 6, "routing resumed")
+        state = await _settled(serve, http)
         if load_reports:  # the gateway's LRS stream comes back after Envoy's fixed 5 s
 
             async def reporting() -> bool:
@@ -284,17 +287,8 @@ async def _picker_restart_under_load(
                 return state is not None and state["fence"]["reporting_envoys"] >= 1
 
             await wait_for(reporting, timeout=15, what="the gateway's load reports")
-        state = await serve.state(http)
-        assert state is not None
-        return {
-            "old": statuses,
-            "answers": answers,
-            "full": sum(s.stats().received_while_full for s in sims),
-            "peak": max(s.stats().max_in_flight for s in sims),
-            "first_ok": first_ok[0],
-            "lifted": state["fence"]["lifted"],
-            "reporting": state["fence"]["reporting_envoys"],
-        }
+            state = await _settled(serve, http)
+        return {"old": statuses, **_books(sims, traffic, state)}
 
 
 @pytest.mark.parametrize(
