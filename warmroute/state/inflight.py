@@ -63,6 +63,19 @@ class _Address:
     in_progress: int = 0  # E: what Envoys last reported in progress here
     unleased: int = 0  # what is applied now (busy slots beyond our leases)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing held, counted or remembered: a report of 0 changes nothing here."""
+        return not (
+            self.held is not None
+            or self.orphans
+            or self.u_prev
+            or self.newcomers
+            or self.short_prev
+            or self.in_progress
+            or self.unleased
+        )
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -99,6 +112,7 @@ class InFlightBook:
         self.young_seconds = young_seconds
         self._addresses: dict[str, _Address] = {}
         self._nodes: dict[str, dict[str, int]] = {}  # node -> address -> in progress
+        self._totals: dict[str, int] = {}  # address -> in progress, summed over nodes
         self.fencing = False
         self.reason = ""
         self.since = 0.0
@@ -209,31 +223,57 @@ class InFlightBook:
 
     def report(self, node: str, counts: Mapping[str, int]) -> None:
         """Node ``node``'s latest requests in progress per address (absent: 0). Replaces its
-        previous report; call ``evaluate`` to act on it."""
+        previous report; call ``evaluate`` to act on it. Costs the two reports' sizes, not
+        every node's (the sum over nodes is kept up to date)."""
+        self._retotal(self._nodes.get(node), -1)
         self._nodes[node] = dict(counts)
+        self._retotal(self._nodes[node], 1)
 
     def forget(self, node: str) -> None:
         """A node stopped reporting (its stream ended and did not come back)."""
-        self._nodes.pop(node, None)
+        self._retotal(self._nodes.pop(node, None), -1)
+
+    def _retotal(self, counts: Mapping[str, int] | None, sign: int) -> None:
+        if not counts:
+            return
+        totals = self._totals
+        for address, n in counts.items():
+            left = totals.get(address, 0) + sign * n
+            if left:
+                totals[address] = left
+            else:
+                totals.pop(address, None)
 
     @property
     def reporting(self) -> tuple[str, ...]:
         return tuple(self._nodes)
 
     def evaluate(self, *, reclaim: bool) -> Outcome:
-        """Reconcile every address with the latest reports (module doc)."""
-        totals: dict[str, int] = {}
-        for counts in self._nodes.values():
-            for address, n in counts.items():
-                totals[address] = totals.get(address, 0) + n
+        """Reconcile every address with the latest reports (module doc). Costs one pass
+        over the addresses; an idle one (nothing reported, leased or counted) is skipped."""
+        totals = self._totals
         outcome = Outcome()
         now = self._clock()
+        young_after = now - self.young_seconds
+        addresses = self._addresses
         for address, capacity in self._capacities.items():
-            state = self._state(address)
             e = totals.get(address, 0)
+            state = addresses.get(address)
+            if state is None:
+                if not e and not capacity.leased:
+                    continue
+                state = addresses[address] = _Address()
+            elif not e and not capacity.leased and state.idle:
+                continue
             state.in_progress = e
-            leases = capacity.leases() if capacity.leased else []
-            young = sum(1 for lease in leases if now - lease.acquired_at < self.young_seconds)
+            young = 0
+            old = 0
+            if capacity.leased:
+                for lease in capacity.leases():
+                    if lease.acquired_at > young_after:
+                        young += 1
+                    elif now - lease.acquired_at >= lease.pool.spec.reconcile_after_seconds:
+                        old += 1
             u = max(0, e - capacity.leased + young)
             if state.held is None:
                 if state.orphans:
@@ -244,8 +284,7 @@ class InFlightBook:
                 state.newcomers = newcomers
             state.u_prev = u
             # Leases old enough that Envoy must count them, but Envoy counts fewer.
-            old = [lease for lease in leases if now - lease.acquired_at >= _reclaim_age(lease)]
-            short = max(0, len(old) - e)
+            short = max(0, old - e)
             if reclaim and short and state.short_prev and state.held is None:
                 outcome.lost.extend(self._reclaim(capacity, min(short, state.short_prev)))
             state.short_prev = short
@@ -308,7 +347,3 @@ class InFlightBook:
         """Forget addresses no pool lists any more."""
         for address in [a for a in self._addresses if a not in self._capacities]:
             del self._addresses[address]
-
-
-def _reclaim_age(lease: Lease) -> float:
-    return lease.pool.spec.reconcile_after_seconds
