@@ -15,6 +15,7 @@ from warmroute.errors import QueueTimeout
 from warmroute.extproc import responses
 from warmroute.extproc.admission import Admission, Rule, early_reject
 from warmroute.state import Phase, Pool, PoolSpec
+from warmroute.state.ask import Ask
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 
@@ -38,13 +39,13 @@ def busy_pool(service: float, waiting: int, timeout: float = 10.0) -> Pool:
         leases={},
     )
     pool.upsert(A, 1, Phase.WARM)
-    lease = pool.try_acquire("first")
+    lease = pool.try_acquire(Ask("first"))
     assert lease is not None
     clock.now += service
     lease.release()
-    assert pool.try_acquire("busy") is not None
+    assert pool.try_acquire(Ask("busy")) is not None
     for i in range(waiting):
-        pool.enqueue(f"w{i}", lambda _lease: True)
+        pool.enqueue(Ask(f"w{i}"), lambda _lease: True)
     return pool
 
 

@@ -59,7 +59,7 @@ from warmroute.extproc.ranking import rank
 from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
-from warmroute.state import EndReason, Lease, Pool, Registry
+from warmroute.state import Ask, EndReason, Lease, Pool, Registry
 from warmroute.state.outlier import Outcome, classify
 
 logger = logging.getLogger(__name__)
@@ -249,11 +249,9 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         budget = pool.spec.tokens
         cost = None
         if budget is not None:
-            # Pools with a token budget only (affinity hints are not applied there).
             cost = tokens.from_body(budget, ex.body if has_body else b"")
-            lease = pool.try_acquire_tokens(ex.request_id, cost, eligible)
-        else:
-            lease = pool.try_acquire(ex.request_id, eligible, affinity)
+        ask = Ask(ex.request_id, eligible, cost, affinity)
+        lease = pool.try_acquire(ask)
         waited = 0.0
         if lease is None:
             if self.on_queued is not None:
@@ -261,20 +259,15 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self.admission.check(pool)  # 503 + Retry-After now if it could only time out
             wait_start = time.perf_counter()
             priority = pool.spec.priority
+            if priority is not None and ex.headers is not None:
+                band, key = rank(ex.headers, priority, model)
+                ask = Ask(ex.request_id, eligible, cost, affinity, band, key)
             try:
-                if priority is None or ex.headers is None:
-                    lease = await acquire(pool, ex.request_id, eligible, tokens=cost)
-                else:
-                    band, key = rank(ex.headers, priority, model)
-                    lease = await acquire(
-                        pool, ex.request_id, eligible, band=band, key=key, tokens=cost
-                    )
+                lease = await acquire(pool, ask)
             except asyncio.CancelledError:
                 logger.debug("request %s left while waiting in pool %s", ex.request_id, pool.name)
                 raise
             waited = time.perf_counter() - wait_start
-            if affinity is not None:
-                pool.remember_affinity(affinity, lease)
         self._metrics.pool(pool.name).decided(waited, time.perf_counter() - started - waited)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(

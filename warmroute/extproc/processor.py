@@ -49,7 +49,7 @@ from warmroute.extproc.request_model import (
 )
 from warmroute.extproc.waiting import acquire
 from warmroute.metrics import Metrics
-from warmroute.state import EndReason, Lease, Pool, Registry
+from warmroute.state import Ask, EndReason, Lease, Pool, Registry
 from warmroute.state.affinity import Affinity, AffinitySpec
 
 logger = logging.getLogger(__name__)
@@ -139,14 +139,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             budget = pool.spec.tokens
             cost: int | None = None
             if budget is not None:
-                # Pools with a token budget only (affinity hints are not applied there).
                 cost = tokens.from_metadata(budget, headers.headers.headers, found)
-                lease = pool.try_acquire_tokens(request_id, cost)
-            elif spec is None:
-                lease = pool.try_acquire(request_id)
-            else:
+            if spec is not None:
                 affinity, in_body = await _affinity(spec, request.request_headers, context)
-                lease = pool.try_acquire(request_id, None, affinity)
+            ask = Ask(request_id, None, cost, affinity)
+            lease = pool.try_acquire(ask)
             if lease is None:
                 if self.on_queued is not None:
                     self.on_queued(pool.name)
@@ -156,16 +153,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                                  self.admission.explain(pool))  # fmt: skip
                 wait_start = time.perf_counter()
                 priority = pool.spec.priority
-                if priority is None and cost is None:
-                    lease = await acquire(pool, request_id)
-                elif priority is None:
-                    lease = await acquire(pool, request_id, tokens=cost)
-                else:
+                if priority is not None:
                     band, key = rank(request.request_headers, priority, model)
-                    lease = await acquire(pool, request_id, band=band, key=key, tokens=cost)
+                    ask = Ask(request_id, None, cost, affinity, band, key)
+                lease = await acquire(pool, ask)
                 waited = time.perf_counter() - wait_start
-                if affinity is not None:
-                    pool.remember_affinity(affinity, lease)
             else:
                 waited = 0.0
         except RequestRejected as exc:

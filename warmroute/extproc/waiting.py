@@ -5,41 +5,19 @@ from __future__ import annotations
 import asyncio
 
 from warmroute.errors import Displaced, QueueTimeout
-from warmroute.state import EndReason, Lease, Pool
+from warmroute.state import Ask, EndReason, Lease, Pool
 
 
-async def acquire(
-    pool: Pool,
-    request_id: str,
-    eligible: frozenset[str] | None = None,
-    *,
-    band: int | None = None,
-    key: str = "",
-    tokens: int | None = None,
-) -> Lease:
-    """A lease on ``pool``, waiting in its FIFO if no slot is free.
+async def acquire(pool: Pool, ask: Ask) -> Lease:
+    """A lease on ``pool`` for ``ask``, waiting in its queue if no slot is free.
 
-    ``eligible`` (EPP mode: the gateway's subset hint) limits the pick to replicas with
-    those addresses; None allows any. ``band`` and ``key`` place the wait in a pool with
-    priority bands (see ``Pool.enqueue``); None and "" are its default band and lane.
-
-    Raises QueueFull at once if the queue (or the band) is at its bound, QueueTimeout
-    after the pool's (or the band's) queue timeout, Displaced if a higher band's request
-    takes its place while it waits. If the calling task is cancelled (Envoy reset the
-    stream: the client left), the waiter is withdrawn, or a lease granted in the same
-    instant is released, so nothing leaks.
-
-    ``tokens`` (pools with a token budget): the request's cost; it waits for a replica
-    with a free slot and that many tokens free. Raises RequestTooLarge at once if no
-    replica could ever hold it.
+    Raises QueueFull at once if the queue (or the band) is at its bound, RequestTooLarge
+    if its tokens could never fit, QueueTimeout after the pool's (or the band's) queue
+    timeout, Displaced if a higher band's request takes its place while it waits. If the
+    calling task is cancelled (Envoy reset the stream: the client left), the waiter is
+    withdrawn, or a lease granted in the same instant is released, so nothing leaks.
     """
-    # Without a subset, exactly the calls own-Envoy mode always made.
-    if tokens is not None:
-        lease = pool.try_acquire_tokens(request_id, tokens, eligible)
-    elif eligible is None:
-        lease = pool.try_acquire(request_id)
-    else:
-        lease = pool.try_acquire(request_id, eligible)
+    lease = pool.try_acquire(ask)
     if lease is not None:
         return lease
     loop = asyncio.get_running_loop()
@@ -55,22 +33,13 @@ async def acquire(
         if not fut.done():
             fut.set_exception(_timeout(pool, waiter.deadline - waiter.enqueued_at))
 
-    if band is not None or key or tokens is not None:
+    def on_displaced() -> None:
+        if not fut.done():
+            fut.set_exception(
+                Displaced(f"a higher-priority request took this one's place in {pool.name!r}")
+            )
 
-        def on_displaced() -> None:
-            if not fut.done():
-                fut.set_exception(
-                    Displaced(f"a higher-priority request took this one's place in {pool.name!r}")
-                )
-
-        waiter = pool.enqueue_ranked(
-            request_id, on_grant, band=band, key=key, on_displaced=on_displaced,
-            on_timeout=on_timeout, eligible=eligible, tokens=tokens,
-        )  # fmt: skip
-    elif eligible is None:
-        waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout)
-    else:
-        waiter = pool.enqueue(request_id, on_grant, on_timeout=on_timeout, eligible=eligible)
+    waiter = pool.enqueue(ask, on_grant, on_timeout=on_timeout, on_displaced=on_displaced)
     if waiter.lease is not None:  # granted inside enqueue
         return waiter.lease
 
