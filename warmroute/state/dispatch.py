@@ -31,12 +31,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from warmroute.state.ask import Ask
 from warmroute.state.candidates import free
 from warmroute.state.replica import Replica
 from warmroute.state.waiters import Waiter, WaitState
 
 if TYPE_CHECKING:
     from warmroute.state.pool import Pool
+
+_ANY = Ask("")  # what a waiter built without an ask asks: any free replica
 
 
 class SlotDispatch:
@@ -70,7 +73,9 @@ class SlotDispatch:
                 queue.take(waiter)
             elif unrestricted:
                 waiter = next(iter(unrestricted))
-                replica = pick(free(pool.replicas.values()), waiter.ask)
+                replica = pool.picker.choose(
+                    pool.replicas.values(), waiter.ask or _ANY, None, pool.outliers.held
+                )
                 if replica is None:
                     return
                 del unrestricted[waiter]

@@ -106,14 +106,25 @@ class Ledger:
     def end(self, lease: Lease, reason: EndReason) -> None:
         """End an active lease of this pool: every figure its grant moved moves back."""
         lease.ended = reason
-        self._drop(lease)
+        # What ``_drop`` does, inlined: this is the request hot path, where a method call
+        # per release is a measurable share of the work.
+        self._leases.pop(lease.id, None)
+        if self._by_request.get(lease.request_id) is lease:
+            del self._by_request[lease.request_id]
         replica = lease.replica
+        del replica.leases[lease.id]
+        replica.in_flight -= 1
+        capacity = replica.capacity
+        capacity.leased -= 1
+        if capacity.reserved:
+            capacity.tokens_leased -= capacity.reserved.pop(lease.id, 0)
         replica.last_used = now = self._clock()
         if reason is EndReason.FINISHED:
             self.pool.forecast.service.observe(now - lease.acquired_at)
         c = self.counters
         c.released += 1
-        c.ended[reason.value] = c.ended.get(reason.value, 0) + 1
+        key = reason.value  # an enum's value is a property: read it once
+        c.ended[key] = c.ended.get(key, 0) + 1
         if reason is EndReason.EXPIRED:
             c.expired += 1
         elif reason is EndReason.CANCELLED:

@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from warmroute.errors import QueueFull
 from warmroute.state.affinity import AffinityMemory, AffinitySpec
 from warmroute.state.ask import Ask
-from warmroute.state.candidates import free
 from warmroute.state.dispatch import SlotDispatch, TokenDispatch
 from warmroute.state.forecast import Forecast
 from warmroute.state.lease import EndReason, Lease
@@ -149,6 +148,7 @@ class Pool(Membership):
         self.forecast = Forecast()
         # Replicas held out of leasing (ejected, backed off): ``warmroute.state.outlier``.
         self.outliers = OutlierDetector(spec.name, spec.outlier, self._warm_addresses, clock)
+        self._held = self.outliers.held  # the same set: empty while no replica is held
 
     @property
     def name(self) -> str:
@@ -172,15 +172,17 @@ class Pool(Membership):
         budget. A granted ``ask.affinity`` is remembered for the replica.
         """
         queue = self.queue
-        tokens = None
-        if self.spec.tokens is not None:
+        budget = self.spec.tokens
+        if budget is None:
+            if queue.unrestricted and not queue.restricted:
+                return None
+            tokens = None
+        else:
             tokens = 0 if ask.tokens is None else ask.tokens
-            check_tokens(self.spec.tokens, tokens, self.name)
+            check_tokens(budget, tokens, self.name)
             if queue:
                 return None
-        elif queue.unrestricted and not queue.restricted:
-            return None
-        replica = self.picker.pick(free(self.replicas.values(), ask.eligible, tokens), ask)
+        replica = self.picker.choose(self.replicas.values(), ask, tokens, self._held)
         if replica is None:
             return None
         self.counters.granted_immediately += 1

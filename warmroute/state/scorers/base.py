@@ -19,11 +19,12 @@ that a config ``policy`` literal names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar, Protocol
 
 from warmroute.state.affinity import AffinityMemory, AffinitySpec
 from warmroute.state.ask import Ask
+from warmroute.state.candidates import free
 from warmroute.state.replica import Replica
 
 
@@ -62,6 +63,12 @@ class Scorer:
         recently used, then the first). Only for unconditional scorers whose scores
         depend on the replicas alone; subclasses override it with one fused pass."""
         raise NotImplementedError
+
+    def pick_any(self, replicas: Iterable[Replica]) -> Replica | None:
+        """``pick(candidates.free(replicas))`` in one pass over unfiltered replicas none of
+        which outlier detection holds: the plain request's hot path. Subclasses that
+        ``pick`` override it the same way (a property test holds the two equal)."""
+        return self.pick(free(replicas))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -6,11 +6,13 @@ falls with the candidate's position, so no two candidates tie.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from warmroute.state.ask import Ask
-from warmroute.state.replica import Replica
+from warmroute.state.replica import Phase, Replica
 from warmroute.state.scorers.base import Scorer, ScoringContext
+
+_WARM = Phase.WARM
 
 
 class FirstFree(Scorer):
@@ -26,3 +28,13 @@ class FirstFree(Scorer):
 
     def pick(self, candidates: Sequence[Replica]) -> Replica | None:
         return candidates[0] if candidates else None
+
+    def pick_any(self, replicas: Iterable[Replica]) -> Replica | None:
+        """The first free replica (none of them held; the free test of
+        ``candidates.free``, in one pass)."""
+        for r in replicas:
+            if r.phase is _WARM:
+                c = r.capacity
+                if c.leased + r.external < c.slots:
+                    return r
+        return None

@@ -8,11 +8,13 @@ its model server reports (``Replica.external``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from warmroute.state.ask import Ask
-from warmroute.state.replica import Replica
+from warmroute.state.replica import Phase, Replica
 from warmroute.state.scorers.base import Scorer, ScoringContext
+
+_WARM = Phase.WARM  # a local: enum member access is a descriptor call in Python 3.11
 
 
 class LeastLoaded(Scorer):
@@ -35,6 +37,25 @@ class LeastLoaded(Scorer):
         for r in candidates:
             c = r.capacity
             load = (c.leased + r.external) / c.slots
+            if load < best_load or (load == best_load and r.last_used < best_used):
+                best, best_load, best_used = r, load, r.last_used
+        return best
+
+    def pick_any(self, replicas: Iterable[Replica]) -> Replica | None:
+        """``pick`` over the replicas free among ``replicas`` (none of them held), the free
+        test (``candidates.free``) applied in the same pass."""
+        best: Replica | None = None
+        best_load = 2.0
+        best_used = 0.0
+        for r in replicas:
+            if r.phase is not _WARM:
+                continue
+            c = r.capacity
+            busy = c.leased + r.external
+            slots = c.slots
+            if busy >= slots:
+                continue
+            load = busy / slots
             if load < best_load or (load == best_load and r.last_used < best_used):
                 best, best_load, best_used = r, load, r.last_used
         return best

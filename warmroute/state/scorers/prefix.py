@@ -21,7 +21,6 @@ from warmroute.state.affinity import PER_KEY, Score
 from warmroute.state.ask import Ask
 from warmroute.state.replica import Replica
 from warmroute.state.scorers.base import Scorer, ScoringContext
-from warmroute.state.scorers.imbalance import within
 
 
 class Prefix(Scorer):
@@ -53,8 +52,12 @@ def prefix_scores(
     of a prompt of ``blocks`` blocks (module doc)."""
     scale = 1.0 / (blocks + 1)
     step = 1.0 / (PER_KEY + 1)
+    busy = [r.capacity.leased + r.external for r in candidates]
+    least = min(busy, default=0)
     scores = []
-    for r, ok in zip(candidates, within(candidates, max_imbalance), strict=True):
-        found = served.get(r.address) if ok else None
+    for r, b in zip(candidates, busy, strict=True):
+        # Only within the imbalance bound (``scorers.imbalance``), computed inline here:
+        # this runs on every request with a prompt hint.
+        found = served.get(r.address) if b - least <= max_imbalance else None
         scores.append(0.0 if found is None else (found[0] + found[1] * step) * scale)
     return scores
