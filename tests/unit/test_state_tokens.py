@@ -33,6 +33,7 @@ from warmroute.state import (
 )
 from warmroute.state.ask import Ask
 from warmroute.state.priority import BandSpec, PrioritySpec
+from warmroute.state.dispatch import SlotDispatch
 from warmroute.state.tokens import TokenSpec, cost_of
 from warmroute.view import render
 
@@ -242,7 +243,7 @@ def test_a_pool_without_tokens_is_unchanged() -> None:
     registry, _ = _registry(_spec(capacity=None))
     _warm(registry, "p", A, slots=2)
     pool = registry.pools["p"]
-    assert "Pool._dispatch of" in repr(pool._dispatch)  # the plain one, not _dispatch_tokens
+    assert isinstance(pool._dispatcher, SlotDispatch)  # the plain one, not by tokens
     leases = [pool.try_acquire(Ask("r1")), pool.try_acquire(Ask("r2"))]
     assert all(leases) and leases[0] is not None
     assert leases[0].replica.capacity.tokens is None

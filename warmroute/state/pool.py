@@ -49,7 +49,6 @@ come back or times out; new requests are turned away up front by ``can_ever_serv
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from warmroute.errors import QueueFull
 from warmroute.state.affinity import AffinityMemory, AffinitySpec
@@ -59,11 +58,12 @@ from warmroute.state.forecast import Forecast
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.ledger import Clock, IdFactory, Ledger
 from warmroute.state.membership import Membership
-from warmroute.state.outlier import OutlierDetector, OutlierSpec
+from warmroute.state.outlier import OutlierDetector
 from warmroute.state.picker import Picker
 from warmroute.state.priority import PrioritySpec
 from warmroute.state.replica import Capacity, Replica
-from warmroute.state.tokens import TokenSpec, check_tokens
+from warmroute.state.spec import PoolSpec
+from warmroute.state.tokens import check_tokens
 from warmroute.state.waiters import (
     GrantCallback,
     Waiter,
@@ -74,34 +74,6 @@ from warmroute.state.waiters import (
 )
 
 __all__ = ["Clock", "IdFactory", "Pool", "PoolSpec"]
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSpec:
-    """What the core needs to know about a pool (built from the validated config)."""
-
-    name: str
-    models: tuple[str, ...]
-    max_waiting: int = 1000
-    queue_timeout: float = 30.0
-    max_request_seconds: float = 600.0
-    # Envoy's route timeout (max_request_seconds) starts after the lease is granted, so the
-    # lease lives a little longer: it is never reclaimed while Envoy may still use it.
-    lease_grace_seconds: float = 5.0
-    # A lease younger than this is never reclaimed by reconciliation: its request may not
-    # have reached the replica (or its metrics) yet.
-    reconcile_after_seconds: float = 5.0
-    # A token budget per replica (None: slots only); see ``warmroute.state.tokens``.
-    tokens: TokenSpec | None = None
-    # The pick profile (``warmroute.state.picker.PROFILES``).
-    policy: str = "least_loaded"
-    # Bands and fairness (None: one FIFO). ``max_waiting`` still bounds the whole queue;
-    # each band also has its own bound and queue timeout.
-    priority: PrioritySpec | None = None
-    # With policy prefix_affinity: what the prefix and session scorers remember.
-    affinity: AffinitySpec | None = None
-    # Replicas whose requests fail stop getting leases for a while (None: never).
-    outlier: OutlierSpec | None = None
 
 
 class Pool(Membership):
