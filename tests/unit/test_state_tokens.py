@@ -32,8 +32,8 @@ from warmroute.state import (
     WaitState,
 )
 from warmroute.state.ask import Ask
-from warmroute.state.priority import BandSpec, PrioritySpec
 from warmroute.state.dispatch import SlotDispatch
+from warmroute.state.priority import BandSpec, PrioritySpec
 from warmroute.state.tokens import TokenSpec, cost_of
 from warmroute.view import render
 

@@ -270,12 +270,16 @@ def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str 
     request_id = ""
     model: str | None = None
     models_path: str | None = None
+    # ``header_value`` inlined for the two headers every request has: this loop runs
+    # over every header of every request.
     for h in headers.headers.headers:
         key = h.key
         if key == "x-request-id":
-            request_id = header_value(h)
+            raw = h.raw_value
+            request_id = raw.decode("utf-8", "replace") if raw else str(h.value)
         elif key == model_header:
-            model = header_value(h)
+            raw = h.raw_value
+            model = raw.decode("utf-8", "replace") if raw else str(h.value)
         elif key == ":path" and h.raw_value.startswith(_MODELS_PATH_BYTES):
             path = header_value(h).partition("?")[0].rstrip("/")
             if path == MODELS_PATH or path.startswith(_MODELS_PREFIX):
