@@ -79,7 +79,7 @@ class _Exchange:
     def __init__(self) -> None:
         self.request_id = ""
         self.model: str | None = None  # from the model header
-        # Kept to read a priority band and fairness key only if the request has to wait.
+        # Kept for the director, which reads from them only what the pool needs.
         self.headers: ep.HttpHeaders | None = None
         self.hint: tuple[str, ...] | None = None
         self.body = bytearray()
