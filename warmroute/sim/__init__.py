@@ -48,8 +48,9 @@ not counted):
   the last; elsewhere ``{"replica", "model", "request_id", "index", "text"}``.
 """
 
+from warmroute.sim.metrics import render_metrics
 from warmroute.sim.received import ReceivedRequest
-from warmroute.sim.replica import SimReplica, SimStats, render_metrics
+from warmroute.sim.replica import SimReplica, SimStats
 from warmroute.sim.service_time import ServiceTime, TokenTiming, parse_service_time
 
 __all__ = [
