@@ -29,6 +29,7 @@ its event loop's).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -99,7 +100,17 @@ class LoraError(Exception):
 
 
 def parse_module(text: str) -> LoraModule:
-    """``name=path`` (vLLM's ``--lora-modules`` form); ValueError if either side is empty."""
+    """One of vLLM's ``--lora-modules`` forms: ``name=path`` or ``{"name": ..., "path":
+    ...}``; ValueError if the name or the path is missing or empty."""
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"invalid JSON LoRA module {text!r}: {exc}") from exc
+        name, path = doc.get("name"), doc.get("path")
+        if isinstance(name, str) and isinstance(path, str) and name and path:
+            return LoraModule(name, path)
+        raise ValueError(f'expected {{"name": ..., "path": ...}}, got {text!r}')
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise ValueError(f"expected name=path, got {text!r}")
@@ -239,12 +250,13 @@ class LoraBook:
     def _make_resident(self, adapter: str, ready_at: float) -> float:
         self._resident[adapter] = ready_at
         self._resident.move_to_end(adapter)
-        self._trim()
+        self._trim(keep=adapter)
         return ready_at
 
-    def _trim(self) -> None:
-        """Evict least recently used idle adapters while over capacity."""
-        busy = {n for n, c in self._counts.items() if c.running}
+    def _trim(self, keep: str | None = None) -> None:
+        """Evict least recently used idle adapters (not ``keep``, not one being loaded by
+        the endpoint) while over capacity."""
+        busy = {n for n, c in self._counts.items() if c.running} | self._loading | {keep}
         over = len(self._resident) - self.config.capacity
         for name in [n for n in self._resident if n not in busy][: max(over, 0)]:
             del self._resident[name]
@@ -273,10 +285,11 @@ class LoraBook:
                 f"The lora adapter '{name}' has already been loaded. If you want to load "
                 "the adapter in place, set 'load_inplace' to True.",
             )
-        self._loading.add(name)
         self.loads += 1
         self._resident.pop(name, None)  # in place: the new weights replace the old
-        return self._make_resident(name, ready_at=self._clock() + self.config.load_s)
+        ready_at = self._make_resident(name, ready_at=self._clock() + self.config.load_s)
+        self._loading.add(name)
+        return ready_at
 
     def end_load(self, name: str, path: str, *, ok: bool) -> None:
         """The load of ``name`` finished: known from now on if ``ok``, else forgotten."""

@@ -12,8 +12,9 @@ API (the ``Response`` object and its streaming events), so the official ``openai
   ``response.in_progress``, ``response.output_item.added``,
   ``response.content_part.added``, one ``response.output_text.delta`` per token, then
   ``response.output_text.done``, ``response.content_part.done``,
-  ``response.output_item.done`` and ``response.completed`` (or ``response.incomplete``).
-  No ``data: [DONE]`` (the Responses API sends none).
+  ``response.output_item.done`` and ``response.completed`` (its response ``incomplete`` if
+  cut by ``max_output_tokens``, as vLLM 0.32's ``serving.py`` ends every stream). No ``data:
+  [DONE]`` (the Responses API sends none).
 
 The request is read leniently like the other APIs here: ``input`` (a string or a list of
 items), ``instructions``, ``max_output_tokens``, ``stream``, ``model``; unknown fields are
@@ -162,7 +163,10 @@ class ResponseEvents:
             ("response.output_text.done", {**ids, "text": full, "logprobs": []}),
             ("response.content_part.done", {**ids, "part": _part(full)}),
             ("response.output_item.done", {"output_index": 0, "item": reply.item(full, status)}),
-            (f"response.{status}", {"response": reply.response(tokens, limited)}),
+            # vLLM ends every stream so, the response's status saying "incomplete" if cut
+            # (OpenAI's own API sends response.incomplete then, which the SDK's stream
+            # helper does not accept as an end).
+            ("response.completed", {"response": reply.response(tokens, limited)}),
         ]
         self.head = [_event(seq, kind, fields) for seq, (kind, fields) in enumerate(head)]
         after = len(head) + tokens  # the deltas come between
