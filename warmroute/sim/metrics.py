@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from warmroute.sim.replica import SimStats
+    from warmroute.sim.stats import SimStats
 
 ENGINE = "0"
 """vLLM's ``engine`` label: the engine core's index (one engine: ``"0"``)."""

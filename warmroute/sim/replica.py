@@ -1,4 +1,4 @@
-"""A simulated GPU model server: fixed slots, no queue, a cold start, vLLM-style metrics.
+"""A simulated GPU model server: fixed slots, no queue, a cold start, vLLM's metrics, LoRA.
 
 Accounting contract, which tests rely on to prove the router never overloads a replica (all
 state lives on one event loop, so no locking): an inference request with valid ``x-sim-*``
@@ -14,9 +14,14 @@ With a token budget (``set_token_budget``) a request that would take
 the tokens in flight over it is refused (503, ``received_over_tokens``), as one over the slots
 is; its cost is priced as warmroute's ``tokens:`` pools price it (body bytes per token, plus
 ``max_completion_tokens``/``max_tokens`` or a default).
-The OpenAI paths (``openai_api.PATHS``) follow the same contract; a body they refuse is answered
-400 and not counted, like a malformed header, and ``GET /v1/models`` takes no slot and is not
-counted. Every request under ``/v1/`` is recorded first (``received.RequestLog``).
+The API paths (``apis.PATHS``: OpenAI's Completions, Chat, Embeddings and Responses,
+Anthropic's Messages) follow the same contract; a body they refuse is answered 400 and not
+counted, like a malformed header, and ``GET /v1/models`` takes no slot and is not counted.
+With LoRA (``lora_serving``), a request naming neither a served model nor a known adapter is
+answered 404 and not counted (``unknown_model``); a request for an adapter that cannot join
+the running batch yet waits *holding its slot* (it is inside the server, as in vLLM), so
+``in_flight`` is running plus waiting, as ``vllm:num_requests_running`` plus ``_waiting``.
+Every request under ``/v1/`` is recorded first (``received.RequestLog``).
 """
 
 from __future__ import annotations
@@ -41,73 +46,12 @@ from warmroute.sim.prefix_cache import PrefixCache
 from warmroute.sim.received import ReceivedRequest, RequestLog
 from warmroute.sim.service_time import Generation, ServiceTime, TokenTiming, plan_generation
 from warmroute.sim.sse import LegacyEvents, sleep_until, stream
+from warmroute.sim.stats import SimStats, Slot
 
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE = 0.25  # stop() gives in-flight requests 2x this (aiohttp waits twice)
 MAX_BODY_BYTES = 256 * 1024 * 1024  # larger request bodies are refused with 413 (aiohttp: 1 MiB)
-
-
-@dataclasses.dataclass(slots=True)
-class SimStats:
-    """A replica's counters, as ``GET /stats`` returns them; :meth:`SimReplica.stats` copies."""
-
-    slots: int
-    warm: bool = False
-    healthy: bool = True
-    # Set: every inference request is answered this status at once (``set_failing``).
-    fail_status: int | None = None
-    in_flight: int = 0
-    max_in_flight: int = 0
-    received: int = 0
-    received_while_full: int = 0
-    received_while_loading: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0  # answered fail_status at once
-    # With a prefix cache (``prefix_cache``): admitted requests whose prompt's first block
-    # was cached, and their prompts' full blocks, total and cached.
-    prefix_hits: int = 0
-    prefix_blocks: int = 0
-    prefix_blocks_hit: int = 0
-    # With a token budget (``set_token_budget``; None: none): tokens of the requests in
-    # flight, their peak, and requests refused because they would have gone over it.
-    token_budget: int | None = None
-    tokens_in_flight: int = 0
-    max_tokens_in_flight: int = 0
-    received_over_tokens: int = 0
-    # With LoRA (``lora``): requests naming no served model or adapter (404, not counted in
-    # ``received``), adapter loads (registrations and re-loads of evicted adapters), and
-    # requests that waited for their adapter to fit into the running batch.
-    unknown_model: int = 0
-    lora_loads: int = 0
-    lora_waited: int = 0
-
-
-class _Slot:
-    """A taken slot, like a lease: ``release()`` is idempotent, its first call sets the outcome."""
-
-    def __init__(self, stats: SimStats, tokens: int = 0) -> None:
-        self._stats = stats
-        self._held = True
-        self._tokens = tokens
-        stats.in_flight += 1
-        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-        stats.tokens_in_flight += tokens
-        stats.max_tokens_in_flight = max(stats.max_tokens_in_flight, stats.tokens_in_flight)
-
-    def release(self, *, completed: bool) -> bool:
-        """Free the slot, counting it ``completed`` or ``cancelled``; False if already freed."""
-        if not self._held:
-            return False
-        self._held = False
-        self._stats.in_flight -= 1
-        self._stats.tokens_in_flight -= self._tokens
-        if completed:
-            self._stats.completed += 1
-        else:
-            self._stats.cancelled += 1
-        return True
 
 
 def _header(
@@ -437,7 +381,7 @@ class SimReplica:
                 stats.received_over_tokens += 1
                 logger.debug("sim replica %s request %s: refused, tokens", self._address, rid)
                 return web.json_response({"error": "replica out of tokens"}, status=503)
-        slot = _Slot(stats, cost)
+        slot = Slot(stats, cost)
         lora = self._lora
         ticket = lora.request(adapter) if lora is not None and adapter is not None else None
         try:
