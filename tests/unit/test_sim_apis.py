@@ -48,12 +48,13 @@ def test_responses_body_completed_or_incomplete() -> None:
     (item,) = done["output"]
     assert item["type"] == "message" and item["role"] == "assistant"
     assert item["content"][0] == {
-        "type": "output_text", "text": text(3), "annotations": [], "logprobs": [],
+        "type": "output_text", "text": text(3), "annotations": [], "logprobs": None,
     }  # fmt: skip
     assert done["usage"]["output_tokens"] == 3 and done["usage"]["total_tokens"] == 4
     cut = reply.response(3, limited=True)
     assert cut["status"] == "incomplete"
     assert cut["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert cut["output"][0]["status"] == "completed"  # vLLM's item says so even when cut
 
 
 def test_responses_stream_order_and_sequence_numbers() -> None:
@@ -105,8 +106,8 @@ def test_messages_body_and_stream() -> None:
     msg = reply.message(2, limited=True)
     assert msg["type"] == "message" and msg["role"] == "assistant"
     assert msg["content"] == [{"type": "text", "text": text(2)}]
-    assert msg["stop_reason"] == "max_tokens" and msg["stop_sequence"] is None
-    assert msg["usage"]["output_tokens"] == 2
+    assert msg["stop_reason"] == "max_tokens" and "stop_sequence" not in msg  # as vLLM
+    assert msg["usage"] == {"input_tokens": 0, "output_tokens": 2}
     assert reply.message(2, limited=False)["stop_reason"] == "end_turn"
 
     events = anthropic_api.MessageEvents(reply, 2, limited=True)
@@ -114,7 +115,6 @@ def test_messages_body_and_stream() -> None:
     assert [e["type"] for e in stream] == [
         "message_start",
         "content_block_start",
-        "ping",
         "content_block_delta",
         "content_block_delta",
         "content_block_stop",
@@ -123,7 +123,8 @@ def test_messages_body_and_stream() -> None:
     ]
     start = stream[0]["message"]
     assert start["content"] == [] and start["stop_reason"] is None
-    assert "".join(e["delta"]["text"] for e in stream[3:5]) == text(2)
-    assert stream[6]["delta"]["stop_reason"] == "max_tokens"
-    assert stream[6]["usage"] == {"output_tokens": 2}
+    assert start["usage"] == {"input_tokens": 0, "output_tokens": 0}
+    assert "".join(e["delta"]["text"] for e in stream[2:4]) == text(2)
+    assert stream[5]["delta"] == {"stop_reason": "max_tokens", "stop_sequence": None}
+    assert stream[5]["usage"] == {"input_tokens": 0, "output_tokens": 2}
     assert events.named and not events.done_marker

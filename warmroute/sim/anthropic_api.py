@@ -1,18 +1,19 @@
 """Anthropic's Messages API (``POST /v1/messages``) as the simulated replica speaks it.
 
 Pure values and functions, no I/O. Shapes follow Anthropic's API reference (the Message
-object, its streaming events and its error shape), as vLLM's own ``/v1/messages`` answers
-them, so the official ``anthropic`` SDK's ``messages.create`` (streamed or not) and
-``messages.stream`` read them:
+object, its streaming events and its error shape) exactly as vLLM 0.32's ``/v1/messages``
+writes them (recorded: ``tests/fixtures/vllm/lora/messages*.json``), so the official
+``anthropic`` SDK's ``messages.create`` (streamed or not) and ``messages.stream`` read them:
 
-* not streamed: ``{"id": "msg_…", "type": "message", "role": "assistant", "model",
-  "content": [{"type": "text", "text"}], "stop_reason": "end_turn" | "max_tokens",
-  "stop_sequence": null, "usage": {"input_tokens", "output_tokens", …}}``;
+* not streamed: ``{"id": "chatcmpl-…", "type": "message", "role": "assistant", "content":
+  [{"type": "text", "text"}], "model", "stop_reason": "end_turn" | "max_tokens", "usage":
+  {"input_tokens", "output_tokens"}}`` (vLLM's id prefix, and no ``stop_sequence`` key);
 * streamed (``stream: true``): SSE events, each ``event: <type>`` + ``data: {json}``, in
-  the real order: ``message_start`` (the message with empty content), ``content_block_start``,
-  ``ping``, one ``content_block_delta`` (``text_delta``) per token, ``content_block_stop``,
-  ``message_delta`` (``stop_reason`` and the output tokens), ``message_stop``. No
-  ``data: [DONE]``.
+  the real order: ``message_start`` (the message with empty content, no output tokens yet),
+  ``content_block_start``, one ``content_block_delta`` (``text_delta``) per token,
+  ``content_block_stop``, ``message_delta`` (``stop_reason`` and the token counts),
+  ``message_stop``. No ``ping`` (Anthropic's API sends one after ``content_block_start``;
+  vLLM does not) and no ``data: [DONE]``.
 * a refused body: 400 ``{"type": "error", "error": {"type": "invalid_request_error",
   "message"}}``.
 
@@ -80,31 +81,26 @@ class MessageReply:
 
     def __init__(self, request: ApiRequest) -> None:
         self.request = request
-        self.id = f"msg_{uuid.uuid4().hex}"
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:16]}"  # vLLM's, not Anthropic's msg_…
 
     def message(self, tokens: int, limited: bool) -> dict[str, Any]:
         """The whole ``message`` of ``tokens`` tokens."""
-        return self.envelope([{"type": "text", "text": text(tokens)}], _stop(limited), tokens)
+        content = [{"type": "text", "text": text(tokens)}]
+        return {**self.envelope(content, tokens), "stop_reason": _stop(limited)}
 
-    def envelope(
-        self, content: list[dict[str, Any]], stop_reason: str | None, tokens: int
-    ) -> dict[str, Any]:
-        """A ``message`` holding ``content``, stopped for ``stop_reason`` (None: not yet)."""
+    def envelope(self, content: list[dict[str, Any]], tokens: int) -> dict[str, Any]:
+        """A ``message`` holding ``content`` and ``tokens`` output tokens, not stopped."""
         return {
             "id": self.id,
             "type": "message",
             "role": "assistant",
-            "model": self.request.model,
             "content": content,
-            "stop_reason": stop_reason,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": self.request.prompt_tokens,
-                "output_tokens": tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-            },
+            "model": self.request.model,
+            "usage": self.usage(tokens),
         }
+
+    def usage(self, tokens: int) -> dict[str, int]:
+        return {"input_tokens": self.request.prompt_tokens, "output_tokens": tokens}
 
 
 def _stop(limited: bool) -> str:
@@ -113,31 +109,31 @@ def _stop(limited: bool) -> str:
 
 class MessageEvents:
     """The SSE events of one streamed message (``sse.Events``): named by their ``type``,
-    no ``[DONE]``. ``message_start`` reports one output token, as Anthropic's does."""
+    no ``[DONE]``."""
 
     named = True
     done_marker = False
 
     def __init__(self, reply: MessageReply, tokens: int, limited: bool) -> None:
+        start = {**reply.envelope([], 0), "stop_reason": None, "stop_sequence": None}
         self.head: list[dict[str, Any]] = [
-            {"type": "message_start", "message": reply.envelope([], None, 1)},
+            {"type": "message_start", "message": start},
             {
                 "type": "content_block_start",
-                "index": 0,
                 "content_block": {"type": "text", "text": ""},
+                "index": 0,
             },
-            {"type": "ping"},
         ]
         self.tail: list[dict[str, Any]] = [
             {"type": "content_block_stop", "index": 0},
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": _stop(limited), "stop_sequence": None},
-                "usage": {"output_tokens": tokens},
+                "usage": reply.usage(tokens),
             },
             {"type": "message_stop"},
         ]
 
     def token(self, index: int) -> dict[str, Any]:
         delta = {"type": "text_delta", "text": token(index)}
-        return {"type": "content_block_delta", "index": 0, "delta": delta}
+        return {"type": "content_block_delta", "delta": delta, "index": 0}

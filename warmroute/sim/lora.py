@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -93,10 +94,28 @@ class LoraError(Exception):
         super().__init__(message)
         self.status, self.type, self.param = status, type_, param
 
+    @property
+    def message(self) -> str:
+        """The message as vLLM sends it: file paths replaced by ``<path>``."""
+        return sanitize_message(str(self))
+
     def body(self) -> dict[str, Any]:
         """vLLM's ``ErrorResponse``: ``{"error": {"message", "type", "param", "code"}}``."""
-        error = {"message": str(self), "type": self.type, "param": self.param, "code": self.status}
+        error = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.status,
+        }
         return {"error": error}
+
+
+def sanitize_message(message: str) -> str:
+    """vLLM's ``sanitize_message`` (``entrypoints/serve/exception_handling/utils.py``), its
+    path rules: every error message it sends has absolute paths replaced by ``<path>``."""
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
+    return message.strip()
 
 
 def parse_module(text: str) -> LoraModule:
@@ -130,12 +149,6 @@ class Ticket:
     finished: bool = False
 
 
-@dataclass(slots=True)
-class _Counts:
-    running: int = 0
-    waiting: int = 0
-
-
 class LoraBook:
     """Known, resident, running and waiting adapters of one replica.
 
@@ -148,7 +161,9 @@ class LoraBook:
         self._known: dict[str, str] = {}  # name -> path, in registration order
         self._resident: OrderedDict[str, float] = OrderedDict()  # name -> ready_at; LRU first
         self._loading: set[str] = set()  # names whose load endpoint call is under way
-        self._counts: dict[str, _Counts] = {}  # insertion-ordered like vLLM's LoRAStats
+        # Adapter -> requests running on it, in the order each got its first running request
+        # (vLLM's LoRARequestStates: an entry appears when a request's first output does).
+        self._running: dict[str, int] = {}
         self._waiting: deque[Ticket] = deque()
         self._ids = itertools.count(1)
         self.loads = 0  # adapter loads (registration or re-load on use), for tests and stats
@@ -168,12 +183,12 @@ class LoraBook:
         return tuple(self._resident)
 
     def running_adapters(self) -> tuple[str, ...]:
-        """Adapters with a running request, in vLLM's order (first to get a request first)."""
-        return tuple(n for n, c in self._counts.items() if c.running)
+        """Adapters with a running request, in vLLM's order (the first to run first)."""
+        return tuple(self._running)
 
     def waiting_adapters(self) -> tuple[str, ...]:
-        """Adapters with a waiting request, in the same order."""
-        return tuple(n for n, c in self._counts.items() if c.waiting)
+        """Adapters with a waiting request, in arrival order."""
+        return tuple(dict.fromkeys(t.adapter for t in self._waiting))
 
     @property
     def waiting(self) -> int:
@@ -200,7 +215,6 @@ class LoraBook:
         """A request for known ``adapter`` arrives: it starts now if the adapter fits into the
         running batch and nobody waits ahead of it for the same reason, else it waits."""
         ticket = Ticket(adapter, next(self._ids))
-        self._counts.setdefault(adapter, _Counts()).waiting += 1
         self._waiting.append(ticket)
         self._schedule()
         return ticket
@@ -211,14 +225,12 @@ class LoraBook:
         if ticket.finished:
             return []
         ticket.finished = True
-        counts = self._counts[ticket.adapter]
         if ticket.started:
-            counts.running -= 1
+            self._running[ticket.adapter] -= 1
+            if not self._running[ticket.adapter]:
+                del self._running[ticket.adapter]
         else:
-            counts.waiting -= 1
             self._waiting.remove(ticket)
-        if not counts.running and not counts.waiting:
-            del self._counts[ticket.adapter]
         self._trim()
         return self._schedule()
 
@@ -230,9 +242,7 @@ class LoraBook:
             if ticket.adapter not in running and len(running) >= self.config.max_loras:
                 continue
             self._waiting.remove(ticket)
-            counts = self._counts[ticket.adapter]
-            counts.waiting -= 1
-            counts.running += 1
+            self._running[ticket.adapter] = self._running.get(ticket.adapter, 0) + 1
             ticket.started = True
             ticket.ready_at = self._use(ticket.adapter)
             started.append(ticket)
@@ -256,7 +266,7 @@ class LoraBook:
     def _trim(self, keep: str | None = None) -> None:
         """Evict least recently used idle adapters (not ``keep``, not one being loaded by
         the endpoint) while over capacity."""
-        busy = {n for n, c in self._counts.items() if c.running} | self._loading | {keep}
+        busy = {*self._running, *self._loading, keep}
         over = len(self._resident) - self.config.capacity
         for name in [n for n in self._resident if n not in busy][: max(over, 0)]:
             del self._resident[name]
@@ -296,7 +306,7 @@ class LoraBook:
         self._loading.discard(name)
         if ok:
             self._known[name] = path
-        elif name not in self._counts:
+        elif name not in self._running:
             self._resident.pop(name, None)
 
     def unload(self, name: object) -> None:
@@ -308,7 +318,7 @@ class LoraBook:
         if name not in self._known:
             raise LoraError(404, "NotFoundError", f"The lora adapter '{name}' cannot be found.")
         del self._known[name]
-        if name not in self._counts:
+        if name not in self._running:
             self._resident.pop(name, None)
 
     def model_cards(self, created: int) -> list[dict[str, Any]]:

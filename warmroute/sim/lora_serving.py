@@ -94,6 +94,11 @@ class LoraServing:
         self._wakeups.pop(ticket.id, None)
         self._changed(self.book.finish(ticket))
 
+    def step(self) -> None:
+        """A request without an adapter arrived or ended: vLLM's engine steps for it too,
+        stamping the current ``vllm:lora_requests_info`` label set."""
+        self.info.update(self.view())
+
     def _changed(self, started: list[Ticket]) -> None:
         for ticket in started:
             wakeup = self._wakeups.pop(ticket.id, None)

@@ -14,6 +14,12 @@ real vLLM's exposition looks like:
   label set seen stays (newest = current), as vLLM's ``set_to_current_time`` leaves them.
   vLLM stamps the current set at every engine step, so while requests run or wait the
   current set is stamped with the scrape's time; once idle, it keeps the time it went idle.
+  **Both adapter labels list the adapters with a running request**, in the order they
+  started, as vLLM 0.32 does (recorded: ``tests/fixtures/vllm/lora/metrics_busy.txt``):
+  its ``LoRARequestStates`` learns of a request from the request's first output (the queued
+  and scheduled events arrive with it), and writes every adapter it tracks into both the
+  waiting and the running dict, whose keys the labels join. A request waiting for its
+  adapter shows only in ``vllm:num_requests_waiting`` (and ``_by_reason{reason="deferred"}``).
 
 vLLM no longer exports ``vllm:gpu_cache_usage_perc`` (renamed ``kv_cache_usage_perc``), so
 neither does the sim. The ``sim_*`` counters (labelled ``model_name``) are the sim's own.
@@ -56,8 +62,10 @@ class LoraInfoHistory:
         self._current: tuple[str, str, str] | None = None
 
     def update(self, view: LoraView) -> None:
-        """The book changed: its label set is current from now on."""
-        key = (str(view.max_loras), ",".join(view.running), ",".join(view.waiting))
+        """The engine stepped (a request arrived, started or ended): ``view``'s label set is
+        current from now on, stamped now."""
+        running = ",".join(view.running)
+        key = (str(view.max_loras), running, running)  # vLLM's labels: see the module doc
         self._current = key
         self._seen[key] = self._clock()
 

@@ -87,6 +87,7 @@ class ApiRequest:
     inputs: tuple[str, ...] = ()  # embeddings: one text per input (token arrays as JSON)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int = EMBEDDING_DIMENSIONS
+    instructions: str | None = None  # the Responses API's, echoed back
 
 
 def parse_request(kind: Kind, raw: bytes, default_model: str) -> ApiRequest:

@@ -389,11 +389,15 @@ class SimReplica:
                 admitted = await lora.ready(ticket)
             else:
                 admitted = asyncio.get_running_loop().time()
+                if lora is not None:
+                    lora.step()
 
             def done() -> None:
                 slot.release(completed=True)
                 if lora is not None and ticket is not None:
                     lora.finish(ticket)
+                elif lora is not None:
+                    lora.step()
 
             gen = plan_generation(
                 self._service,
@@ -431,7 +435,7 @@ class SimReplica:
             if slot.release(completed=False):
                 logger.debug("sim replica %s request %s: cancelled", self._address, rid)
             if lora is not None and ticket is not None:
-                lora.finish(ticket)
+                lora.finish(ticket)  # a second call is harmless
 
     def _prefix_served(self, body: bytes, gen: Generation) -> Generation:
         """Count the request's prefix hit and shorten its generation by it."""

@@ -4,8 +4,8 @@ Pure values and functions, no I/O. Shapes follow OpenAI's API reference for the 
 API (the ``Response`` object and its streaming events), so the official ``openai`` SDK's
 ``responses.create`` (streamed or not) and ``responses.stream`` read them:
 
-* not streamed: one ``response`` object, ``status`` ``completed`` (or ``incomplete`` with
-  ``incomplete_details.reason: max_output_tokens`` when the answer hit
+* not streamed: one ``response`` object with vLLM 0.32's fields, ``status`` ``completed``
+  (or ``incomplete`` with ``incomplete_details.reason: max_output_tokens`` when the answer hit
   ``max_output_tokens``), one ``message`` output item holding one ``output_text`` part;
 * streamed (``stream: true``): SSE events, each ``event: <type>`` + ``data: {json}`` with a
   rising ``sequence_number``, in the real order: ``response.created``,
@@ -44,7 +44,9 @@ def parse_request(raw: bytes, default_model: str) -> ApiRequest:
     if instructions is not None and not isinstance(instructions, str):
         raise openai_api.invalid("instructions", "a string", instructions)
     prompt = count_tokens(instructions or "") + _input_tokens(body.get("input"))
-    return ApiRequest("responses", model, stream, False, max_tokens, prompt)
+    return ApiRequest(
+        "responses", model, stream, False, max_tokens, prompt, instructions=instructions
+    )
 
 
 def _input_tokens(value: object) -> int:
@@ -72,67 +74,88 @@ class ResponseReply:
 
     def __init__(self, request: ApiRequest) -> None:
         self.request = request
-        self.id = f"resp_{uuid.uuid4().hex}"
-        self.item_id = f"msg_{uuid.uuid4().hex}"
+        self.id = f"resp_{uuid.uuid4().hex[:16]}"  # vLLM's length
+        self.item_id = f"msg_{uuid.uuid4().hex[:16]}"
         self.created_at = int(time.time())
 
     def response(self, tokens: int | None, limited: bool = False) -> dict[str, Any]:
-        """The ``response`` object: ``in_progress`` with no output while ``tokens`` is None,
-        else finished with ``tokens`` tokens (``incomplete`` if ``limited``)."""
-        finished = tokens is not None
-        status = ("incomplete" if limited else "completed") if finished else "in_progress"
-        output = [self.item(text(tokens), status)] if tokens is not None else []
+        """The ``response`` object, with vLLM 0.32's fields (recorded:
+        ``tests/fixtures/vllm/lora/responses.json``): ``in_progress`` with no output while
+        ``tokens`` is None, else finished with ``tokens`` tokens (``incomplete`` if
+        ``limited``; its message item still ``completed``, as vLLM writes it)."""
+        status = "in_progress" if tokens is None else "incomplete" if limited else "completed"
         usage = None
         if tokens is not None:
             prompt = self.request.prompt_tokens
             usage = {
                 "input_tokens": prompt,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens_details": {
+                    "cached_tokens": 0,
+                    "cache_write_tokens": 0,
+                    "input_tokens_per_turn": [],
+                    "cached_tokens_per_turn": [],
+                },
                 "output_tokens": tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "tool_output_tokens": 0,
+                    "output_tokens_per_turn": [],
+                    "tool_output_tokens_per_turn": [],
+                },
                 "total_tokens": prompt + tokens,
             }
         return {
             "id": self.id,
-            "object": "response",
             "created_at": self.created_at,
-            "status": status,
-            "background": False,
-            "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if limited else None,
-            "instructions": None,
-            "max_output_tokens": self.request.max_tokens,
+            "instructions": self.request.instructions,
+            "metadata": None,
             "model": self.request.model,
-            "output": output,
+            "object": "response",
+            "output": [] if tokens is None else [self.item(text(tokens), "completed")],
             "parallel_tool_calls": True,
-            "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None},
-            "store": False,
             "temperature": 1.0,
-            "text": {"format": {"type": "text"}},
-            "tool_choice": "auto",
+            "tool_choice": "none",
             "tools": [],
             "top_p": 1.0,
+            "background": False,
+            "max_output_tokens": self.request.max_tokens,
+            "max_tool_calls": None,
+            "previous_response_id": None,
+            "prompt": None,
+            "reasoning": None,
+            "service_tier": "auto",
+            "status": status,
+            "text": None,
+            "top_logprobs": None,
             "truncation": "disabled",
             "usage": usage,
             "user": None,
-            "metadata": {},
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "input_messages": None,
+            "output_messages": None,
         }
 
     def item(self, content: str | None, status: str) -> dict[str, Any]:
         """The assistant ``message`` output item (no parts while ``content`` is None)."""
-        parts = [] if content is None else [_part(content)]
+        parts = [] if content is None else [_part(content, None)]
         return {
             "id": self.item_id,
-            "type": "message",
-            "status": status,
-            "role": "assistant",
             "content": parts,
+            "role": "assistant",
+            "status": status,
+            "type": "message",
+            "phase": None,
         }
 
 
-def _part(content: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
+def _part(content: str, logprobs: list[Any] | None) -> dict[str, Any]:
+    """An ``output_text`` part; vLLM writes ``logprobs: []`` when the part is added and
+    ``null`` once it is done."""
+    return {"annotations": [], "text": content, "type": "output_text", "logprobs": logprobs}
 
 
 class ResponseEvents:
@@ -149,7 +172,6 @@ class ResponseEvents:
             "content_index": 0,
         }
         ids, full = self._ids, text(tokens)
-        status = "incomplete" if limited else "completed"
         head: list[tuple[str, dict[str, Any]]] = [
             ("response.created", {"response": reply.response(None)}),
             ("response.in_progress", {"response": reply.response(None)}),
@@ -157,12 +179,15 @@ class ResponseEvents:
                 "response.output_item.added",
                 {"output_index": 0, "item": reply.item(None, "in_progress")},
             ),
-            ("response.content_part.added", {**ids, "part": _part("")}),
+            ("response.content_part.added", {**ids, "part": _part("", [])}),
         ]
         tail: list[tuple[str, dict[str, Any]]] = [
             ("response.output_text.done", {**ids, "text": full, "logprobs": []}),
-            ("response.content_part.done", {**ids, "part": _part(full)}),
-            ("response.output_item.done", {"output_index": 0, "item": reply.item(full, status)}),
+            ("response.content_part.done", {**ids, "part": _part(full, None)}),
+            (
+                "response.output_item.done",
+                {"output_index": 0, "item": reply.item(full, "completed")},
+            ),
             # vLLM ends every stream so, the response's status saying "incomplete" if cut
             # (OpenAI's own API sends response.incomplete then, which the SDK's stream
             # helper does not accept as an end).
