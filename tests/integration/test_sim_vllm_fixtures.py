@@ -230,6 +230,25 @@ SIM_EXTRAS = {"replica", "request_id", "service_ms"}
 """What the sim adds to every non-streamed answer (documented in ``warmroute.sim``)."""
 
 
+async def test_with_runtime_updating_off_the_endpoints_answer_as_vllm() -> None:
+    """Recorded from a vLLM started without ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``."""
+    lora = LoraConfig(modules=(LoraModule("adapter-0", "/loras/adapter-0"),))
+    off = SimReplica(1, 0.0, ServiceTime("fixed", 5.0), 1, [MODEL], lora=lora)
+    port = await off.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for name in ("load_disabled", "unload_disabled"):
+                real = recorded(name)
+                status, content_type, body = await replay(http, f"http://127.0.0.1:{port}", name)
+                assert (status, content_type, body) == (
+                    real["status"],
+                    real["content_type"],
+                    real["body"],
+                ), name
+    finally:
+        await off.stop()
+
+
 def shape(value: Any) -> Any:
     """The keys of every object in ``value``, recursively (lists by their first item)."""
     if isinstance(value, dict):
