@@ -116,7 +116,7 @@ async def test_anthropic_messages_streamed_and_not(stack: Stack) -> None:
             model=MODEL, max_tokens=TOKENS, messages=[{"role": "user", "content": "Hello!"}]
         )
         assert msg.type == "message" and msg.role == "assistant" and msg.model == MODEL
-        assert msg.id.startswith("msg_") and msg.stop_reason == "max_tokens"
+        assert msg.id and msg.stop_reason == "max_tokens"  # vLLM's ids: chatcmpl-…
         (block,) = msg.content
         assert block.type == "text" and block.text
         assert msg.usage.output_tokens == TOKENS

@@ -212,7 +212,7 @@ def test_model_cards_name_the_parent_and_the_path() -> None:
 def test_module_forms_and_config_checks() -> None:
     assert parse_module("x=/p/x") == LoraModule("x", "/p/x")
     assert parse_module('{"name": "x", "path": "/p"}') == LoraModule("x", "/p")
-    for bad in ("x", "=p", "x=", '{"name": "x"}', "{nope"):
+    for bad in ("x", "=p", "x=", '{"name": "x"}', "{nope", "[1]"):
         with pytest.raises(ValueError):
             parse_module(bad)
     with pytest.raises(ValueError, match="max_cpu_loras"):

@@ -126,7 +126,7 @@ def parse_module(text: str) -> LoraModule:
             doc = json.loads(text)
         except ValueError as exc:
             raise ValueError(f"invalid JSON LoRA module {text!r}: {exc}") from exc
-        name, path = doc.get("name"), doc.get("path")
+        name, path = (doc.get("name"), doc.get("path")) if isinstance(doc, dict) else (0, 0)
         if isinstance(name, str) and isinstance(path, str) and name and path:
             return LoraModule(name, path)
         raise ValueError(f'expected {{"name": ..., "path": ...}}, got {text!r}')
@@ -166,11 +166,12 @@ class LoraBook:
         self._running: dict[str, int] = {}
         self._waiting: deque[Ticket] = deque()
         self._ids = itertools.count(1)
-        self.loads = 0  # adapter loads (registration or re-load on use), for tests and stats
+        # Adapter loads (registrations, re-loads on use), for stats; the start's modules
+        # are loaded during the cold start and not counted.
+        self.loads = 0
         for module in config.modules:
             self._known[module.name] = module.path
-            self._make_resident(module.name, ready_at=-math.inf)  # loaded before the start
-        self.loads = 0  # the start's loads are part of the cold start
+            self._make_resident(module.name, ready_at=-math.inf)
 
     # -- what is served -----------------------------------------------------------------
 

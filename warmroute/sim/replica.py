@@ -354,7 +354,7 @@ class SimReplica:
             except LoraError as exc:
                 self._stats.unknown_model += 1
                 logger.info("sim replica %s request %s: 404 %s", self._address, rid, exc)
-                answer = apis.error_body(request.path, str(exc), exc.type, exc.status, exc.param)
+                answer = apis.error_body(request.path, exc.message, exc.type, exc.status, exc.param)
                 return web.json_response(answer, status=exc.status)
         stats = self._stats
         stats.received += 1
