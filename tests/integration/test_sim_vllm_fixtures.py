@@ -1,4 +1,7 @@
-"""The simulated replica against a real vLLM's recorded answers (``tests/fixtures/vllm/lora``).
+"""The simulated replica against a real vLLM's recorded answers: ``tests/fixtures/vllm/lora``
+(recorded for these tests) and ``tests/fixtures/vllm`` (recorded on branch h-vllm for the
+signal parser, independently; its README says how), each replayed against a sim set up as
+the recorded server was.
 
 The recording (``record.py`` there, vLLM 0.32.0 CPU build, the tiny model of DESIGN.md fact
 18, ``--enable-lora --max-loras 2 --max-num-seqs 4 --lora-modules adapter-0=...`` and runtime
@@ -313,3 +316,106 @@ async def test_streams_have_vllms_events_in_vllms_order(
     real_shapes = {kind: shape(data) for kind, data in real}
     for kind, data in mine:
         assert shape(data) == real_shapes[kind], kind
+
+
+# -- the fixtures recorded for the signal parser (tests/fixtures/vllm/, README there) ------
+
+SHARED = FIXTURES.parent
+
+
+async def _shared_sim() -> tuple[SimReplica, str]:
+    """A sim set up as the server of ``tests/fixtures/vllm/README.md``: ``a0`` and ``a1``
+    from the start, ``max_loras`` 2, four seats, runtime updating on."""
+    lora = LoraConfig(
+        max_loras=2,
+        load_s=0.05,
+        modules=(
+            LoraModule("a0", "/work/real-vllm/loras/adapter-0"),
+            LoraModule("a1", "/work/real-vllm/loras/adapter-1"),
+        ),
+        runtime_updating=True,
+    )
+    replica = SimReplica(
+        4, 0.0, ServiceTime("fixed", 20.0), 1, [MODEL], TokenTiming(5, 1), lora=lora,
+        lora_path_exists=lambda path: Path(path).name.startswith("adapter-"),
+    )  # fmt: skip
+    port = await replica.start("127.0.0.1", 0)
+    await wait_for(lambda: replica.stats().warm, what="warm")
+    return replica, f"http://127.0.0.1:{port}"
+
+
+async def test_the_parser_fixtures_families_and_label_keys_match() -> None:
+    declared = dict(
+        line.split() for line in (SHARED / "metric-families.txt").read_text().splitlines()
+    )
+    real = families((SHARED / "metrics-lora-deferred.txt").read_text())
+    replica, base = await _shared_sim()
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "a0", "prompt": "hi", "max_tokens": 2}
+            async with http.post(f"{base}/v1/completions", json=body) as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/metrics") as resp:
+                mine = families(await resp.text())
+    finally:
+        await replica.stop()
+    for name in SIM_VLLM_FAMILIES:
+        assert declared[name] == mine[name].type, name
+        assert label_keys(mine[name]) == label_keys(real[name]), name
+
+
+async def test_the_parser_fixtures_lora_deferred_state_is_the_sims() -> None:
+    """``metrics-lora-deferred.txt``: a2 loaded at run time, streams for a0, a1 and a2 on
+    ``max_loras`` 2: two run, a2's waits, and the newest label set names a0,a1 twice."""
+    real = families((SHARED / "metrics-lora-deferred.txt").read_text())
+    replica, base = await _shared_sim()
+    try:
+        async with aiohttp.ClientSession() as http:
+            load = {"lora_name": "a2", "lora_path": "/work/real-vllm/loras/adapter-2"}
+            async with http.post(f"{base}/v1/load_lora_adapter", json=load) as resp:
+                assert resp.status == 200
+            calls: list[asyncio.Task[None]] = []
+
+            async def stream(model: str) -> None:
+                body = {"model": model, "prompt": "hi", "max_tokens": 900, "stream": True}
+                async with http.post(f"{base}/v1/completions", json=body) as resp:
+                    await resp.read()
+
+            def all_inside() -> bool:
+                return replica.stats().in_flight == len(calls)
+
+            for model in ("a0", "a1", "a2"):
+                calls.append(asyncio.create_task(stream(model)))
+                await wait_for(all_inside, what=f"{model}'s stream inside")
+            async with http.get(f"{base}/metrics") as resp:
+                mine = families(await resp.text())
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await replica.stop()
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+        assert value(mine, name) == value(real, name), name
+    for reason in ("capacity", "deferred"):
+        name = "vllm:num_requests_waiting_by_reason"
+        assert value(mine, name, reason=reason) == value(real, name, reason=reason), reason
+    info = "vllm:lora_requests_info"
+    assert newest(mine[info]) == newest(real[info])
+
+
+async def test_the_parser_fixtures_endpoint_exchanges_replay_the_same() -> None:
+    exchanges = json.loads((SHARED / "lora-endpoints.json").read_text())
+    replica, base = await _shared_sim()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for name, real in exchanges.items():  # in order: later answers depend on earlier
+                request = real["request"]
+                url = base + request["path"]
+                async with http.request(request["method"], url, json=request["json"]) as resp:
+                    text = await resp.text()
+                    body = json.loads(text) if resp.content_type == "application/json" else text
+                    assert (resp.status, body) == (real["status"], real["body"]), name
+                    expected_type = real["content_type"] or "text/plain"  # see module doc
+                    assert resp.content_type == expected_type, name
+    finally:
+        await replica.stop()
