@@ -1,6 +1,6 @@
 """Benchmarks of warmroute against Kubernetes-style defaults and queue dispatch.
 
-Run them with ``python bench/run.py SCENARIO [--quick]``; see ``bench/README.md``.
-Modules importable without the bench extras (matplotlib, celery): ``trace``, ``ideal``,
-``stats``; everything else loads those lazily or only in child processes.
+Run a scenario with ``python bench/run.py SCENARIO [--quick]``, a single-component
+measurement with ``python bench/micro/NAME.py``; see ``bench/README.md``. ``bench.lib`` is
+what both share, ``bench.scenarios`` the scenarios, ``bench.micro`` the micro-benchmarks.
 """

@@ -35,12 +35,10 @@ SCENARIOS = (
     "quality", "overhead", "dispatch", "coldstart", "predictive", "config", "body", "converge",
     "prefix", "restart",
 )  # fmt: skip
-# Scenarios that live outside bench/scenarios/.
-MODULES = {"converge": "bench.converge", "restart": "bench.restart"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from bench.contenders import NAMES
+    from bench.lib.contenders import NAMES
 
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n")[0])
     parser.add_argument("scenario", choices=SCENARIOS)
@@ -59,14 +57,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"quality only: a comma list out of {','.join(NAMES)} (default: all)",
     )
     parser.add_argument("--out", type=Path, default=None, help="results directory")
-    from bench.converge import add_arguments as converge_arguments
-
-    converge_arguments(parser)
+    _tree_arguments(parser)
     args = parser.parse_args(argv)
     for name in args.contenders or ():
         if name not in NAMES:
             parser.error(f"unknown contender {name!r}; expected one of {', '.join(NAMES)}")
     return args
+
+
+def _tree_arguments(parser: argparse.ArgumentParser) -> None:
+    """The converge and restart scenarios' options: which source tree, under what label."""
+    parser.add_argument(
+        "--warmroute-src", type=lambda s: Path(s).absolute(), default=None,
+        help="converge, restart: the source tree whose CLI runs the control plane "
+             "(default: this one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="converge, restart: this run's name in the results (default after)",
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="converge: rounds per kind (default 10, quick 3); restart: rounds per variant "
+        "(default 5, quick 3)",
+    )
+    parser.add_argument(
+        "--soaks", type=lambda s: [float(v) for v in s.split(",") if v], default=None,
+        help="converge: comma list of rollout soak seconds (default 1,0)",
+    )  # fmt: skip
 
 
 # What each scenario needs beyond warmroute's own install, by the part that needs it: a
@@ -142,11 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from bench import report
+    from bench.lib import report
 
-    scenario = importlib.import_module(
-        MODULES.get(args.scenario, f"bench.scenarios.{args.scenario}")
-    )
+    scenario = importlib.import_module(f"bench.scenarios.{args.scenario}")
     report.begin(args.smoke, args.left_out)
     try:
         path = asyncio.run(scenario.run(args))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ def _port() -> int:
 class Books:
     sent: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)  # "503 queue_timeout", ...
     left_early: int = 0
     hung: int = 0
     faults: Counter[str] = field(default_factory=Counter)
@@ -156,8 +158,10 @@ async def soak(
                     {request}, timeout=rng.uniform(0, 0.3) if leave else 30
                 )
                 if request in done:
-                    status = request.result()
+                    status, code = request.result()
                     books.statuses[status] += 1
+                    if status != 200:
+                        books.codes[f"{status} {code}"] += 1
                     if status != 200:
                         await asyncio.sleep(0.05)  # a refused client backs off
                 elif leave:
@@ -193,6 +197,7 @@ async def soak(
     print(f"requests sent {books.sent} = answered {answered} + left early {books.left_early}"
           f" + hung {books.hung}")  # fmt: skip
     print(f"  answers: {ok} ok, {answered - ok} clean errors {dict(books.statuses)}")
+    print(f"  errors by code: {dict(books.codes.most_common())}")
     print(f"at quiescence: leases left {leases}, replica slots busy {busy}")
     print(f"requests that reached a full replica: {full}; max in flight on a replica: {peak}")
     good = books.hung == 0 and leases == 0 and busy == 0 and full == 0 and peak <= 1
@@ -266,12 +271,26 @@ async def _quiesce(plane: ControlPlaneProcess, http: aiohttp.ClientSession) -> i
     return leases
 
 
-async def _post(http: aiohttp.ClientSession, listen: str, service_ms: str | None) -> int:
+async def _post(
+    http: aiohttp.ClientSession, listen: str, service_ms: str | None
+) -> tuple[int, str]:
+    """The answer's status and, for an error, its JSON code (or what it was instead)."""
     headers = {"x-model": MODEL}
     if service_ms is not None:
         headers["x-sim-service-ms"] = service_ms
     with contextlib.suppress(aiohttp.ClientError):
         async with http.post(f"http://{listen}/v1/soak", headers=headers) as r:
-            await r.read()
-            return r.status
-    return 0  # connection refused/reset (e.g. Envoy restarting)
+            body = await r.read()
+            if r.status == 200:
+                return 200, ""
+            return r.status, _error_code(body, r.headers)
+    return 0, "connection refused or reset"  # e.g. Envoy restarting
+
+
+def _error_code(body: bytes, headers: Mapping[str, str]) -> str:
+    if "x-sim-replica" in headers:
+        return "from the replica"  # a failing replica's 500, a full replica's 503
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "not JSON"

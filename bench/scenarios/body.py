@@ -8,7 +8,7 @@ by side:
   plain  Envoy alone, round robin, no filters: the baseline
   B      warmroute as shipped: Envoy's json_to_metadata filter parses the body in C++ and
          forwards ``model`` to ext_proc as metadata with the request headers
-  A      for comparison (``bench/contenders/buffered_body.py``): no json_to_metadata;
+  A      for comparison (``bench/lib/contenders/buffered_body.py``): no json_to_metadata;
          ext_proc asks for the buffered body (mode_override BUFFERED) and the control
          plane parses it with json.loads
 
@@ -22,158 +22,41 @@ several rounds, so a drift in the machine's other load spreads over all of them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import math
-import os
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from bench.chat_body import chat_body, post_request, size_label
-from bench.contenders.base import Backends, Contender
-from bench.loadgen import Client, Outcome
-from bench.scenarios.overhead import RateRun, cpu_by_role, cpu_seconds, fixed_rate, processes
-from bench.stats import Summary, percentile
-from bench.util import MODEL, RESULTS, LogDir, say
-from warmroute.xds.resources import CONTROL_CLUSTER
-
-# (body bytes, requests/s): a fixed, moderate rate per size; 200 KB also at a rate where
-# this 2-core machine, shared with other work, no longer keeps up with every variant.
-LOADS = ((1024, 200), (200 * 1024, 50), (200 * 1024, 100))
-SIZES = tuple(sorted({size for size, _ in LOADS}))
-Load = tuple[int, int]
-BACKENDS = Backends(replicas=4, slots=1000, procs=2)
-PATH = "/v1/chat/completions"
-
-
-@dataclass(frozen=True, slots=True)
-class Variant:
-    key: str
-    stack: str  # "plain", "B" or "A"
-    header: bool  # the x-model header is sent too
-    label: str
-
-
-VARIANTS = (
-    Variant("plain", "plain", False, "plain Envoy (round robin)"),
-    Variant("B-header", "B", True, "B json_to_metadata, x-model header"),
-    Variant("B-body", "B", False, "B json_to_metadata, model in body"),
-    Variant("A-header", "A", True, "A ext_proc BUFFERED, x-model header"),
-    Variant("A-body", "A", False, "A ext_proc BUFFERED, model in body"),
+from bench.lib.chat_body import chat_body, post_request, size_label
+from bench.lib.contenders.base import Contender
+from bench.lib.loadgen import Client
+from bench.lib.measure import (
+    RateRun,
+    cpu_by_role,
+    fixed_rate,
+    idle_rates,
+    machine_busy_seconds,
+    processes,
+    wait_quiet,
 )
-
-
-@dataclass(frozen=True)
-class Plan:
-    seconds: float  # measured per (size, variant) and round
-    warm_seconds: float  # sent first at the same rate, not measured
-    rounds: int
-    idle_seconds: float  # each stack's idle CPU, measured once
-    quiet_cpus: float  # before each measurement, wait until others use at most this,
-    quiet_wait: float  # but no longer than this (seconds),
-    quiet_budget: float  # and no longer than this over the whole run
-
-
-def plan(quick: bool, smoke: bool = False) -> Plan:
-    if smoke:  # a fraction of a second per cell, no waiting for a quiet machine
-        return Plan(seconds=0.2, warm_seconds=0.1, rounds=1, idle_seconds=0.2,
-                    quiet_cpus=1.0, quiet_wait=0.0, quiet_budget=0.0)  # fmt: skip
-    if quick:
-        return Plan(seconds=3.0, warm_seconds=1.0, rounds=1, idle_seconds=2.0,
-                    quiet_cpus=0.3, quiet_wait=3.0, quiet_budget=15.0)  # fmt: skip
-    return Plan(seconds=5.0, warm_seconds=2.0, rounds=3, idle_seconds=5.0,
-                quiet_cpus=0.3, quiet_wait=5.0, quiet_budget=60.0)  # fmt: skip
-
-
-@dataclass
-class Sample:
-    """One measured run of one (load, variant)."""
-
-    run: RateRun
-    tx: dict[str, float]  # bytes Envoy wrote: "control plane", "replicas"
-    machine_busy: float  # CPU seconds the whole machine used meanwhile
-    idle: dict[str, float]  # CPU seconds per second, by role, of this stack at rest
-
-    def latency_ms(self, q: float) -> float:
-        return percentile([o.latency * 1e3 for o in self.run.outcomes if o.ok], q)
-
-    def cpu_per_request(self, role: str) -> float:
-        """CPU seconds of ``role`` per request sent, net of its idle use."""
-        return net_per_request(
-            [self.run.cpu[role]], [self.run.seconds], self.idle.get(role, 0.0), self.requests
-        )
-
-    def bytes_per_request(self, where: str) -> float:
-        return self.tx[where] / max(self.requests, 1)
-
-    @property
-    def requests(self) -> int:
-        return len(self.run.outcomes)
-
-    @property
-    def others_share(self) -> float:
-        """CPUs the machine used besides this stack and the load generator."""
-        others = self.machine_busy - sum(self.run.cpu.values())
-        return others / self.run.seconds if self.run.seconds else 0.0
-
-
-@dataclass
-class Cell:
-    """One (load, variant): its samples, one per round; headline numbers are medians over
-    rounds, so one round disturbed by the machine's other load does not decide them."""
-
-    variant: Variant
-    size: int
-    rate: int
-    samples: list[Sample] = field(default_factory=list)
-
-    @property
-    def outcomes(self) -> list[Outcome]:
-        return [o for s in self.samples for o in s.run.outcomes]
-
-    @property
-    def latencies(self) -> list[float]:
-        return [o.latency for o in self.outcomes if o.ok]
-
-    @property
-    def errors(self) -> int:
-        return sum(not o.ok for o in self.outcomes)
-
-    def latency_ms(self, q: float) -> float:
-        return median_of([s.latency_ms(q) for s in self.samples])
-
-    @property
-    def achieved(self) -> float:
-        return median_of([s.run.achieved for s in self.samples])
-
-    def cpu_per_request(self, role: str) -> float | None:
-        """Median over rounds of ``role``'s CPU seconds per request; None if no such role."""
-        if not self.samples or role not in self.samples[0].run.cpu:
-            return None
-        return median_of([s.cpu_per_request(role) for s in self.samples])
-
-    def bytes_per_request(self, where: str) -> float | None:
-        if not self.samples or where not in self.samples[0].tx:
-            return None
-        return median_of([s.bytes_per_request(where) for s in self.samples])
-
-
-def median_of(values: list[float]) -> float:
-    """The median; NaN for no values (a NaN among them sorts anywhere: avoid passing one)."""
-    return statistics.median(values) if values else math.nan
-
-
-def net_per_request(
-    cpu: list[float], seconds: list[float], idle_rate: float, requests: int
-) -> float:
-    """(CPU seconds used - idle rate x wall seconds) / requests, summed over runs."""
-    if requests <= 0:
-        return float("nan")
-    return (sum(cpu) - idle_rate * sum(seconds)) / requests
+from bench.lib.stats import Summary
+from bench.lib.util import MODEL, RESULTS, LogDir, say
+from bench.scenarios.body_plan import (
+    BACKENDS,
+    LOADS,
+    PATH,
+    SIZES,
+    VARIANTS,
+    Cell,
+    Plan,
+    Sample,
+    plan,
+    schedule,
+)
+from bench.scenarios.body_report import write_report
+from warmroute.xds.resources import CONTROL_CLUSTER
 
 
 def parse_tx_bytes(stats_text: str) -> dict[str, int]:
@@ -193,13 +76,6 @@ def split_tx(by_cluster: dict[str, int]) -> dict[str, float]:
     if control is not None:
         out["control plane"] = float(control)
     return out
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs spent busy since boot (Linux /proc/stat: all but idle, iowait)."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 async def envoy_tx(c: Contender) -> dict[str, float]:
@@ -238,39 +114,6 @@ async def measure(
     return Sample(run, tx, busy1 - busy0, idle)
 
 
-async def wait_quiet(pids: set[int], cpus: float, max_wait: float) -> tuple[float, float]:
-    """Wait until processes other than ``pids`` used at most ``cpus`` CPUs over a second,
-    for at most ``max_wait`` seconds (the machine is shared). Returns the last second's
-    CPUs used by others and the seconds waited (at least one: the first look)."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while True:
-        busy0, ours0, t0 = machine_busy_seconds(), _cpu_of(pids), loop.time()
-        await asyncio.sleep(1.0)
-        busy1, ours1, t1 = machine_busy_seconds(), _cpu_of(pids), loop.time()
-        others = ((busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
-        waited = t1 - start
-        if others <= cpus or waited >= max_wait:
-            return others, waited
-
-
-def _cpu_of(pids: set[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
-
-
-async def idle_rates(c: Contender, seconds: float) -> dict[str, float]:
-    """CPU seconds per second each of ``c``'s processes uses with no requests."""
-    roles = processes(c)
-    cpu0, t0 = cpu_by_role(roles), time.monotonic()
-    await asyncio.sleep(seconds)
-    cpu1, t1 = cpu_by_role(roles), time.monotonic()
-    return {r: (cpu1[r] - cpu0[r]) / (t1 - t0) for r in roles}
-
-
 async def check_routing(c: Contender, name: str) -> None:
     """One request of each kind must be answered 200 by a replica before measuring."""
     client = Client("127.0.0.1", c.port)
@@ -300,17 +143,10 @@ def parse_seconds(body: bytes, batches: int = 7, calls_per_kib: int = 50_000) ->
     return statistics.median(times)
 
 
-def schedule(rounds: int) -> list[list[tuple[Load, Variant]]]:
-    """Per round, the (load, variant) order: forward in even rounds, backward in odd ones,
-    so a steady drift in the machine's load weighs on every variant alike."""
-    order = [(load, v) for load in LOADS for v in VARIANTS]
-    return [order if r % 2 == 0 else order[::-1] for r in range(rounds)]
-
-
 async def run(args: argparse.Namespace) -> Path:
-    from bench.contenders.buffered_body import BufferedBody
-    from bench.contenders.envoy_static import StaticEnvoy
-    from bench.contenders.warmroute import Warmroute
+    from bench.lib.contenders.buffered_body import BufferedBody
+    from bench.lib.contenders.envoy_static import StaticEnvoy
+    from bench.lib.contenders.warmroute import Warmroute
 
     p = plan(args.quick, getattr(args, "smoke", False))
     logs = LogDir("body")
@@ -360,6 +196,4 @@ async def run(args: argparse.Namespace) -> Path:
     parse_cost = {
         size: parse_seconds(chat_body(size, MODEL, seed=size), **timing) for size in SIZES
     }
-    from bench.scenarios.body_report import write_report
-
     return write_report(p, cells, parse_cost, args.seed, args.out or RESULTS)

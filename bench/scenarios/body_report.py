@@ -6,11 +6,11 @@ import math
 import subprocess
 from pathlib import Path
 
-from bench import report
-from bench.chat_body import size_label
-from bench.scenarios.body import BACKENDS, LOADS, PATH, SIZES, VARIANTS, Cell, Load, Plan
-from bench.stats import fmt_ms
-from bench.util import ROOT
+from bench.lib import report
+from bench.lib.chat_body import size_label
+from bench.lib.stats import fmt_ms
+from bench.lib.util import ROOT
+from bench.scenarios.body_plan import BACKENDS, LOADS, PATH, SIZES, VARIANTS, Cell, Load, Plan
 
 Cells = dict[tuple[Load, str], Cell]
 
@@ -255,7 +255,7 @@ def write_report(
         f"`POST {PATH}` with an OpenAI chat-completions body (system + user message, "
         "`model` **after** `messages`, compact JSON, as the `openai` SDK sends it) of exactly "
         f"1 KB or 200 KB (KB = 1024 bytes). Loads (body @ requests/s): {loads}; open-loop "
-        "Poisson arrivals from `bench/loadgen.py`, latency from each request's scheduled "
+        "Poisson arrivals from `bench/lib/loadgen.py`, latency from each request's scheduled "
         f"time. {BACKENDS.replicas} simulated replicas x {BACKENDS.slots} slots that read the "
         "whole body and answer at once (`x-sim-service-ms: 0`), so nothing waits for a slot. "
         f"Each (load, variant): {p.warm_seconds:g} s warm-up, then {p.seconds:g} s measured, "
@@ -268,7 +268,7 @@ def write_report(
         "ext_proc answers the headers (one gRPC message each way); a body-routed request gets "
         "the model header + `clear_route_cache`. json_to_metadata runs on every request, so "
         "it also buffers and parses the body when `x-model` is sent (to check they agree).",
-        "- **A** (bench only, `bench/contenders/buffered_body.py`): no json_to_metadata; "
+        "- **A** (bench only, `bench/lib/contenders/buffered_body.py`): no json_to_metadata; "
         "ext_proc with `allow_mode_override`; without a model header the control plane "
         "answers the headers with `mode_override.request_body_mode = BUFFERED`, gets the "
         "whole body on the same stream, parses it with `json.loads` (warmroute's "

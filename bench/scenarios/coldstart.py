@@ -24,137 +24,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import os
-import random
-import re
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench import report
-from bench.loadgen import Client, http_request
-from bench.stats import percentile
-from bench.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
-
-POOL = "main"
-TARGET_DECISION_S = 1.0  # "queued demand issues a scale-up within 1 s"
-QUICK_SCALE = 0.1  # --quick: poll periods, cold start and service time all x 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class Timeline:
-    poll_periods: tuple[float, ...]  # seconds
-    load_seconds: float  # a replica's cold start (model load), after its process starts
-    service_ms: float  # each request's service time
-    burst: int = 8
-    slots: int = 1
-    max_replicas: int = 4
-    repetitions: int = 6
-    queue_timeout: float = 120.0
-    scale: float = 1.0  # 1 = real values; QUICK_SCALE with --quick
-
-    @property
-    def contenders(self) -> list[tuple[str, float | None]]:
-        return [("warmroute", None), *((f"poll {_s(p)} s", p) for p in self.poll_periods)]
-
-
-def timeline(quick: bool, smoke: bool = False) -> Timeline:
-    """Real KEDA/HPA periods by default; ``--quick`` scales the whole timeline down 10x
-    (except process start-up, which is what it is); ``smoke`` also keeps one repetition,
-    one poller, 4 requests on at most 2 replicas."""
-    if smoke:
-        return Timeline(
-            poll_periods=(15.0 * QUICK_SCALE,),
-            load_seconds=3.0 * QUICK_SCALE,
-            service_ms=1000.0 * QUICK_SCALE,
-            burst=4,
-            max_replicas=2,
-            repetitions=1,
-            queue_timeout=30.0,
-            scale=QUICK_SCALE,
-        )
-    scale = QUICK_SCALE if quick else 1.0
-    return Timeline(
-        poll_periods=(15.0 * scale, 30.0 * scale),
-        load_seconds=3.0 * scale,
-        service_ms=1000.0 * scale,
-        scale=scale,
-    )
-
-
-def _s(seconds: float) -> str:
-    return f"{seconds:g}"
-
-
-# -- pure parts (tests/unit/test_bench_coldstart.py) ---------------------------------------
-
-
-def poll_phases(period: float, n: int, seed: int) -> list[float]:
-    """``n`` offsets of the first poll after the burst, in [0, period): one uniform draw in
-    each of ``n`` equal strata (so few repetitions still cover the cycle), shuffled."""
-    if n < 1 or period <= 0:
-        raise ValueError(f"need n >= 1 and period > 0, got n={n}, period={period}")
-    rng = random.Random(seed)
-    phases = [(i + rng.random()) * period / n for i in range(n)]
-    rng.shuffle(phases)
-    return phases
-
-
-def desired_replicas(waiting: float, slots: int, current: int, max_replicas: int) -> int:
-    """The poller's decision: one replica per ``slots`` waiting requests, within max; it
-    never scales down here (KEDA's cooldown is minutes, the measurement seconds)."""
-    want = min(max_replicas, math.ceil(max(waiting, 0) / slots))
-    return max(current, want)
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def gauge(text: str, name: str, **labels: str) -> float | None:
-    """Sum of the samples of ``name`` whose labels include ``labels``, in a Prometheus text
-    exposition; None if there is none."""
-    found = None
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            found = (found or 0.0) + float(m.group(3))
-    return found
-
-
-@dataclass
-class Rep:
-    """One repetition of one contender; times in seconds after the burst."""
-
-    contender: str
-    phase: float | None  # poller: first poll after the burst
-    decision: float | None  # first set_replicas(n > 0)
-    warm: float | None  # first replica leasable (sampled every 5 ms)
-    first: float | None  # first successful response
-    last: float | None  # last response, any status
-    errors: int
-    replicas: int  # replicas running at the end
-    scale_calls: list[tuple[float, int]] = field(default_factory=list)
-    polls: list[tuple[float, float, int]] = field(default_factory=list)  # (t, waiting, set)
-
-
-def median_and_worst(values: list[float | None]) -> tuple[float, float]:
-    """Median and maximum, NaN if any repetition lacks the value (it never happened)."""
-    if not values or any(v is None for v in values):
-        return math.nan, math.nan
-    got = [v for v in values if v is not None]
-    return percentile(got, 50), max(got)
-
-
-# -- running it ----------------------------------------------------------------------------
+from bench.lib.child import output_to
+from bench.lib.loadgen import Client, http_request
+from bench.lib.util import MODEL, RESULTS, LogDir, free_port, free_ports, say
+from bench.scenarios.coldstart_plan import (
+    POOL,
+    Rep,
+    Timeline,
+    desired_replicas,
+    fmt_s,
+    gauge,
+    poll_phases,
+    timeline,
+)
+from bench.scenarios.coldstart_report import write_report
 
 
 def plane_config(tl: Timeline, autoscale: bool) -> dict[str, Any]:
@@ -180,27 +69,6 @@ def plane_config(tl: Timeline, autoscale: bool) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """Point this process's stdout/stderr at ``path`` while the local scaler spawns
-    replicas, so they inherit the log file instead of the terminal."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    try:
-        with path.open("ab") as log:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
 async def run_rep(
     tl: Timeline, name: str, period: float | None, phase: float | None, logs: LogDir, tag: str
 ) -> Rep:
@@ -221,7 +89,7 @@ async def run_rep(
 
     async def recorded(pool: Any, replicas: int) -> None:
         scale_calls.append((loop.time() - t0, replicas))
-        with _output_to(replicas_log):
+        with output_to(replicas_log):
             await spawn(pool, replicas)
 
     plane.local_scaler.set_replicas = recorded  # type: ignore[method-assign]
@@ -308,7 +176,7 @@ async def run(args: argparse.Namespace) -> Path:
     logs = LogDir("coldstart")
     say(
         f"coldstart: {', '.join(n for n, _ in tl.contenders)}; {tl.repetitions} repetitions "
-        f"each; burst {tl.burst} at 0 replicas, cold start {_s(tl.load_seconds)} s; "
+        f"each; burst {tl.burst} at 0 replicas, cold start {fmt_s(tl.load_seconds)} s; "
         f"logs {logs.path}"
     )
     reps: dict[str, list[Rep]] = {}
@@ -334,145 +202,3 @@ async def run(args: argparse.Namespace) -> Path:
 
 def _t(value: float | None, digits: int = 2) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.{digits}f} s"
-
-
-def _first_poll(rep: Rep) -> str:
-    if rep.phase is None:
-        return "—"
-    if not rep.polls:
-        return f"{rep.phase:.2f}"
-    return f"{rep.phase:.2f} ({rep.polls[0][1]:g} waiting)"
-
-
-def _cell(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def write_report(tl: Timeline, reps: dict[str, list[Rep]], seed: int, out_dir: Path) -> Path:
-    lines = report.header("Cold start: a burst at zero replicas", seed)
-    quick = tl.scale != 1.0
-    lines += [
-        f"A burst of {tl.burst} requests at t = 0 on a pool with **0 replicas** (max "
-        f"{tl.max_replicas}, {tl.slots} slot each). A replica is a `warmroute.sim` process "
-        f"started by the `LocalScaler`, warm {_s(tl.load_seconds)} s after it starts "
-        f"(`simulate.load_seconds`; process start-up comes on top); warm probe every 50 ms; "
-        f"each request takes {_s(tl.service_ms)} ms. Control plane in the benchmark process, "
-        f"real Envoy over ADS, queue timeout {_s(tl.queue_timeout)} s; a fresh stack per "
-        f"repetition, {tl.repetitions} repetitions per contender.",
-        "",
-    ]
-    if quick:
-        lines += [
-            f"**`--quick`: the timeline is scaled by {tl.scale:g}**: poll periods "
-            f"{' and '.join(_s(p) for p in tl.poll_periods)} s stand for 15 and 30 s, the cold "
-            f"start {_s(tl.load_seconds)} s for 3 s, service {_s(tl.service_ms)} ms for 1 s. "
-            "Process start-up (Python imports; see *decision → first warm* below) is not "
-            "scaled, so it weighs 10x more than in the default run.",
-            "",
-        ]
-    lines += [
-        "| contender | how it scales |",
-        "| --- | --- |",
-        "| warmroute | pool `autoscale: {min_replicas: 0, max_replicas: "
-        f"{tl.max_replicas}}}`: the first request that waits wakes the autoscaler (push), "
-        "one replica per uncovered waiter |",
-        *(
-            f"| poll {_s(p)} s | no `autoscale`; a poller reads `warmroute_requests_waiting` "
-            f"from `/metrics` every {_s(p)} s (like KEDA's Prometheus scaler) and sets "
-            f"`ceil(waiting / slots)` replicas, max {tl.max_replicas}; its phase is drawn per "
-            "repetition |"
-            for p in tl.poll_periods
-        ),
-        "",
-        "Times are seconds after the burst; median and worst over the repetitions. "
-        "*decision → first warm* is the same machinery for everyone: process start-up, "
-        f"the {_s(tl.load_seconds)} s cold start, the next warm probe, Envoy's EDS ACK.",
-        "",
-    ]
-    rows = []
-    for name, rs in reps.items():
-        d = median_and_worst([r.decision for r in rs])
-        w = median_and_worst([r.warm for r in rs])
-        dw = median_and_worst(
-            [None if r.warm is None or r.decision is None else r.warm - r.decision for r in rs]
-        )
-        f = median_and_worst([r.first for r in rs])
-        la = median_and_worst([r.last for r in rs])
-        rows.append([
-            name, len(rs), _cell(d[0], 3), _cell(d[1], 3), _cell(dw[0]), _cell(w[0]), _cell(f[0]),
-            _cell(f[1]), _cell(la[0]), _cell(la[1]), sum(r.errors for r in rs),
-        ])  # fmt: skip
-    lines += [
-        report.table(
-            ["contender", "reps", "scale decision p50", "decision worst",
-             "decision → first warm p50", "first warm p50",
-             "first response p50", "first response worst", "last response p50",
-             "last response worst", "errors"],
-            rows,
-        ),
-        "",
-        "## Target",
-        "",
-    ]  # fmt: skip
-    wr = reps.get("warmroute", [])
-    if wr:
-        worst = median_and_worst([r.decision for r in wr])[1]
-        verdict = "met" if worst <= TARGET_DECISION_S else "missed"
-        lines.append(
-            f"- warmroute: queued demand to scale-up decision, worst of {len(wr)}: "
-            f"{worst * 1e3:.1f} ms (target ≤ {TARGET_DECISION_S:g} s): **{verdict}**"
-        )
-        base = median_and_worst([r.first for r in wr])[0]
-        for name, rs in reps.items():
-            if name == "warmroute":
-                continue
-            med, worst_first = median_and_worst([r.first for r in rs])
-            lines.append(
-                f"- {name}: first response {med - base:+.2f} s at the median and "
-                f"{worst_first - base:+.2f} s at worst, compared with warmroute's median"
-            )
-    lines += [
-        "",
-        "A poller adds where the burst falls in its cycle: on average half a period, at worst "
-        "a whole one, before any replica starts. The poller here is generous to KEDA/HPA: it "
-        "reads the control plane directly (no Prometheus scrape interval on top), jumps "
-        "straight to the needed count (KEDA activates 0 → 1 and leaves the rest to the HPA's "
-        "next sync), and the new replicas need no scheduling or image pull.",
-        "",
-        "## Every repetition",
-        "",
-        report.table(
-            ["contender", "#", "first poll", "scale calls (t s → replicas)", "first warm",
-             "first response", "last response", "errors"],
-            [
-                [name, i + 1, _first_poll(r), ", ".join(f"{t:.3f}→{n}" for t, n in r.scale_calls)
-                 or "—", _cell(r.warm), _cell(r.first), _cell(r.last), r.errors]
-                for name, rs in reps.items()
-                for i, r in enumerate(rs)
-            ],
-        ),
-        "",
-    ]  # fmt: skip
-    png = out_dir / "coldstart.png"
-    try:
-        report.plot_cdfs(
-            png,
-            [
-                ("first response", {n: [r.first for r in rs if r.first is not None]
-                                    for n, rs in reps.items()}),
-                ("last response", {n: [r.last for r in rs if r.last is not None]
-                                   for n, rs in reps.items()}),
-            ],
-            xlabel="seconds after the burst",
-            ylabel="fraction of repetitions",
-            logx=False,
-            totals={
-                title: {n: len(rs) for n, rs in reps.items()}
-                for title in ("first response", "last response")
-            },
-            suptitle="burst at zero replicas" + (f" (timeline x{tl.scale:g})" if quick else ""),
-        )  # fmt: skip
-        lines += [f"![cold start: first and last response]({png.name})", ""]
-    except ImportError:
-        lines += ["(no plot: matplotlib is not installed; run `bash bench/setup.sh`)", ""]
-    return report.write("coldstart", lines, out_dir)

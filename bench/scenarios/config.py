@@ -1,7 +1,7 @@
 """Config plane: EDS build + serialize at 1k and 10k replicas, push to 100 ADS clients, and
 the time from a replica turning warm to it being leasable behind a real Envoy.
 
-The first two reuse ``bench/xds_scale.py``. The third starts a control plane (in this
+The first two reuse ``bench/micro/xds_scale.py``. The third starts a control plane (in this
 process) and a real Envoy over ADS, state of the world and delta: each round starts a fresh
 simulated replica, emits ``ReplicaUpsert(pool, address, slots, Phase.WARM)`` into the
 endpoint publisher, and times until the registry shows the replica WARM, which the
@@ -23,10 +23,10 @@ from typing import Any
 
 import aiohttp
 
-from bench import report
-from bench.stats import Summary, fmt_ms
-from bench.util import MODEL, RESULTS, LogDir, free_port, say
-from bench.xds_scale import bench_build, bench_push
+from bench.lib import report
+from bench.lib.stats import Summary, fmt_ms
+from bench.lib.util import MODEL, RESULTS, LogDir, free_port, say
+from bench.micro.xds_scale import bench_build, bench_push
 
 POOL = "main"
 VARIANTS = ("sotw", "delta")
@@ -228,7 +228,7 @@ def write_report(
     lines += [
         "## Building and serializing EDS",
         "",
-        f"`bench/xds_scale.py`'s `bench_build`: one pool's ClusterLoadAssignment for n "
+        f"`bench/micro/xds_scale.py`'s `bench_build`: one pool's ClusterLoadAssignment for n "
         f"replicas, built and packed (`endpoint_resources`), then one DiscoveryResponse "
         f"serialized; median of {build_rounds}.",
         "",

@@ -17,12 +17,12 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import report
-from bench.contenders import make
-from bench.contenders.base import Backends
-from bench.loadgen import Client, Outcome, Progress, closed_loop, http_request
-from bench.stats import Summary, fmt_ms
-from bench.util import RESULTS, LogDir, say
+from bench.lib import report
+from bench.lib.contenders import make
+from bench.lib.contenders.base import Backends
+from bench.lib.loadgen import Client, Outcome, Progress, closed_loop, http_request
+from bench.lib.stats import Summary, fmt_ms
+from bench.lib.util import RESULTS, LogDir, say
 
 CONTENDERS = ("warmroute", "celery")
 SERVICE_MS = 20.0
@@ -83,13 +83,13 @@ def split_gaps(
 
 
 def check_stamps(released: list[float], routed: list[float], served: int) -> None:
-    """The control plane's stamps must cover the requests served: ``bench.serve`` hooks
+    """The control plane's stamps must cover the requests served: ``bench.lib.serve`` hooks
     warmroute's request path from outside, and a change there must fail loudly here rather
     than leave the stage table empty."""
     if min(len(released), len(routed)) < served // 2:  # the last entries may be in flight
         raise RuntimeError(
             f"--stamps saw {len(released)} access-log entries and {len(routed)} ext_proc "
-            f"answers for {served} requests served: bench/serve.py's _stamp_request_path no "
+            f"answers for {served} requests served: bench/lib/serve.py's _stamp_request_path no "
             "longer sees warmroute's request path"
         )
 
@@ -199,7 +199,7 @@ def write_report(results: dict[str, DispatchRun], seed: int, out_dir: Path) -> P
         lines += [
             "## Where warmroute's gap goes",
             "",
-            "Each gap cut at two instants taken inside the control plane (`bench.serve plane "
+            "Each gap cut at two instants taken inside the control plane (`bench.lib.serve plane "
             "--stamps` wraps the access-log handler and the ext_proc answer; all processes "
             f"share CLOCK_MONOTONIC). {len(stages.stages[0])} of {len(stages.gaps)} gaps "
             "matched.",

@@ -2,128 +2,26 @@
 
 4 replicas x 1000 slots, service 0 ms: no request ever waits for a slot, so any difference
 is warmroute's own cost (ext_proc round trip, lease, access-log release). Fixed open-loop
-rates with this package's generator (``bench.loadgen``), saturation with wrk, then a pass
+rates with this package's generator (``bench.lib.loadgen``), saturation with wrk, then a pass
 at a fixed rate with cProfile on in the control plane.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import random
+import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import trace, wrk
-from bench.contenders import make
-from bench.contenders.base import Backends, Contender
-from bench.loadgen import Client, Outcome, Progress, http_request, open_loop
-from bench.stats import Summary
-from bench.util import RESULTS, LogDir, say
-
-PLAIN, ROUTED = "envoy-rr", "warmroute"
-LABELS = {PLAIN: "plain Envoy", ROUTED: "Envoy + warmroute"}
-RATES = (200, 500, 1000, 2000)
-BACKENDS = Backends(replicas=4, slots=1000, procs=2)
-TARGET_P50_MS, TARGET_P99_MS, TARGET_RATE = 1.0, 3.0, 2000.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    seconds: float  # measured, per rate
-    warm_seconds: float  # sent first at the same rate, not measured
-    wrk_seconds: int  # 0: no saturation step (wrk left out)
-    profile_rate: int
-    profile_seconds: float
-    rates: tuple[int, ...] = RATES
-
-
-def plan(quick: bool, smoke: bool = False) -> Plan:
-    if smoke:
-        return Plan(seconds=0.5, warm_seconds=0.2, wrk_seconds=1, profile_rate=200,
-                    profile_seconds=0.5, rates=(200,))  # fmt: skip
-    if quick:
-        return Plan(seconds=3.0, warm_seconds=1.0, wrk_seconds=5, profile_rate=500,
-                    profile_seconds=3.0)  # fmt: skip
-    return Plan(seconds=15.0, warm_seconds=2.0, wrk_seconds=15, profile_rate=500,
-                profile_seconds=10.0)  # fmt: skip
-
-
-@dataclass
-class RateRun:
-    rate: int
-    outcomes: list[Outcome]
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process role
-    seconds: float = 0.0  # wall time of the measured part
-    gc: list[tuple[int, float, float]] = field(default_factory=list)  # (gen, wall s, CPU s)
-
-    @property
-    def latencies(self) -> list[float]:
-        return [o.latency for o in self.outcomes if o.ok]
-
-    @property
-    def errors(self) -> int:
-        return sum(not o.ok for o in self.outcomes)
-
-    @property
-    def achieved(self) -> float:
-        span = max((o.done for o in self.outcomes), default=0.0)
-        return len(self.outcomes) / span if span else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def fixed_rate(
-    contender: Contender,
-    rate: int,
-    seconds: float,
-    seed: int,
-    label: str,
-    payload: bytes | None = None,
-) -> list[Outcome]:
-    """Open-loop requests at ``rate``/s; ``payload`` is the raw HTTP request (default: a
-    header-routed request the replica answers at once)."""
-    offsets = trace.fixed_rate_offsets(rate, seconds, random.Random(seed * 100_003 + rate))
-    if payload is None:
-        payload = http_request("127.0.0.1", 0.0)
-    client = Client("127.0.0.1", contender.port)
-    try:
-        with Progress(label, len(offsets)) as progress:
-            return await open_loop(
-                client, offsets, lambda _: payload,
-                timeout=10.0, deadline=seconds + 15.0, progress=progress,
-            )  # fmt: skip
-    finally:
-        client.close()
-
-
-def processes(contender: Contender) -> dict[str, list[int]]:
-    """Our processes by role, for CPU accounting."""
-    roles: dict[str, list[int]] = {"load generator": [os.getpid()]}
-    envoy = getattr(contender, "envoy", None)
-    if envoy is not None and envoy.proc is not None:
-        roles["Envoy"] = [envoy.proc.pid]
-    roles["replicas"] = [ch.proc.pid for ch in contender.sims.children if ch.proc is not None]
-    pid = _plane_pid(contender)
-    if pid:
-        roles["control plane"] = [pid]
-    return roles
-
-
-def cpu_by_role(roles: dict[str, list[int]]) -> dict[str, float]:
-    return {role: sum(cpu_seconds(p) for p in pids) for role, pids in roles.items()}
-
-
-def _plane_pid(contender: Contender) -> int | None:
-    plane = getattr(contender, "plane", None)
-    return plane.proc.pid if plane is not None and plane.proc is not None else None
+from bench.lib import wrk
+from bench.lib.contenders import make
+from bench.lib.contenders.base import Contender
+from bench.lib.measure import RateRun, cpu_by_role, cpu_seconds, fixed_rate, plane_pid, processes
+from bench.lib.stats import Summary
+from bench.lib.util import RESULTS, LogDir, say
+from bench.scenarios.overhead_plan import BACKENDS, PLAIN, ROUTED, Plan, plan
+from bench.scenarios.overhead_report import write_report
 
 
 async def measure_rate(c: Contender, rate: int, p: Plan, seed: int) -> RateRun:
@@ -160,7 +58,7 @@ async def run_contender(
         sat = None
         if p.wrk_seconds:
             say(f"{name} saturation: wrk for {p.wrk_seconds} s")
-            pid = _plane_pid(c)
+            pid = plane_pid(c)
             cpu0 = cpu_seconds(pid) if pid else 0.0
             sat = await wrk.run(c.port, p.wrk_seconds)
             if pid:
@@ -193,8 +91,6 @@ async def profile(c: Any, p: Plan, seed: int, logs: LogDir) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> Path:
-    import dataclasses
-
     p = plan(args.quick, getattr(args, "smoke", False))
     if "wrk" in getattr(args, "left_out", {}):
         p = dataclasses.replace(p, wrk_seconds=0)
@@ -205,6 +101,4 @@ async def run(args: argparse.Namespace) -> Path:
         f"logs {logs.path}"
     )
     results = {name: await run_contender(name, p, args.seed, logs) for name in (PLAIN, ROUTED)}
-    from bench.scenarios.overhead_report import write_report
-
     return write_report(p, results, args.seed, args.out or RESULTS)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import report, wrk
-from bench.scenarios.overhead import (
+from bench.lib import report, wrk
+from bench.lib.measure import RateRun
+from bench.lib.stats import Summary, fmt_ms
+from bench.scenarios.overhead_plan import (
     BACKENDS,
     LABELS,
     PLAIN,
@@ -15,9 +17,7 @@ from bench.scenarios.overhead import (
     TARGET_P99_MS,
     TARGET_RATE,
     Plan,
-    RateRun,
 )
-from bench.stats import Summary, fmt_ms
 
 
 def write_report(
@@ -36,7 +36,7 @@ def write_report(
         "**plain Envoy**: static cluster, round robin, no filters. **Envoy + warmroute**: "
         "ext_proc + gRPC access log, control plane in its own process (ADS).",
         "",
-        "Fixed rates: open-loop Poisson arrivals from `bench/loadgen.py` (a minimal asyncio "
+        "Fixed rates: open-loop Poisson arrivals from `bench/lib/loadgen.py` (a minimal asyncio "
         "HTTP/1.1 keep-alive client; latency from each request's *scheduled* time, so queueing "
         "is never hidden). wrk, being closed-loop (a connection waits for its answer before "
         "sending again), would under-report latency at a fixed rate (coordinated omission) and "

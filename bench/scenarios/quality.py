@@ -14,12 +14,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import ideal, report, trace
-from bench.contenders import NAMES, make
-from bench.contenders.base import Backends
-from bench.loadgen import Client, Outcome, Progress, http_request, open_loop
-from bench.stats import Summary, fmt_ms
-from bench.util import RESULTS, LogDir, say
+from bench.lib import ideal, report, trace
+from bench.lib.contenders import NAMES, make
+from bench.lib.contenders.base import Backends
+from bench.lib.loadgen import Client, Outcome, Progress, http_request, open_loop
+from bench.lib.stats import Summary, fmt_ms
+from bench.lib.util import RESULTS, LogDir, say
 
 TARGET_RATIO = 1.1
 

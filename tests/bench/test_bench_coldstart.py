@@ -1,4 +1,4 @@
-"""The pure parts of the cold-start benchmark (bench/scenarios/coldstart.py): the poller's
+"""The pure parts of the cold-start benchmark (bench/scenarios/coldstart_plan.py): the poller's
 decision, its phases, reading a gauge from /metrics, and the per-contender summary."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench.scenarios.coldstart import (
+from bench.scenarios.coldstart_plan import (
     desired_replicas,
     gauge,
     median_and_worst,

@@ -1,5 +1,6 @@
-"""The pure parts of the config-convergence benchmark (bench/converge.py): reading Envoy's
-admin output, what each kind of change must make appear, and the atomic config write."""
+"""The pure parts of the config-convergence benchmark (bench/scenarios/converge*.py):
+reading Envoy's admin output, what each kind of change must make appear, and the atomic
+config write."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.converge import (
+from bench.scenarios.converge import write_atomically
+from bench.scenarios.converge_plan import (
     KINDS,
     Sample,
     Want,
@@ -19,12 +21,10 @@ from bench.converge import (
     cluster_hosts,
     parse_duration,
     route_timeouts,
-    run_record,
-    save,
     summary,
     want_of,
-    write_atomically,
 )
+from bench.scenarios.converge_report import run_record, save
 
 R = [f"127.0.0.1:{9000 + i}" for i in range(6)]
 

@@ -1,4 +1,4 @@
-"""The ideal router (bench/ideal.py): FCFS M/G/c on a given trace, checked against cases
+"""The ideal router (bench/lib/ideal.py): FCFS M/G/c on a given trace, checked against cases
 worked by hand and against queueing theory (Pollaczek-Khinchine, Erlang C)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from bench.ideal import fifo_latencies, fifo_waits
+from bench.lib.ideal import fifo_latencies, fifo_waits
 
 
 def test_one_server_deterministic_service_at_its_pace_never_waits() -> None:

@@ -1,4 +1,4 @@
-"""The load generator's HTTP/1.1 response parsing (bench/loadgen.py), on a fake transport."""
+"""The load generator's HTTP/1.1 response parsing (bench/lib/loadgen.py), on a fake transport."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bench.loadgen import Outcome, _Connection, http_request
+from bench.lib.loadgen import Outcome, _Connection, http_request
 
 
 class _Transport(asyncio.Transport):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bench.lib.wrk import parse
 from bench.scenarios.dispatch import gaps_of, split_gaps
-from bench.wrk import parse
 
 WRK_OUTPUT = """\
 Running 5s test @ http://127.0.0.1:8080/v1/completions

@@ -1,4 +1,4 @@
-"""The pure parts of the predictive-scaling benchmark (bench/scenarios/predictive.py): the
+"""The pure parts of the predictive-scaling benchmark (bench/scenarios/predictive_plan.py): the
 bursty trace, the replica-seconds integral and the latency summary."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.scenarios.predictive import Plan, bursty_trace, plan, replica_seconds, summarize
+from bench.scenarios.predictive_plan import Plan, bursty_trace, plan, replica_seconds, summarize
 
 
 def test_the_trace_is_bursts_of_the_planned_sizes() -> None:

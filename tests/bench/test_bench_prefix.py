@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from bench.scenarios.prefix import (
+from bench.scenarios.prefix_plan import (
     Plan,
     chat_body,
     http_payload,

@@ -1,4 +1,4 @@
-"""Percentiles and tables of the benchmark reports (bench/stats.py, bench/report.py)."""
+"""Percentiles and tables of the benchmark reports (bench/lib/stats.py, bench/lib/report.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from bench.report import table
-from bench.stats import Summary, fmt_ms, percentile
+from bench.lib.report import table
+from bench.lib.stats import Summary, fmt_ms, percentile
 
 
 def test_percentile_interpolates_linearly() -> None:

@@ -1,4 +1,4 @@
-"""Arrival traces (bench/trace.py): deterministic for a seed, and shaped as specified."""
+"""Arrival traces (bench/lib/trace.py): deterministic for a seed, and shaped as specified."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from bench import trace
-from bench.stats import percentile
+from bench.lib import trace
+from bench.lib.stats import percentile
 
 
 def test_same_seed_same_trace() -> None:
@@ -104,7 +104,7 @@ def test_fixed_rate_offsets_span_the_duration() -> None:
 def test_pure_modules_need_no_bench_extras() -> None:
     # The unit tests must run without matplotlib or Celery installed: nothing pure imports them.
     code = (
-        "import sys, bench.trace, bench.ideal, bench.stats, bench.report; "
+        "import sys, bench.lib.trace, bench.lib.ideal, bench.lib.stats, bench.lib.report; "
         "bad = [m for m in ('matplotlib', 'celery', 'redis') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )

@@ -1,5 +1,5 @@
 """Every scenario of ``bench/run.py`` runs, in seconds (``--smoke``), as a user runs it;
-so do bench's other tools (``epp.py``, the micro benchmarks), with tiny arguments.
+so do bench's other tools (the micro-benchmarks in ``bench/micro/``), with tiny arguments.
 
 A benchmark nobody runs breaks silently (the dispatch scenario did: a wrapped method's
 signature changed). Each test runs ``python bench/run.py SCENARIO --smoke`` as a separate
@@ -81,13 +81,13 @@ def test_the_scenario_runs(scenario: str, tmp_path: Path) -> None:
 # bench's tools outside run.py, each with its smallest useful arguments ("{out}": a
 # temporary directory); each must exit 0 and print what it measured.
 TOOLS: dict[str, tuple[list[str], str]] = {
-    "epp": (["epp.py", "--requests", "10", "--clients", "2", "--rounds", "1", "--sizes", "1000",
-             "--out", "{out}/epp.md"], "| epp |"),
-    "micro_extproc": (["micro_extproc.py", "--seconds", "0.5", "--warmup", "0.1", "--rate",
-                       "200"], '"errors": 0'),
-    "xds_scale": (["xds_scale.py", "--replicas", "100", "--clients", "3", "--rounds", "1"],
-                  "| 3 | 100 |"),
-    "micro_affinity": (["micro_affinity.py", "affinity", "200"], "ns"),
+    "epp": (["micro/epp.py", "--requests", "10", "--clients", "2", "--rounds", "1",
+             "--sizes", "1000", "--out", "{out}/epp.md"], "| epp |"),
+    "extproc": (["micro/extproc.py", "--seconds", "0.5", "--warmup", "0.1", "--rate", "200"],
+                '"errors": 0'),
+    "xds_scale": (["micro/xds_scale.py", "--replicas", "100", "--clients", "3", "--rounds",
+                   "1"], "| 3 | 100 |"),
+    "affinity": (["micro/affinity.py", "affinity", "200"], "ns"),
 }  # fmt: skip
 
 

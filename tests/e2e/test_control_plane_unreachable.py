@@ -74,9 +74,9 @@ async def test_control_plane_stopped_gets_json_503_with_retry_after(
     stack = await stack_factory(
         replicas=1, queue_timeout=0.5, max_request_seconds=1.5,
         routing_extra={"unreachable_retry_after_seconds": 3},
-        # The replica's own 503 below says "full": outlier detection would back it off
-        # for a second, and the requests right after it must reach it.
-        pool_extra={"outlier_detection": {"full_backoff_seconds": 0}},
+        # The replica answers 503 and 500 on purpose below: outlier detection would rightly
+        # back it off ("full") and the next request would time out in the queue instead.
+        pool_extra={"outlier_detection": {"enabled": False}},
     )  # fmt: skip
     await stack.wait_warm()
     url = stack.url + "/v1/x"

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -33,55 +31,17 @@ from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import ServiceTime
+from warmroute.soak import ControlPlaneProcess
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
 
 MODEL = "restart-model"
 H = {"x-model": MODEL}
 
 
-class Serve:
-    """`warmroute serve -c PATH` as its own process, killed and started again at will."""
-
-    def __init__(self, path: Path, admin: str, log: Path) -> None:
-        self.path, self.admin, self.log = path, admin, log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "warmroute", "serve", "-c", str(self.path),
-                stdout=out, stderr=out, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-    async def state(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
-        try:
-            async with http.get(f"http://{self.admin}/state") as r:
-                return dict(await r.json()) if r.status == 200 else None
-        except aiohttp.ClientError:
-            return None
-
-
 @contextlib.asynccontextmanager
 async def fleet(
     tmp_path: Path, *, metrics: bool
-) -> AsyncIterator[tuple[Serve, list[SimReplica], str]]:
+) -> AsyncIterator[tuple[ControlPlaneProcess, list[SimReplica], str]]:
     async with contextlib.AsyncExitStack() as cleanup:
         sims = []
         for i in range(3):
@@ -111,7 +71,7 @@ async def fleet(
         }
         path = tmp_path / "warmroute.yaml"
         path.write_text(yaml.safe_dump(raw))
-        serve = Serve(path, admin, tmp_path / "serve.log")
+        serve = ControlPlaneProcess(path, admin, tmp_path / "serve.log")
         cleanup.push_async_callback(serve.stop)
         await serve.start()
         cfg = Config.model_validate(raw)
@@ -131,12 +91,71 @@ async def _post(http: aiohttp.ClientSession, url: str, service_ms: int = 30) -> 
         return 0
 
 
-async def _routable(serve: Serve, http: aiohttp.ClientSession) -> bool:
+async def _routable(serve: ControlPlaneProcess, http: aiohttp.ClientSession) -> bool:
     state = await serve.state(http)
     if state is None or state["fence"]["active"]:
         return False
     replicas = state["pools"][0]["replicas"]
     return len(replicas) == 3 and all(r["phase"] == "warm" for r in replicas)
+
+
+class Traffic:
+    """``count`` clients sending short requests in a loop from the restart on; a refused
+    client backs off 50 ms, as real ones do. Records every answer, the time of the first
+    200 and how busy the replicas were when each 200 came."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, sims: list[SimReplica]) -> None:
+        self.http, self.url, self.sims = http, url, sims
+        self.answers: Counter[int] = Counter()
+        self.first_ok: float | None = None
+        self.busy_when_served: list[int] = []
+        self.restarted = time.monotonic()
+
+    async def run_until(self, done: Any, count: int, what: str) -> None:
+        """Send until ``await done()`` is true (within 40 s)."""
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(self._client(stop)) for _ in range(count)]
+        try:
+            await wait_for(done, timeout=40, what=what)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+
+    async def _client(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            status = await _post(self.http, self.url)
+            self.answers[status] += 1
+            if status == 200:
+                if self.first_ok is None:
+                    self.first_ok = time.monotonic() - self.restarted
+                self.busy_when_served.append(sum(s.stats().in_flight for s in self.sims))
+            else:
+                await asyncio.sleep(0.05)
+
+
+async def _settled(serve: ControlPlaneProcess, http: aiohttp.ClientSession) -> dict[str, Any]:
+    """The control plane's /state once no lease is left (within 15 s)."""
+
+    async def quiet() -> bool:
+        state = await serve.state(http)
+        return state is not None and state["leases"] == 0
+
+    await wait_for(quiet, timeout=15, what="no lease left")
+    state = await serve.state(http)
+    assert state is not None
+    return state
+
+
+def _books(sims: list[SimReplica], traffic: Traffic, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "answers": traffic.answers,
+        "full": sum(s.stats().received_while_full for s in sims),
+        "peak": max(s.stats().max_in_flight for s in sims),
+        "first_ok": traffic.first_ok,
+        "served_beside_old": max(traffic.busy_when_served, default=0),
+        "lifted": state["fence"]["lifted"],
+        "reporting": state["fence"]["reporting_envoys"],
+    }
 
 
 async def _kill_and_restart_under_load(tmp_path: Path, *, metrics: bool) -> dict[str, Any]:
@@ -149,51 +168,17 @@ async def _kill_and_restart_under_load(tmp_path: Path, *, metrics: bool) -> dict
         # restart, all routed by the process about to die.
         old = [asyncio.create_task(_post(http, url, ms)) for ms in (12_000, 12_000, 3_000)]
         await wait_for(lambda: all(s.stats().in_flight == 1 for s in sims), what="busy")
-        serve.kill()
-        await serve.wait()
+        await serve.stop(signal.SIGKILL)
         await asyncio.sleep(0.2)  # the fault: 0.2 s without a control plane
-        restarted = time.monotonic()
+        traffic = Traffic(http, url, sims)
         await serve.start()
-        answers: Counter[int] = Counter()
-        first_ok: list[float] = []
-        busy_when_served: list[int] = []
+        old_done = asyncio.gather(*old)
 
-        async def clients(stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                status = await _post(http, url)
-                answers[status] += 1
-                if status == 200:
-                    if not first_ok:
-                        first_ok.append(time.monotonic() - restarted)
-                    busy_when_served.append(sum(s.stats().in_flight for s in sims))
-                else:
-                    await asyncio.sleep(0.05)  # a refused client backs off, as real ones do
+        async def resumed() -> bool:
+            return old_done.done() and traffic.answers[200] >= 20
 
-        stop = asyncio.Event()
-        workers = [asyncio.create_task(clients(stop)) for _ in range(8)]
-        try:
-            statuses = await asyncio.gather(*old)
-            await wait_for(lambda: answers[200] >= 20, timeout=30, what="routing resumed")
-        finally:
-            stop.set()
-            await asyncio.gather(*workers)
-
-        async def quiet() -> bool:
-            state = await serve.state(http)
-            return state is not None and state["leases"] == 0
-
-        await wait_for(quiet, timeout=15, what="no lease left")
-        state = await serve.state(http)
-        assert state is not None
-        return {
-            "old": statuses,
-            "answers": answers,
-            "full": sum(s.stats().received_while_full for s in sims),
-            "peak": max(s.stats().max_in_flight for s in sims),
-            "first_ok": first_ok[0],
-            "served_beside_old": max(busy_when_served, default=0),
-            "lifted": state["fence"]["lifted"],
-        }
+        await traffic.run_until(resumed, 8, "the old requests answered and routing resumed")
+        return {"old": old_done.result(), **_books(sims, traffic, await _settled(serve, http))}
 
 
 def _report(name: str, r: dict[str, Any]) -> None:
@@ -273,7 +258,7 @@ async def _picker_restart_under_load(
             raw["pools"][0]["metrics"] = {"interval_seconds": 0.2}  # type: ignore[index]
         path = tmp_path / "warmroute.yaml"
         path.write_text(yaml.safe_dump(raw))
-        serve = Serve(path, f"127.0.0.1:{admin}", tmp_path / "serve.log")
+        serve = ControlPlaneProcess(path, f"127.0.0.1:{admin}", tmp_path / "serve.log")
         cleanup.push_async_callback(serve.stop)
         await serve.start()
         envoy = EnvoyProcess(
@@ -288,37 +273,13 @@ async def _picker_restart_under_load(
         await wait_for(lambda: _routable(serve, http), timeout=40, what="a routable picker")
         old = [asyncio.create_task(_post(http, url, 12_000)) for _ in range(3)]
         await wait_for(lambda: all(s.stats().in_flight == 1 for s in sims), what="busy")
-        serve.kill()
-        await serve.wait()
+        await serve.stop(signal.SIGKILL)
         await asyncio.sleep(0.2)  # the fault: 0.2 s without a picker
-        restarted = time.monotonic()
+        traffic = Traffic(http, url, sims)
         await serve.start()
         statuses = await asyncio.gather(*old)
-        answers: Counter[int] = Counter()
-        first_ok: list[float] = []
-
-        async def clients(stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                status = await _post(http, url)
-                answers[status] += 1
-                if status == 200 and not first_ok:
-                    first_ok.append(time.monotonic() - restarted)
-                elif status != 200:
-                    await asyncio.sleep(0.05)
-
-        stop = asyncio.Event()
-        workers = [asyncio.create_task(clients(stop)) for _ in range(6)]
-        try:
-            await wait_for(lambda: answers[200] >= 20, timeout=40, what="routing resumed")
-        finally:
-            stop.set()
-            await asyncio.gather(*workers)
-
-        async def quiet() -> bool:
-            state = await serve.state(http)
-            return state is not None and state["leases"] == 0
-
-        await wait_for(quiet, timeout=15, what="no lease left")
+        await traffic.run_until(lambda: traffic.answers[200] >= 20, 6, "routing resumed")
+        state = await _settled(serve, http)
         if load_reports:  # the gateway's LRS stream comes back after Envoy's fixed 5 s
 
             async def reporting() -> bool:
@@ -326,17 +287,8 @@ async def _picker_restart_under_load(
                 return state is not None and state["fence"]["reporting_envoys"] >= 1
 
             await wait_for(reporting, timeout=15, what="the gateway's load reports")
-        state = await serve.state(http)
-        assert state is not None
-        return {
-            "old": statuses,
-            "answers": answers,
-            "full": sum(s.stats().received_while_full for s in sims),
-            "peak": max(s.stats().max_in_flight for s in sims),
-            "first_ok": first_ok[0],
-            "lifted": state["fence"]["lifted"],
-            "reporting": state["fence"]["reporting_envoys"],
-        }
+            state = await _settled(serve, http)
+        return {"old": statuses, **_books(sims, traffic, state)}
 
 
 @pytest.mark.parametrize(

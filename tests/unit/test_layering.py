@@ -9,7 +9,9 @@ unit must be placed in the table before it can be imported at all.
 ``PENDING`` lists edges the architecture forbids but the code still has, each with its
 planned fix; the test fails once one disappears, so the list only shrinks.
 
-The state core is checked more strictly too: only the standard library, minus I/O. The
+The state core is checked more strictly too: only the standard library, minus I/O. So is
+the config package: beyond that, only pydantic and YAML; and the rest of the code (tests and
+benchmarks too) sees it only through ``warmroute.config``, never its private modules. The
 director is protocol-neutral: no gRPC, no Envoy message, no front end; the two front ends
 (``extproc``: own Envoys, ``epp``: the endpoint picker) never import each other, and share
 request parsing through ``request``.
@@ -25,6 +27,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "warmroute"
 STATE = PACKAGE / "state"
 DIRECTOR = PACKAGE / "director"
+CONFIG = PACKAGE / "config"
 
 _ENTRY = {"cli", "up", "soak", "__main__"}  # processes and commands: they wire the rest
 
@@ -75,6 +78,7 @@ LAYERS: dict[str, frozenset[str]] = {
 PENDING: dict[tuple[str, str], str] = {}
 
 ALLOWED_PROJECT = ("warmroute.state", "warmroute.errors")
+CONFIG_THIRD_PARTY = {"pydantic", "pydantic_core", "yaml"}
 FORBIDDEN_STDLIB = {"asyncio", "socket", "ssl", "subprocess", "threading", "http", "urllib"}
 
 
@@ -193,3 +197,34 @@ def test_the_director_speaks_no_protocol() -> None:
     ]
     assert problems == []
     assert LAYERS["director"] <= {"errors", "metrics", "state"}
+
+
+def test_config_imports_only_validation_libraries_the_core_and_itself() -> None:
+    """The config is data: validated, then handed to the core as specs. Reading the file is
+    its only I/O; no adapter, server or client library reaches it."""
+    problems = []
+    for path in sorted(CONFIG.glob("*.py")):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if name.startswith("warmroute"):
+                ok = name.startswith(("warmroute.config.", *ALLOWED_PROJECT))
+            else:
+                ok = top in CONFIG_THIRD_PARTY or top == "__future__"
+                ok = ok or (top in sys.stdlib_module_names and top not in FORBIDDEN_STDLIB)
+            if not ok:
+                problems.append(f"config/{path.name} imports {name}")
+    assert problems == []
+
+
+def test_config_private_modules_are_imported_only_inside_the_package() -> None:
+    """Everyone else imports ``warmroute.config`` (its ``__all__``), so its modules can move."""
+    root = PACKAGE.parent
+    paths = [p for top in ("warmroute", "tests", "bench") for p in (root / top).rglob("*.py")]
+    problems = sorted(
+        f"{path.relative_to(root)} imports {name}"
+        for path in paths
+        if not path.is_relative_to(CONFIG)
+        for name in _imports(path)
+        if name.startswith("warmroute.config._")
+    )
+    assert problems == []

@@ -217,3 +217,17 @@ def test_the_view_shows_what_envoys_report_and_the_fence() -> None:
     s.book.truth()
     replicas = {r.address: r for r in s.registry.view().pools[0].replicas}
     assert replicas[A].fenced is None and replicas[A].unleased == 1
+
+
+def test_after_the_reports_lift_the_fence_an_old_requests_end_frees_its_slot_at_once() -> None:
+    s = Setup(slots=1)
+    s.add(A)
+    s.book.begin("start")
+    s.report(a=1)
+    s.book.truth()
+    assert s.free(A) == 0  # Envoy counts one old request there
+    assert s.book.unknown_end(A, OLD)  # the access log: it ended
+    assert s.free(A) == 1  # at once, not two reports later
+    assert not s.book.unknown_end(A, OLD)  # no old request left to end
+    s.report(a=0)
+    assert s.free(A) == 1

@@ -1,8 +1,10 @@
 """Read model servers' own metrics to see traffic warmroute did not lease.
 
-If a replica reports more running requests than warmroute leased to it (someone calls it
+If a replica reports more requests than warmroute leased to it (someone calls it
 directly, or a previous leader's requests are still running), the difference counts as
-busy slots. Known names (summed over label sets):
+busy slots. The load is what the server holds, running plus waiting in its own queue,
+as :func:`warmroute.discovery.signals.parse_signals` reads it (vLLM, SGLang, TGI and
+Triton names, summed over label sets).
 """
 
 from __future__ import annotations
@@ -12,32 +14,18 @@ import logging
 from collections.abc import Callable
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from warmroute.config import Config
+from warmroute.discovery.signals import parse_signals
 from warmroute.state import Registry, ReplicaEvent, ReplicaExternalLoad
 
 logger = logging.getLogger(__name__)
 
-# Requests a model server holds, running or queued inside it.
-RUNNING_METRICS = (
-    "vllm:num_requests_running",  # vLLM
-    "vllm:num_requests_waiting",
-    "sglang:num_running_reqs",  # SGLang
-    "sglang:num_queue_reqs",
-    "tgi_batch_current_size",  # Text Generation Inference
-    "tgi_queue_size",
-    "nv_inference_pending_request_count",  # Triton (in-flight requests per model)
-)
-
 
 def running_requests(text: str) -> int | None:
-    """Requests a model server reports holding, or None if it reports none we know."""
-    total: float | None = None
-    for family in text_string_to_metric_families(text):
-        if family.name in RUNNING_METRICS:
-            total = (total or 0.0) + sum(s.value for s in family.samples)
-    return None if total is None else int(total)
+    """Requests a model server reports holding (running or waiting), or None if it reports
+    none we know. Raises ``ValueError`` on a malformed line of a metric it reads."""
+    return parse_signals(text).in_flight
 
 
 class MetricsScraper:

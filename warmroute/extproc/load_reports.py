@@ -64,6 +64,10 @@ class LoadReportService(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ign
         self._on_truth = on_truth
         self._nodes = ads_nodes
         self._clock = clock
+        # Many Envoys report at their own phases: reconcile at most four times an interval
+        # (one pass over every busy replica each), a report in between only updates the sums.
+        self._min_gap = interval / 4
+        self._evaluated = -float("inf")
         self._response = lrs_pb2.LoadStatsResponse(
             send_all_clusters=True,
             load_reporting_interval=_duration(interval),
@@ -110,7 +114,10 @@ class LoadReportService(lrs_pb2_grpc.LoadReportingServiceServicer):  # type: ign
         self._metrics.load_reports.inc()
         book = self._book
         book.report(key, counts)
-        self._reported[node] = self._clock()
+        now = self._reported[node] = self._clock()
+        if now - self._evaluated < self._min_gap and not book.fencing:
+            return
+        self._evaluated = now
         outcome = book.evaluate(reclaim=self._may_reclaim())
         for address, n in outcome.unleased_seen.items():
             for pool in self._pools_of(address):

@@ -27,7 +27,8 @@ just routed). Counts are snapshots taken a few milliseconds before they arrive, 
 lease that ends in between makes one report read one too high. Hence:
 
 * a previous process's requests ("orphans", counted when the fence lifts) only ever
-  end: their count falls to ``max(u, u_prev)`` (two reports agreeing), never rises;
+  end: their count falls to ``max(u, u_prev)`` (two reports agreeing), or by one at
+  once when the access log reports one of them ended; it never rises;
 * other unleased traffic counts as ``min(u, u_prev)``: it must show in two reports in a
   row, so a race costs no slot; a real newcomer is counted one interval later;
 * a lease older than the pool's ``reconcile_after_seconds`` that no Envoy counted in two
@@ -61,6 +62,19 @@ class _Address:
     short_prev: int = 0  # the last report's count of old leases Envoy did not count
     in_progress: int = 0  # E: what Envoys last reported in progress here
     unleased: int = 0  # what is applied now (busy slots beyond our leases)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing held, counted or remembered: a report of 0 changes nothing here."""
+        return not (
+            self.held is not None
+            or self.orphans
+            or self.u_prev
+            or self.newcomers
+            or self.short_prev
+            or self.in_progress
+            or self.unleased
+        )
 
 
 @dataclass(slots=True)
@@ -98,6 +112,7 @@ class InFlightBook:
         self.young_seconds = young_seconds
         self._addresses: dict[str, _Address] = {}
         self._nodes: dict[str, dict[str, int]] = {}  # node -> address -> in progress
+        self._totals: dict[str, int] = {}  # address -> in progress, summed over nodes
         self.fencing = False
         self.reason = ""
         self.since = 0.0
@@ -137,11 +152,23 @@ class InFlightBook:
 
     def unknown_end(self, address: str, lease_id: str) -> bool:
         """A request with lease ``lease_id`` ended on ``address`` and the ledger has no such
-        lease. A previous process's lease lowers the held bound; True if it did."""
+        lease. A previous process's lease lowers the held bound, or, once the fence lifted
+        to what Envoys reported, the count of old requests still running; True if it did."""
         if self._own_lease(lease_id):
             return False  # ours, already ended (expired, reconciled): not an old request
         state = self._addresses.get(address)
-        if state is None or state.held is None or state.held == 0:
+        if state is None:
+            return False
+        if state.held is None:
+            if state.orphans == 0:
+                return False
+            # Lifted to what Envoys reported: this end is one of those old requests, so
+            # its slot is free now, not two reports from now.
+            state.orphans -= 1
+            state.u_prev = max(0, state.u_prev - 1)
+            self._apply(address, state, self._capacities.get(address))
+            return True
+        if state.held == 0:
             return False
         state.held -= 1
         if state.held == 0:
@@ -196,31 +223,57 @@ class InFlightBook:
 
     def report(self, node: str, counts: Mapping[str, int]) -> None:
         """Node ``node``'s latest requests in progress per address (absent: 0). Replaces its
-        previous report; call ``evaluate`` to act on it."""
+        previous report; call ``evaluate`` to act on it. Costs the two reports' sizes, not
+        every node's (the sum over nodes is kept up to date)."""
+        self._retotal(self._nodes.get(node), -1)
         self._nodes[node] = dict(counts)
+        self._retotal(self._nodes[node], 1)
 
     def forget(self, node: str) -> None:
         """A node stopped reporting (its stream ended and did not come back)."""
-        self._nodes.pop(node, None)
+        self._retotal(self._nodes.pop(node, None), -1)
+
+    def _retotal(self, counts: Mapping[str, int] | None, sign: int) -> None:
+        if not counts:
+            return
+        totals = self._totals
+        for address, n in counts.items():
+            left = totals.get(address, 0) + sign * n
+            if left:
+                totals[address] = left
+            else:
+                totals.pop(address, None)
 
     @property
     def reporting(self) -> tuple[str, ...]:
         return tuple(self._nodes)
 
     def evaluate(self, *, reclaim: bool) -> Outcome:
-        """Reconcile every address with the latest reports (module doc)."""
-        totals: dict[str, int] = {}
-        for counts in self._nodes.values():
-            for address, n in counts.items():
-                totals[address] = totals.get(address, 0) + n
+        """Reconcile every address with the latest reports (module doc). Costs one pass
+        over the addresses; an idle one (nothing reported, leased or counted) is skipped."""
+        totals = self._totals
         outcome = Outcome()
         now = self._clock()
+        young_after = now - self.young_seconds
+        addresses = self._addresses
         for address, capacity in self._capacities.items():
-            state = self._state(address)
             e = totals.get(address, 0)
+            state = addresses.get(address)
+            if state is None:
+                if not e and not capacity.leased:
+                    continue
+                state = addresses[address] = _Address()
+            elif not e and not capacity.leased and state.idle:
+                continue
             state.in_progress = e
-            leases = capacity.leases() if capacity.leased else []
-            young = sum(1 for lease in leases if now - lease.acquired_at < self.young_seconds)
+            young = 0
+            old = 0
+            if capacity.leased:
+                for lease in capacity.leases():
+                    if lease.acquired_at > young_after:
+                        young += 1
+                    elif now - lease.acquired_at >= lease.pool.spec.reconcile_after_seconds:
+                        old += 1
             u = max(0, e - capacity.leased + young)
             if state.held is None:
                 if state.orphans:
@@ -231,8 +284,7 @@ class InFlightBook:
                 state.newcomers = newcomers
             state.u_prev = u
             # Leases old enough that Envoy must count them, but Envoy counts fewer.
-            old = [lease for lease in leases if now - lease.acquired_at >= _reclaim_age(lease)]
-            short = max(0, len(old) - e)
+            short = max(0, old - e)
             if reclaim and short and state.short_prev and state.held is None:
                 outcome.lost.extend(self._reclaim(capacity, min(short, state.short_prev)))
             state.short_prev = short
@@ -295,7 +347,3 @@ class InFlightBook:
         """Forget addresses no pool lists any more."""
         for address in [a for a in self._addresses if a not in self._capacities]:
             del self._addresses[address]
-
-
-def _reclaim_age(lease: Lease) -> float:
-    return lease.pool.spec.reconcile_after_seconds

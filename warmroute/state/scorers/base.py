@@ -11,10 +11,11 @@ request (a prefix scorer for a request without a prompt hint). The picker
 best. Scorers never mutate replicas, and keep no state of their own: what they remember
 lives in the pool (``ScoringContext``), so one instance serves every pool.
 
-To add one (e.g. a KV-cache scorer reading a new replica signal): a module in this
-package with a ``Scorer`` subclass, its unit test, its name in ``SCORERS``
-(``warmroute.state.scorers``) and in a profile (``warmroute.state.picker.PROFILES``)
-that a config ``policy`` literal names.
+To add one (e.g. a KV-cache scorer): the signal reaches the replica as a typed event
+(``warmroute.state.events``; discovery parses it, ``warmroute.discovery.signals``), then
+a module in this package with a ``Scorer`` subclass, its unit test, its name in
+``SCORERS`` (``warmroute.state.scorers``) and in a profile
+(``warmroute.state.picker.PROFILES``) that a config ``policy`` literal names.
 """
 
 from __future__ import annotations
