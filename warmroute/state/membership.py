@@ -97,20 +97,26 @@ class Membership:
         # A GONE replica no longer bounds the address's slots in other pools.
         self._dispatch_others(replica.capacity.members)
 
-    def set_external(self, address: str, running: int, *, reconcile: bool = False) -> list[Lease]:
+    def set_external(
+        self, address: str, running: int, *, reconcile: bool = False, counted: int = 0
+    ) -> list[Lease]:
         """Record how many requests the replica reports running in total.
 
         Beyond our leases they count as busy slots. With ``reconcile``, leases the replica
-        no longer has are reclaimed (``reclaim``). Returns those leases. Touches only this
-        replica's leases (its index), never the registry's.
+        no longer has are reclaimed (``reclaim``), but never those Envoys still count in
+        progress there (``counted``): a server's gauges can lag its requests by a whole
+        engine step (seen on a real vLLM: 0 running for 8 s with 4 requests inside), and
+        reclaiming then would hand the same slots out twice. Returns those leases.
+        Touches only this replica's leases (its index), never the registry's.
         """
         replica = self.replicas.get(address)
         if replica is None:
             return []
         capacity = replica.capacity
         reclaimed: list[Lease] = []
-        if reconcile and running < capacity.leased:
-            reclaimed = self.ledger.reclaim(replica, capacity.leased - running)
+        gone = capacity.leased - max(running, counted)
+        if reconcile and gone > 0:
+            reclaimed = self.ledger.reclaim(replica, gone)
         # ``running`` is the whole server's load: every pool's leases on it are ours.
         replica.scraped = max(0, running - capacity.leased)
         replica.external = max(replica.scraped, replica.unleased)

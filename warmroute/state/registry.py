@@ -138,7 +138,11 @@ class Registry:
         elif isinstance(event, ReplicaRemoved):
             pool.remove(event.address)
         elif isinstance(event, ReplicaExternalLoad):
-            pool.set_external(event.address, event.running, reconcile=event.reconcile)
+            # Envoys' own count guards the scrape's reclaiming (``Pool.set_external``).
+            counted = self.inflight.in_progress(event.address) if self.inflight.reporting else 0
+            pool.set_external(
+                event.address, event.running, reconcile=event.reconcile, counted=counted
+            )
             if event.reconcile:  # the replica's own report: the fence is no longer needed
                 self.inflight.scraped(event.address)
 
