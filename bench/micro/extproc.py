@@ -17,7 +17,7 @@ Run it under callgrind, and again with 0 cycles for the fixed cost; instructions
 cycle = (total(N) - total(0)) / N (``PYTHONPATH=DIR`` measures another checkout):
 
     PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        python bench/micro_extproc.py --cycles 10000
+        python bench/micro/extproc.py --cycles 10000
 
 ``--repo`` runs another checkout's ``warmroute`` in the control plane (A/B comparisons);
 ``--grpc-option`` adds server options (ints where they parse) for experiments; ``--uvloop``
