@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client as k8s
 
@@ -30,7 +30,6 @@ from warmroute.discovery.inference_pool import InferencePoolDiscovery
 from warmroute.discovery.kubernetes import KubernetesDiscovery
 from warmroute.discovery.scrape import MetricsScraper
 from warmroute.discovery.static import StaticDiscovery
-from warmroute.epp import PickerService
 from warmroute.errors import ConfigError
 from warmroute.k8s.client import api_client
 from warmroute.metrics import Metrics
@@ -100,6 +99,12 @@ def _restart_only(running: Config, new: Config, kube_built: bool) -> list[str]:
     return problems
 
 
+class Configurable(Protocol):
+    """A part that adopts each applied config itself (the request path's front end)."""
+
+    def configure(self, cfg: Config) -> None: ...
+
+
 class ConfigManager:
     """Owns the running config and every component's place in it.
 
@@ -119,7 +124,7 @@ class ConfigManager:
         static: StaticDiscovery,
         autoscaler: Autoscaler,
         scraper: MetricsScraper,
-        epp: PickerService | None,
+        front_end: Configurable | None,
         kube_factory: KubeFactory = kube_api,
         source: str = "<config>",
     ) -> None:
@@ -133,7 +138,7 @@ class ConfigManager:
         self._static = static
         self._autoscaler = autoscaler
         self._scraper = scraper
-        self._epp = epp
+        self._front_end = front_end
         self._kube_factory = kube_factory
         self.kube = (
             KubernetesSources(kube_factory(cfg), publisher.emit) if needs_kubernetes(cfg) else None
@@ -180,8 +185,8 @@ class ConfigManager:
             await self.kube.update(cfg, kept)
         self._autoscaler.configure(cfg)
         self._scraper.configure(cfg)
-        if self._epp is not None:
-            self._epp.configure(cfg)
+        if self._front_end is not None:
+            self._front_end.configure(cfg)
         self._publisher.publish()
 
     async def start(self) -> None:

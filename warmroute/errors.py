@@ -17,7 +17,8 @@ Tree:
     └── ConfigError                a config file is invalid (file, key path, expectation)
 
 Request errors are translated to an ext_proc ``ImmediateResponse`` in one place,
-``warmroute.extproc.responses``, for both ext_proc services. Envoy's own 413 for a body
+``warmroute.request.responses``, for both ext_proc front ends (counted and logged once
+by ``warmroute.director.Director.refused``). Envoy's own 413 for a body
 over the limit (own-Envoy mode) is a local reply in the same JSON shape, configured in
 ``warmroute.xds.resources``.
 """

@@ -136,7 +136,7 @@ class Metrics:
             "warmroute_scale_decisions", "Autoscaling decisions, by pool and direction.",
             ["pool", "direction"], registry=r,
         )  # fmt: skip
-        # Outlier detection (``warmroute.extproc.outliers`` records them; README).
+        # Outlier detection (``warmroute.director.outliers`` records them; README).
         self.replica_ejections = Counter(
             "warmroute_replica_ejections",
             "Ejections of a replica whose requests failed (outlier detection).",

@@ -1,7 +1,9 @@
-"""The control plane process: registry + gRPC services + admin + discovery, on one loop.
+"""The control plane process: registry + director + gRPC services + admin + discovery.
 
-One gRPC port serves Envoy everything it asks warmroute: ADS (config and endpoints),
-ext_proc (which replica?) and the access log (request finished).
+One gRPC port serves everything the request path needs: the front end's services (own
+Envoys: ADS, ext_proc and the access log; behind a gateway: the endpoint picker and gRPC
+health; ``warmroute.front_end``) and load reports. Every request's decision is the one
+``Director``'s, whichever front end asked.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from envoy.service.accesslog.v3 import als_pb2_grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.service.load_stats.v3 import lrs_pb2_grpc
 from kubernetes import client as k8s
 
@@ -24,21 +23,19 @@ from warmroute import config as config_mod
 from warmroute import config_watch
 from warmroute.admin import AdminServer
 from warmroute.autoscale.controller import Autoscaler, Scaler
-from warmroute.config import Config, GrpcTlsConfig, PoolConfig
+from warmroute.config import Config, PoolConfig
 from warmroute.config_manager import ConfigManager
 from warmroute.config_watch import ConfigFileWatcher
+from warmroute.director import Admission, Director, OutlierReporter
 from warmroute.discovery.inference_pool import InferencePoolDiscovery
 from warmroute.discovery.kubernetes import KubernetesDiscovery
 from warmroute.discovery.scrape import MetricsScraper
 from warmroute.discovery.static import StaticDiscovery
 from warmroute.epp import PickerService
 from warmroute.errors import ConfigError
-from warmroute.extproc.accesslog import AccessLogService
-from warmroute.extproc.admission import Admission
 from warmroute.extproc.load_reports import LoadReportService
-from warmroute.extproc.outliers import OutlierReporter
-from warmroute.extproc.processor import ExternalProcessor
 from warmroute.fence import Fence
+from warmroute.front_end import FrontEnd, OwnEnvoy
 from warmroute.k8s.leader import LeaderElector
 from warmroute.k8s.scale import KubernetesScaler
 from warmroute.metrics import Metrics
@@ -60,15 +57,6 @@ _GRPC_OPTIONS = [
 ]
 
 
-# How long a start's fence holds slots nobody reported on (``control.start_fence``). Own
-# Envoys: a request they routed runs on after we die; Envoy reports it within ~5.5 s (its
-# LRS retry), so this is only the bound for an Envoy that never reports. As a picker: the
-# gateway ends every request whose picker stream broke (measured with the reference
-# gateway config: each answered 500, and the replicas saw the disconnect), so only the
-# replicas' reaction to the disconnect is left to wait for.
-_START_GRACE = 30.0
-_EPP_START_GRACE = 1.0
-
 # The longest any one step of stop() may take: a shutdown must end, whatever one part does.
 _STOP_STEP_SECONDS = 15.0
 
@@ -88,18 +76,6 @@ class _Fanout:
     def on_stream_event(self, event: StreamEvent) -> None:
         for o in self._observers:
             o.on_stream_event(event)
-
-
-def _server_credentials(tls: GrpcTlsConfig) -> grpc.ServerCredentials:
-    def read(path: str) -> bytes:
-        return Path(path).read_bytes()
-
-    ca = read(tls.client_ca_file) if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(read(tls.key_file), read(tls.cert_file))],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
 
 
 class _PoolScaler:
@@ -148,10 +124,9 @@ class ControlPlane:
         self.nodes = NodeTable()  # per Envoy node, written by self.ads, read by the others
         self.rollout = Rollout(self.cache, cfg.xds.rollout, nodes=self.nodes, clock=clock)
         self.metrics = Metrics(self.registry.view, self.rollout.status)
-        self.processor = ExternalProcessor(self.registry, self.metrics, cfg.routing.model_header)
-        # Request outcomes -> ejections (both front ends feed it; it times the returns).
+        # Request outcomes -> ejections (both front ends, through the director; it times
+        # the returns).
         self.outliers = OutlierReporter(self.registry, self.metrics)
-        self.access_log = AccessLogService(self.registry, self.metrics, self.outliers)
         self.publisher = EndpointPublisher(
             self.registry,
             self.cache,
@@ -177,15 +152,26 @@ class ControlPlane:
             ).inc(),
             clock=clock,
         )
-        self.processor.on_queued = self.autoscaler.poke
-        # Endpoint picker mode (`serve --epp`): a gateway owns Envoy; chosen at start.
-        self.epp = (
-            PickerService(self.registry, self.metrics, cfg, self.outliers)
-            if cfg.epp.enabled
-            else None
+        leader_election = cfg.kubernetes.leader_election
+        # Every request's decision, whichever front end asked (``warmroute.director``).
+        self.director = Director(
+            self.registry,
+            self.metrics,
+            outliers=self.outliers,
+            # Pools with queue.reject_when_unmeetable answer 503 at once; the rules follow
+            # the config the manager applied last.
+            admission=Admission(pools=lambda: self.manager.config.pools),
+            on_queued=self.autoscaler.poke,  # demand for the autoscaler
+            serving=not leader_election.enabled,  # a standby until elected
         )
-        if self.epp is not None:
-            self.epp.picker.on_queued = self.autoscaler.poke
+        # How requests reach us, chosen at start: a gateway's picker or our own Envoys.
+        self.front_end: FrontEnd = (
+            PickerService(self.director, self.registry, self.metrics, cfg)
+            if cfg.epp.enabled
+            else OwnEnvoy(
+                self.director, self.registry, self.metrics, cfg, ads=self.ads, nodes=self.nodes
+            )
+        )
         self.scraper = MetricsScraper(self.registry, self.publisher.emit)
         # Every config change (reload, rollback, settle) goes through the manager.
         self.manager = ConfigManager(
@@ -197,21 +183,15 @@ class ControlPlane:
             static=self.discovery,
             autoscaler=self.autoscaler,
             scraper=self.scraper,
-            epp=self.epp,
+            front_end=self.front_end,
             source=str(self.config_path or "<config>"),
         )
-        self.processor.admission = Admission(pools=lambda: self.manager.config.pools)
-        if self.epp is not None:
-            self.epp.picker.admission = self.processor.admission
         self.elector: LeaderElector | None = None
-        if cfg.kubernetes.leader_election.enabled:
+        if leader_election.enabled:
             kube = self.manager.kube
             assert kube is not None  # leader election needs the API: built with the manager
-            self.processor.serving = False  # a standby until elected
-            if self.epp is not None:
-                self.epp.set_serving(False)
             self.elector = LeaderElector(
-                kube.api, cfg.kubernetes.leader_election, self._on_leadership, clock=clock
+                kube.api, leader_election, self._on_leadership, clock=clock
             )
         # A starting process, and a new leader, count every slot as taken until they know
         # the replica's real load: Envoys' load reports, its metrics, or its requests' ends.
@@ -220,14 +200,14 @@ class ControlPlane:
             self.registry,
             self.metrics,
             on_truth=self.fence.truth,
-            ads_nodes=None if self.epp is not None else self.nodes.connected,
+            ads_nodes=self.front_end.ads_nodes,
             interval=cfg.control.load_report_interval_seconds,
             clock=clock,
         )
         self.admin = AdminServer(
             self.metrics,
             self.registry.view,
-            lambda: self.processor.serving,
+            lambda: self.director.serving,
             xds_status=self.rollout.status,
             inference_pools=self._inference_pools,
         )
@@ -265,33 +245,15 @@ class ControlPlane:
     async def start(self) -> None:
         cfg = self.config
         server = grpc.aio.server(options=_GRPC_OPTIONS)
-        tls = cfg.control.tls
-        if self.epp is not None:
-            # The port speaks the endpoint picker protocol (+ gRPC health) only.
-            self.epp.add_to(server)
-            creds = self.epp.credentials(cfg, str(self.config_path or "<config>"))
-            if creds is None:
-                self.grpc_port = server.add_insecure_port(cfg.control.grpc)
-            else:
-                self.grpc_port = server.add_secure_port(cfg.control.grpc, creds)
-            logger.info("endpoint picker for pool %r on %s", cfg.epp_pool, cfg.control.grpc)
-        elif tls is None:
-            self.grpc_port = server.add_insecure_port(cfg.control.grpc)
-        else:
-            self.grpc_port = server.add_secure_port(cfg.control.grpc, _server_credentials(tls))
+        source = str(self.config_path or "<config>")
+        self.grpc_port = self.front_end.bind(server, cfg, source)
         lrs_pb2_grpc.add_LoadReportingServiceServicer_to_server(self.load_reports, server)
-        if self.epp is None:
-            ep_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
-            als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, server)
-            ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {cfg.control.grpc}")
         if cfg.control.start_fence:
             # Requests routed before this start may still run anywhere (module fence).
             grace = cfg.control.start_fence_grace_seconds
-            if grace is None:
-                grace = _EPP_START_GRACE if self.epp is not None else _START_GRACE
-            self.fence.begin("start", grace)
+            self.fence.begin("start", self.front_end.start_grace if grace is None else grace)
         await self.manager.start()
         await server.start()
         self._grpc = server
@@ -312,8 +274,8 @@ class ControlPlane:
             )
             self._tasks.append(asyncio.create_task(self._watcher.run(), name="config watch"))
         logger.info(
-            "control plane up: gRPC (ADS, ext_proc, access log) %s, admin http://%s:%d",
-            cfg.control.grpc, host, self.admin.port,
+            "control plane up: gRPC (%s, load reports) %s, admin http://%s:%d",
+            self.front_end.describe(), cfg.control.grpc, host, self.admin.port,
         )  # fmt: skip
 
     async def reload(self, cfg: Config) -> str:
@@ -333,8 +295,7 @@ class ControlPlane:
             self._watcher.seen(content)
         try:
             cfg = await asyncio.to_thread(config_mod.load, path)
-            if self.epp is not None:  # the mode was chosen at start (e.g. `serve --epp`)
-                cfg = config_mod.enable_epp(cfg, str(path))
+            cfg = self.front_end.as_running(cfg, str(path))  # the mode was chosen at start
             label = await self.manager.reload(cfg)
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
@@ -356,8 +317,7 @@ class ControlPlane:
         if self._stopped:
             return
         self._stopped = True
-        if self.epp is not None:  # gateways' health checks see it first
-            self.epp.stopping()
+        self.front_end.stopping()  # a gateway's health checks see it first
         self.fence.cancel()
         self.outliers.close()
         for t in self._tasks:
@@ -377,13 +337,9 @@ class ControlPlane:
         await _bounded("admin server", self.admin.stop())
 
     def _on_leadership(self, leader: bool) -> None:
-        self.processor.serving = leader
-        if self.epp is not None:
-            self.epp.set_serving(leader)
+        self.front_end.set_serving(leader)
         if not leader:
             self.fence.cancel()
-            # Envoy must report request ends to the new leader, not here.
-            self.access_log.close_streams()
             return
         # The previous leader's requests may still run on any replica: count every slot
         # as taken until Envoys' reports or a metrics scrape show the truth, or the grace

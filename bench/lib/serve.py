@@ -209,14 +209,14 @@ def _stamp_request_path(plane: Any, released: list[float], routed: list[float]) 
     """Note when each access-log entry reaches the control plane and when each ext_proc
     answer is built, by wrapping two of warmroute's callables in this process (warmroute's
     code is unchanged): the access-log service's ``finish(entry)`` and the module function
-    ``warmroute.extproc.responses.routed`` that builds every routed answer, both public.
+    ``warmroute.request.responses.routed`` that builds every routed answer, both public.
     The wrappers pass any arguments through, so a changed signature does not matter; a
     renamed or unused callable is caught by the dispatch scenario's ``check_stamps`` (and
     its smoke run in tests/bench). ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, shared
     by every process, so these line up with the replicas' timestamps."""
-    from warmroute.extproc import responses
+    from warmroute.request import responses
 
-    _wrap(plane.access_log, "finish", released, before=True)
+    _wrap(plane.front_end.access_log, "finish", released, before=True)
     _wrap(responses, "routed", routed, before=False)
 
 

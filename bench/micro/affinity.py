@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from warmroute.state import Phase, PoolSpec, Registry, ReplicaUpsert
+from warmroute.state import Ask, Phase, PoolSpec, Registry, ReplicaUpsert
 from warmroute.state.affinity import Affinity, AffinitySpec, prompt_blocks
 
 
@@ -35,9 +35,10 @@ def main() -> None:
         reg.apply(ReplicaUpsert("p", f"10.0.0.{i}:80", 4, Phase.WARM))
     pool = reg.pools["p"]
     acquire = pool.try_acquire
+    asks = [Ask("r", affinity=hint) for hint in hints]
     start = time.perf_counter_ns()
     for i in range(n):
-        lease = acquire("r", None, hints[i & 7])
+        lease = acquire(asks[i & 7])
         assert lease is not None
         lease.release()
     took = time.perf_counter_ns() - start

@@ -10,6 +10,15 @@ process; its CPU time per request is read from /proc, so the client's own cost i
     python bench/micro/extproc.py [--rate 1000 | --concurrency 16] [--seconds 5]
         [--repo DIR] [--uvloop] [--gc-freeze] [--profile FILE] [--grpc-option name=value ...]
 
+``--cycles N`` instead runs N decide+release cycles in this process, with no gRPC and no
+event loop: the ext_proc decision on one request's headers (``ExternalProcessor._decide``)
+and the access-log entry that ends its lease, the control plane's own work per request.
+Run it under callgrind, and again with 0 cycles for the fixed cost; instructions per
+cycle = (total(N) - total(0)) / N (``PYTHONPATH=DIR`` measures another checkout):
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python bench/micro/extproc.py --cycles 10000
+
 ``--repo`` runs another checkout's ``warmroute`` in the control plane (A/B comparisons);
 ``--grpc-option`` adds server options (ints where they parse) for experiments; ``--uvloop``
 runs the control plane on uvloop (if importable); ``--gc-freeze`` freezes its startup heap.
@@ -143,6 +152,49 @@ def _gc_summary(pauses: list[tuple[int, float]]) -> dict[str, Any]:
             out[f"gen{gen}"] = {"n": len(mine), "total_ms": round(sum(mine) * 1e3, 2),
                                 "max_ms": round(max(mine) * 1e3, 2)}  # fmt: skip
     return out
+
+
+def cycles(n: int) -> None:
+    """``--cycles``: n decide+release cycles in process (module doc)."""
+    from warmroute.config import Config
+    from warmroute.server import ControlPlane
+    from warmroute.state import Phase, ReplicaUpsert
+
+    cfg = Config.model_validate(
+        {
+            "control": {"grpc": "127.0.0.1:1", "admin": "127.0.0.1:1", "start_fence": False},
+            "pools": [
+                {"name": POOL, "models": [MODEL], "slots": 4, "probe": None, "replicas": REPLICAS}
+            ],
+        }
+    )
+    plane = ControlPlane(cfg)  # never started: only its registry and request path are used
+    plane.registry.configure(cfg.specs())
+    for address in REPLICAS:
+        plane.registry.apply(ReplicaUpsert(POOL, address, 4, Phase.WARM))
+    front_end = getattr(plane, "front_end", plane)  # checkouts before the director: plane
+    decide, finish = front_end.processor._decide, front_end.access_log.finish
+    requests = [_headers_message(i) for i in range(8)]
+    entry = _log_entry(_template(), "", POOL, REPLICAS[0], 0)
+    metadata = entry.common_properties.metadata.filter_metadata
+    upstream = entry.common_properties.upstream_remote_address.socket_address
+    for i in range(n):
+        step = decide(requests[i & 7], POOL)
+        try:
+            step.send(None)  # a free replica: the decision never suspends
+            raise RuntimeError("the decision waited: no replica was free")
+        except StopIteration as done:
+            answer = done.value
+        fields = answer.dynamic_metadata.fields
+        address = fields["envoy.lb"].struct_value.fields["x-gateway-destination-endpoint"]
+        lease = fields["warmroute"].struct_value.fields["lease"].string_value
+        metadata["warmroute"].fields["lease"].string_value = lease
+        metadata["envoy.lb"].fields["x-gateway-destination-endpoint"].CopyFrom(address)
+        upstream.address = address.string_value.rpartition(":")[0]
+        finish(entry)
+    if plane.registry.leases:
+        raise RuntimeError(f"{len(plane.registry.leases)} leases left: releases went missing")
+    print(json.dumps({"cycles": n}))
 
 
 def serve_main(args: argparse.Namespace) -> None:
@@ -448,7 +500,11 @@ def main() -> None:
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after startup")
     p.add_argument("--profile", default="", help="cProfile the plane; write stats here")
     p.add_argument("--grpc-option", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--cycles", type=int, default=None, help="in-process cycles (callgrind)")
     args = p.parse_args()
+    if args.cycles is not None:
+        cycles(args.cycles)
+        return
     if args.serve:
         serve_main(args)
         return

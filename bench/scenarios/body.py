@@ -131,7 +131,7 @@ async def check_routing(c: Contender, name: str) -> None:
 def parse_seconds(body: bytes, batches: int = 7, calls_per_kib: int = 50_000) -> float:
     """CPU seconds one ``parse_body`` (warmroute's json.loads of a body, what A runs per
     request) takes in this process: the median of ``batches`` timed batches."""
-    from warmroute.extproc.request_model import parse_body
+    from warmroute.request.model import parse_body
 
     calls = max(1, calls_per_kib // max(len(body) // 1024, 1))  # default: >= ~20 ms a batch
     times = []

@@ -37,7 +37,7 @@ from bench.scenarios.body_plan import (
 )
 from bench.scenarios.body_report import write_report
 from warmroute.config import Config
-from warmroute.extproc.request_model import BodyModel, BodyState, parse_body
+from warmroute.request.model import BodyModel, BodyState, parse_body
 from warmroute.xds import resources
 from warmroute.xds.builder import config_snapshot
 from warmroute.xds.snapshot import LISTENER

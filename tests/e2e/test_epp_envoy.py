@@ -33,7 +33,7 @@ from warmroute.server import ControlPlane
 from warmroute.sim.replica import SimReplica
 
 FIXTURE = Path(__file__).parent / "fixtures" / "epp-envoy.yaml"
-PICKER_LOGGER = "warmroute.epp.protocol"
+DECISION_LOGGER = "warmroute.director.director"  # one DEBUG line per decision
 
 
 def gateway_bootstrap(listen_port: int, admin_port: int, picker_port: int) -> str:
@@ -136,7 +136,7 @@ def _body(prompt_bytes: int, **extra: Any) -> bytes:
 async def test_body_model_reaches_the_leased_replica_whole(
     stack: EppStack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger=PICKER_LOGGER)
+    caplog.set_level(logging.DEBUG, logger=DECISION_LOGGER)
     bodies = [_body(size) for size in (1_000, 200_000, 300_000) for _ in range(4)]
 
     async def send(http: aiohttp.ClientSession, body: bytes) -> int:
@@ -155,10 +155,10 @@ async def test_body_model_reaches_the_leased_replica_whole(
     assert statuses == [200] * len(bodies)
     await stack.quiescent()
 
-    leased = {  # request id -> replica, from the picker's DEBUG line per decision
+    leased = {  # request id -> replica, from the director's DEBUG line per decision
         r.args[0]: r.args[1]
         for r in caplog.records
-        if r.name == PICKER_LOGGER and isinstance(r.args, tuple) and "->" in r.msg
+        if r.name == DECISION_LOGGER and isinstance(r.args, tuple) and "->" in r.msg
     }
     got = {
         (e.body_sha256, e.body_bytes): (replica.address, e.request_id)

@@ -294,14 +294,14 @@ async def test_leader_failover_during_traffic_never_overfills_a_replica(
 
     cfg1, cfg2 = plane_config("p1"), plane_config("p2")
     plane1 = await plane_factory(cfg1)
-    await wait_for(lambda: plane1.processor.serving, what="p1 leads")
+    await wait_for(lambda: plane1.director.serving, what="p1 leads")
     plane2 = await plane_factory(cfg2)
     stack = KubeStack(api, cfg1, plane1, None, f"http://{listen}", sims)  # type: ignore[arg-type]
     for i in range(3):
         await stack.add_pod(f"sim-{i}", service_ms=200)
     for plane in (plane1, plane2):
         await wait_for(partial(_all_warm, plane, 3), what="3 warm replicas")
-    assert not plane2.processor.serving
+    assert not plane2.director.serving
     # Envoy sends ext_proc to whichever instance reports ready (the leader), the way a
     # Service selecting ready pods does in a cluster.
     boot = ads_bootstrap(cfg1, node_id="envoy-0")
@@ -343,7 +343,7 @@ async def test_leader_failover_during_traffic_never_overfills_a_replica(
         traffic.push_async_callback(stop_workers, workers)
         await wait_for(lambda: statuses.count(200) >= 10, timeout=20, what="traffic")
         await plane1.stop()  # the leader goes away mid-traffic
-        await wait_for(lambda: plane2.processor.serving, timeout=10, what="p2 takes over")
+        await wait_for(lambda: plane2.director.serving, timeout=10, what="p2 takes over")
         served = statuses.count(200)
         await wait_for(lambda: statuses.count(200) >= served + 15, timeout=30,
                        what="traffic served by the new leader")  # fmt: skip

@@ -27,7 +27,7 @@ from tests.e2e.test_epp_envoy import start_epp_stack
 from tests.helpers import wait_for
 
 H = {"x-model": MODEL}
-LOGGER = "warmroute.extproc.outliers"
+LOGGER = "warmroute.director.outliers"
 
 
 async def _post(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, str]:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.e2e.stack import MODEL, Stack, StackFactory, client
 from tests.helpers import wait_for
+from warmroute.front_end import OwnEnvoy
 
 H = {"x-model": MODEL}
 
@@ -211,7 +212,9 @@ async def test_lease_with_lost_end_is_reclaimed_at_its_deadline(
     await stack.wait_warm()
     lost: list[Any] = []
     # Lose every end-of-request entry, as if the access-log stream were broken.
-    monkeypatch.setattr(stack.plane.access_log, "finish", lost.append)
+    front_end = stack.plane.front_end
+    assert isinstance(front_end, OwnEnvoy)
+    monkeypatch.setattr(front_end.access_log, "finish", lost.append)
     async with client() as http:
         assert (await _post(http, stack))[0] == 200
         await wait_for(lambda: len(lost) == 1, what="the (lost) access-log entry")

@@ -26,6 +26,7 @@ from warmroute.server import ControlPlane
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import ServiceTime
 from warmroute.state import Phase
+from warmroute.state.ask import Ask
 from warmroute.xds.resources import ROUTE_CONFIG_NAME, pool_cluster_name
 from warmroute.xds.snapshot import CLUSTER, LISTENER, ROUTE
 
@@ -265,7 +266,7 @@ async def test_a_removed_pools_cluster_stays_until_its_last_request_ends() -> No
 
             follower = asyncio.create_task(follow())
             gone = plane.registry.pools["gone"]
-            await wait_for(lambda: gone.try_acquire("req-1") is not None, what="warm")
+            await wait_for(lambda: gone.try_acquire(Ask("req-1")) is not None, what="warm")
             (lease,) = gone.active_leases()
 
             doc["pools"] = doc["pools"][:1]

@@ -25,6 +25,7 @@ from tests.helpers import free_port, wait_for
 from warmroute import config as config_mod
 from warmroute.config import Config
 from warmroute.envoy_names import DESTINATION_KEY, LB_NAMESPACE, METADATA_NAMESPACE
+from warmroute.epp import PickerService
 from warmroute.epp.messages import CHUNK_BYTES, SUBSET_KEY, SUBSET_NAMESPACE
 from warmroute.server import ControlPlane
 
@@ -195,12 +196,11 @@ async def test_health_serving_for_every_name(plane: ControlPlane) -> None:
         assert info.value.code() is grpc.StatusCode.NOT_FOUND
         watch = health.Watch(health_pb2.HealthCheckRequest(service="readiness"))
         assert (await watch.read()).status == SERVING
-        assert plane.epp is not None
-        plane.epp.set_serving(False)  # a standby: readiness drops, liveness stays
+        plane.front_end.set_serving(False)  # a standby: readiness drops, liveness stays
         assert (await watch.read()).status == NOT_SERVING
         live = await health.Check(health_pb2.HealthCheckRequest(service="liveness"))
         assert live.status == SERVING
-        plane.epp.stopping()
+        plane.front_end.stopping()
         for name in names:
             resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
             assert resp.status == NOT_SERVING, name
@@ -490,7 +490,8 @@ async def test_reload_keeps_the_mode_and_adopts_new_limits(tmp_path: Any) -> Non
         raw["routing"]["max_body_bytes"] = 2048
         path.write_text(yaml.safe_dump(raw))
         assert await plane.reload_from_file()
-        assert plane.epp is not None and plane.epp.picker.settings.max_body_bytes == 2048
+        assert isinstance(plane.front_end, PickerService)
+        assert plane.front_end.picker.settings.max_body_bytes == 2048
         async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.grpc_port}") as ch:
             call = ep_grpc.ExternalProcessorStub(ch).Process()
             await call.write(_headers("big"))

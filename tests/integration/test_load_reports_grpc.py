@@ -17,6 +17,7 @@ from tests.helpers import free_port, wait_for
 from warmroute.config import Config
 from warmroute.server import ControlPlane
 from warmroute.state import EndReason
+from warmroute.state.ask import Ask
 
 A = "10.0.0.1:8000"
 B = "10.0.0.2:8000"
@@ -118,7 +119,7 @@ async def test_the_start_fence_lifts_when_every_envoy_reported(
     plane = await _start(planes, start_fence=True)
     pool = plane.registry.pools["p"]
     assert plane.registry.inflight.fencing
-    assert pool.try_acquire("r0") is None  # every slot held
+    assert pool.try_acquire(Ask("r0")) is None  # every slot held
     first, second = FakeEnvoy(plane, "envoy-0"), FakeEnvoy(plane, "envoy-1")
     await first.hello()
     await second.hello()
@@ -136,7 +137,7 @@ async def test_the_start_fence_lifts_when_every_envoy_reported(
 
 async def test_a_lease_no_envoy_counts_is_reclaimed_as_lost(planes: list[ControlPlane]) -> None:
     plane = await _start(planes, start_fence=False)
-    lease = plane.registry.pools["p"].try_acquire("r1")
+    lease = plane.registry.pools["p"].try_acquire(Ask("r1"))
     assert lease is not None
     envoy = FakeEnvoy(plane)
     await envoy.hello()

@@ -271,18 +271,21 @@ async def test_metrics_use_vllm_names_and_values(
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         busy = parse_metrics(await resp.text())
-    assert busy['vllm:num_requests_running{model_name="m1"}'] == 1
-    assert busy['vllm:num_requests_waiting{model_name="m1"}'] == 0
-    assert busy['vllm:gpu_cache_usage_perc{model_name="m1"}'] == 0.5
+    vllm = '{engine="0",model_name="m1"}'
+    assert busy[f"vllm:num_requests_running{vllm}"] == 1
+    assert busy[f"vllm:num_requests_waiting{vllm}"] == 0
+    assert busy[f"vllm:kv_cache_usage_perc{vllm}"] == 0.5
     assert busy['sim_requests_completed_total{model_name="m1"}'] == 0
 
     assert (await held)[0] == 200
     async with session.get(f"{base}/metrics") as resp:
         idle = parse_metrics(await resp.text())
     assert idle == {
-        'vllm:num_requests_running{model_name="m1"}': 0,
-        'vllm:num_requests_waiting{model_name="m1"}': 0,
-        'vllm:gpu_cache_usage_perc{model_name="m1"}': 0.0,
+        f"vllm:num_requests_running{vllm}": 0,
+        f"vllm:num_requests_waiting{vllm}": 0,
+        'vllm:num_requests_waiting_by_reason{engine="0",model_name="m1",reason="capacity"}': 0,
+        'vllm:num_requests_waiting_by_reason{engine="0",model_name="m1",reason="deferred"}': 0,
+        f"vllm:kv_cache_usage_perc{vllm}": 0.0,
         'sim_requests_received_total{model_name="m1"}': 1,
         'sim_requests_received_while_full_total{model_name="m1"}': 0,
         'sim_requests_received_while_loading_total{model_name="m1"}': 0,
@@ -295,7 +298,7 @@ async def test_metrics_use_vllm_names_and_values(
 
 def test_metrics_escape_the_model_label() -> None:
     text = render_metrics('a"b\\c', SimStats(slots=1))
-    assert 'vllm:num_requests_running{model_name="a\\"b\\\\c"} 0' in text
+    assert 'vllm:num_requests_running{engine="0",model_name="a\\"b\\\\c"} 0.0' in text
 
 
 async def test_health_toggle(start: Start, session: aiohttp.ClientSession) -> None:

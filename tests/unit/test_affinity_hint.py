@@ -1,4 +1,6 @@
-"""The prompt a request's affinity hint hashes, read from OpenAI/Anthropic-style bodies."""
+"""The prompt a request's affinity hint hashes, read from OpenAI/Anthropic-style bodies
+(``warmroute.request.prompt``), and the hint the director makes of it
+(``warmroute.director.pricing.hint``)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,31 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warmroute.extproc.affinity_hint import hint, prompt_text
-from warmroute.state.affinity import AffinitySpec, prompt_blocks
+from warmroute.director import pricing
+from warmroute.request.prompt import prompt_text
+from warmroute.request.source import PickedRequest
+from warmroute.state.affinity import Affinity, AffinitySpec, prompt_blocks
 
 SPEC = AffinitySpec(block_chars=8, max_blocks=100, session_header="x-session-id")
 
 
 def _body(doc: object) -> bytes:
     return json.dumps(doc).encode()
+
+
+class _Session(PickedRequest):
+    """A picker's request whose session header is ``session``."""
+
+    def __init__(self, session: str, body: bytes) -> None:
+        super().__init__(None, body)
+        self.session = session
+
+    def header(self, name: str) -> str | None:
+        return self.session if name == SPEC.session_header and self.session else None
+
+
+def hint(spec: AffinitySpec, session: str, body: bytes) -> Affinity | None:
+    return pricing.hint(spec, _Session(session, body))
 
 
 def test_chat_messages_in_order_with_roles_and_content_parts() -> None:
@@ -53,7 +72,7 @@ def test_hint_has_session_and_blocks() -> None:
     assert got is not None
     assert got.session == "s1"
     assert got.blocks == prompt_blocks("a" * 20, 8, 100)
-    no_prompt_hashing = AffinitySpec(block_chars=0)
+    no_prompt_hashing = AffinitySpec(block_chars=0, session_header=SPEC.session_header)
     only_session = hint(no_prompt_hashing, "s1", _body({"prompt": "a" * 20}))
     assert only_session is not None and only_session.blocks == ()
 

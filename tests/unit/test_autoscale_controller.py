@@ -29,6 +29,7 @@ from warmroute.state import (
     ReplicaUpsert,
     Waiter,
 )
+from warmroute.state.ask import Ask
 
 POOL = "main"
 R1, R2, R3 = (f"10.0.0.{i}:8000" for i in (1, 2, 3))
@@ -94,10 +95,10 @@ class Env:
 
     def wait(self, n: int, pool: str = POOL) -> list[Waiter]:
         p = self.registry.pools[pool]
-        return [p.enqueue(f"w{i}", lambda _lease: True) for i in range(n)]
+        return [p.enqueue(Ask(f"w{i}"), lambda _lease: True) for i in range(n)]
 
     def lease(self, pool: str = POOL) -> Lease:
-        got = self.registry.pools[pool].try_acquire("r")
+        got = self.registry.pools[pool].try_acquire(Ask("r"))
         assert got is not None
         return got
 

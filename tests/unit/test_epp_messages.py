@@ -6,12 +6,12 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from warmroute import config
+from warmroute.director.subsets import eligible_addresses
 from warmroute.epp.messages import (
     CHUNK_BYTES,
     SUBSET_KEY,
     SUBSET_NAMESPACE,
     body_chunks,
-    eligible_addresses,
     subset_hint,
 )
 from warmroute.errors import ConfigError

@@ -10,9 +10,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from warmroute.director import Director, OutlierReporter
 from warmroute.extproc.processor import ExternalProcessor
 from warmroute.metrics import Metrics
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaUpsert
+from warmroute.state.ask import Ask
 
 _names = st.one_of(
     st.sampled_from(["x-model", "x-request-id", "x-gateway-destination-endpoint", ":path"]),
@@ -45,8 +47,10 @@ def test_any_headers_get_a_decision_or_a_clean_rejection(
     registry = Registry()
     registry.configure([PoolSpec("p", ("m",), max_waiting=0)])
     registry.apply(ReplicaUpsert("p", "10.0.0.1:80", 1, Phase.WARM))
-    held = registry.pools["p"].try_acquire("held") if busy else None
-    processor = ExternalProcessor(registry, Metrics(registry.view), "x-model")
+    held = registry.pools["p"].try_acquire(Ask("held")) if busy else None
+    metrics = Metrics(registry.view)
+    director = Director(registry, metrics, outliers=OutlierReporter(registry, metrics))
+    processor = ExternalProcessor(director, registry, "x-model")
     msg = ep.ProcessingRequest()
     for key, value in headers:
         raw = value if isinstance(value, bytes) else value.encode()

@@ -1,4 +1,4 @@
-"""The outlier adapter (``warmroute.extproc.outliers``): one log line per ejection and per
+"""The outlier adapter (``warmroute.director.outliers``): one log line per ejection and per
 return, the counters, and one timer armed for the next return. Fake clock and timers."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from tests.e2e.stack import metric_total
 from tests.unit.test_state_outlier import A, B, C, Ids, _lease_on
 from tests.unit.test_state_pool import FakeClock
+from warmroute.director.outliers import OutlierReporter
 from warmroute.extproc.accesslog import _for_replica
-from warmroute.extproc.outliers import OutlierReporter
 from warmroute.metrics import Metrics
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaUpsert
 from warmroute.state.outlier import Outcome, OutlierSpec
 
-LOGGER = "warmroute.extproc.outliers"
+LOGGER = "warmroute.director.outliers"
 
 
 class FakeTimers:

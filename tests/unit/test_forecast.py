@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmroute.state import EndReason, Phase, Pool, PoolSpec
+from warmroute.state.ask import Ask
 from warmroute.state.forecast import (
     ColdStarts,
     ServiceStats,
@@ -61,8 +62,8 @@ def test_pool_learns_service_from_finished_leases_only() -> None:
     clock = FakeClock()
     pool = make_pool(clock)
     pool.upsert(A, 2, Phase.WARM)
-    first = pool.try_acquire("r1")
-    second = pool.try_acquire("r2")
+    first = pool.try_acquire(Ask("r1"))
+    second = pool.try_acquire(Ask("r2"))
     assert first is not None and second is not None
     clock.now = 0.5
     first.release()
@@ -229,11 +230,11 @@ def test_pool_supply_counts_busy_loading_and_asked_slots() -> None:
     clock = FakeClock()
     pool = make_pool(clock)
     pool.upsert(A, 2, Phase.WARM)
-    lease = pool.try_acquire("r1")
+    lease = pool.try_acquire(Ask("r1"))
     assert lease is not None
     clock.now = 1.0
     lease.release()  # learns 1.0 s
-    held = pool.try_acquire("r2")
+    held = pool.try_acquire(Ask("r2"))
     assert held is not None
     pool.upsert(B, 1, Phase.LOADING)
     clock.now = 1.25
@@ -263,7 +264,7 @@ def test_state_and_its_text_show_what_the_pool_learned() -> None:
     pool.upsert(A, 1, Phase.LOADING)
     clock.now = 4.0
     pool.upsert(A, 1, Phase.WARM)
-    lease = pool.try_acquire("r")
+    lease = pool.try_acquire(Ask("r"))
     assert lease is not None
     clock.now = 4.5
     lease.release()

@@ -11,7 +11,10 @@ planned fix; the test fails once one disappears, so the list only shrinks.
 
 The state core is checked more strictly too: only the standard library, minus I/O. So is
 the config package: beyond that, only pydantic and YAML; and the rest of the code (tests and
-benchmarks too) sees it only through ``warmroute.config``, never its private modules.
+benchmarks too) sees it only through ``warmroute.config``, never its private modules. The
+director is protocol-neutral: no gRPC, no Envoy message, no front end; the two front ends
+(``extproc``: own Envoys, ``epp``: the endpoint picker) never import each other, and share
+request parsing through ``request``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "warmroute"
 STATE = PACKAGE / "state"
+DIRECTOR = PACKAGE / "director"
 CONFIG = PACKAGE / "config"
 
 _ENTRY = {"cli", "up", "soak", "__main__"}  # processes and commands: they wire the rest
@@ -47,19 +51,23 @@ LAYERS: dict[str, frozenset[str]] = {
     "discovery": _units("config k8s state"),  # replicas and phases in, typed events out
     "xds": _units("config envoy_names state"),  # Envoy resources, snapshots, ADS streams
     "metrics": _units("errors state xds"),  # a sink: adapters record, gauges read views
-    "extproc": _units("envoy_names errors metrics state"),  # the request path; never the xDS server
-    "epp": _units("config envoy_names errors extproc metrics state"),  # a second front end
+    # -- the request path: one director, shared request parsing, two front ends ----------------
+    "director": _units("errors metrics state"),  # the decision; protocol-neutral (see below)
+    "request": _units("envoy_names errors state"),  # ext_proc parsing and answers both share
+    "extproc": _units("director envoy_names errors metrics request state"),  # own-Envoy mode
+    "epp": _units("config director envoy_names errors metrics request state"),  # picker mode
     "autoscale": _units("config state"),  # the Scaler protocol only; never a platform
     "sim": _units("children config discovery"),  # simulated replicas + their local scaler
     "admin": _units("metrics state"),  # /metrics and /state
     "fence": _units("state"),  # the start's and takeover's fence: its grace timer
     # -- wiring and entry points ---------------------------------------------------------------
     "config_watch": _units(""),
-    "config_manager": _units("autoscale config discovery epp errors k8s metrics state xds"),
+    "config_manager": _units("autoscale config discovery errors k8s metrics state xds"),
     "envoy_process": _units("children"),
+    "front_end": _units("config director extproc metrics state xds"),  # own-Envoy mode's wiring
     "server": _units(
-        "admin autoscale config config_manager config_watch discovery epp errors extproc k8s "
-        "fence metrics sim state xds"
+        "admin autoscale config config_manager config_watch director discovery epp errors "
+        "extproc fence front_end k8s metrics sim state xds"
     ),
     "up": _units("config envoy_process server sim view xds"),
     "soak": _units("config envoy_process server sim xds"),
@@ -159,7 +167,7 @@ def test_layers_are_one_way() -> None:
 
 def test_state_core_imports_only_stdlib_and_itself() -> None:
     problems = []
-    for path in sorted(STATE.glob("*.py")):
+    for path in sorted(STATE.rglob("*.py")):
         for name in _imports(path):
             top = name.split(".")[0]
             if name.startswith("warmroute"):
@@ -170,6 +178,25 @@ def test_state_core_imports_only_stdlib_and_itself() -> None:
             if not ok:
                 problems.append(f"{path.name} imports {name}")
     assert problems == []
+
+
+def test_the_front_ends_never_import_each_other() -> None:
+    assert "extproc" not in LAYERS["epp"] and "epp" not in LAYERS["extproc"]
+    crossing = [(src, dst, f) for src, dst, f in _edges() if {src, dst} == {"epp", "extproc"}]
+    assert crossing == []
+
+
+def test_the_director_speaks_no_protocol() -> None:
+    """The director sees a ``Request`` value, never a gRPC or Envoy message."""
+    protocols = ("grpc", "envoy", "google.protobuf", "xds", "udpa", "aiohttp", "kubernetes")
+    problems = [
+        f"{path.name} imports {name}"
+        for path in sorted(DIRECTOR.rglob("*.py"))
+        for name in _imports(path)
+        if name.split(".")[0] in protocols or name.startswith(protocols)
+    ]
+    assert problems == []
+    assert LAYERS["director"] <= {"errors", "metrics", "state"}
 
 
 def test_config_imports_only_validation_libraries_the_core_and_itself() -> None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from warmroute.config import LeaderElectionConfig
 from warmroute.fence import Fence
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaExternalLoad, ReplicaUpsert
+from warmroute.state.ask import Ask
 
 R1, R2 = "10.0.0.1:8000", "10.0.0.2:8000"
 
@@ -77,7 +78,7 @@ def test_fence_takes_every_slot_at_begin_and_lifts_after_the_grace() -> None:
     assert s.fence.begin("takeover", 30.0) == 2
     assert (s.free(R1), s.free(R2)) == (0, 0)
     assert [t.delay for t in s.schedule.timers] == [30.0]
-    assert s.registry.pools["main"].try_acquire("r1") is None  # nothing leasable
+    assert s.registry.pools["main"].try_acquire(Ask("r1")) is None  # nothing leasable
     s.clock.now += 30.0
     s.schedule.fire()
     assert (s.free(R1), s.free(R2)) == (2, 2)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from warmroute.errors import InvalidBody, MissingModel, ModelMismatch, RequestRejected
 from warmroute.extproc import models_api
-from warmroute.extproc.request_model import (
+from warmroute.request.model import (
     NO_BODY,
     BodyModel,
     BodyState,

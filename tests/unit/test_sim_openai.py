@@ -182,15 +182,20 @@ def test_embeddings_are_deterministic_unit_vectors() -> None:
     assert decoded == pytest.approx(a, abs=1e-6)
 
 
-def test_models_list() -> None:
-    listed = openai_api.models(["a", "b"], 7)
-    assert listed == {
-        "object": "list",
-        "data": [
-            {"id": "a", "object": "model", "created": 7, "owned_by": "warmroute-sim"},
-            {"id": "b", "object": "model", "created": 7, "owned_by": "warmroute-sim"},
-        ],
-    }
+def test_models_list_is_vllms_model_cards() -> None:
+    adapter = openai_api.model_card("ad", 7, root="/loras/ad", parent="a")
+    listed = openai_api.models(["a", "b"], 7, [adapter])
+    assert listed["object"] == "list"
+    assert [m["id"] for m in listed["data"]] == ["a", "b", "ad"]
+    base = listed["data"][0]
+    permission = base.pop("permission")
+    assert base == {
+        "id": "a", "object": "model", "created": 7, "owned_by": "vllm", "root": "a",
+        "parent": None, "max_model_len": openai_api.MAX_MODEL_LEN,
+    }  # fmt: skip
+    assert permission[0]["object"] == "model_permission"
+    assert permission[0]["id"].startswith("modelperm-")
+    assert listed["data"][2]["parent"] == "a" and listed["data"][2]["root"] == "/loras/ad"
 
 
 def test_count_tokens() -> None:

@@ -8,8 +8,11 @@ from hypothesis import strategies as st
 
 from warmroute.state import Lease, Phase, PoolSpec, Registry, ReplicaExternalLoad, ReplicaUpsert
 from warmroute.state.affinity import Affinity, AffinityMemory, AffinitySpec, prompt_blocks
-from warmroute.state.policy import least_loaded, prefix_affinity
+from warmroute.state.ask import Ask
+from warmroute.state.candidates import free
+from warmroute.state.picker import PROFILES, Picker
 from warmroute.state.replica import Capacity, Replica
+from warmroute.state.scorers import LeastLoaded
 
 ADDRS = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
 
@@ -120,6 +123,39 @@ def test_memory_is_bounded_and_keeps_the_latest(
 # -- the policy ------------------------------------------------------------------------------
 
 
+class _Served:
+    """A pool's view for the scorers whose memory says the prefix scores are ``scores``."""
+
+    def __init__(self, scores: dict[str, tuple[int, int]], bound: int) -> None:
+        self.scores = scores
+        self.affinity_spec = AffinitySpec(max_imbalance=bound)
+
+    @property
+    def affinity(self) -> _Served:
+        return self
+
+    def prefix_scores(self, blocks: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+        return dict(self.scores)
+
+    def session_of(self, session: str) -> str | None:
+        return None
+
+
+def prefix_affinity(
+    rs: list[Replica], scores: dict[str, tuple[int, int]], bound: int
+) -> Replica | None:
+    """The ``prefix_affinity`` profile's pick among the free of ``rs`` for a prompt whose
+    prefix each address served as ``scores`` says (depth, recency)."""
+    depth = max((d for d, _ in scores.values()), default=1)
+    ask = Ask("r", affinity=Affinity(blocks=tuple(range(depth))))
+    picker = Picker(PROFILES["prefix_affinity"], _Served(scores, bound))  # type: ignore[arg-type]
+    return picker.pick(free(rs), ask)
+
+
+def least_loaded(rs: list[Replica]) -> Replica | None:
+    return LeastLoaded().pick(free(rs))
+
+
 def test_longest_prefix_wins_within_the_bound() -> None:
     rs = [_replica(ADDRS[0], 4, 0), _replica(ADDRS[1], 4, 2), _replica(ADDRS[2], 4, 1)]
     scores = {ADDRS[1]: (5, 1), ADDRS[2]: (3, 4)}
@@ -190,37 +226,36 @@ def test_try_acquire_follows_the_prefix_and_remembers_grants() -> None:
     reg = _registry()
     pool = reg.pools["p"]
     system = prompt_blocks("system prompt " * 40, 64, 128)
-    first = pool.try_acquire("r1", affinity=Affinity(blocks=system))
+    first = pool.try_acquire(Ask("r1", affinity=Affinity(blocks=system)))
     assert first is not None
     # Three more with the same prefix land on the same replica (within the bound of 2).
-    same = [pool.try_acquire(f"s{i}", affinity=Affinity(blocks=system)) for i in range(2)]
+    same = [pool.try_acquire(Ask(f"s{i}", affinity=Affinity(blocks=system))) for i in range(2)]
     assert {lease.address for lease in same if lease} == {first.address}
     # The next would be 3 above the idle replicas: over the bound, it spreads.
-    spread = pool.try_acquire("s3", affinity=Affinity(blocks=system))
+    spread = pool.try_acquire(Ask("s3", affinity=Affinity(blocks=system)))
     assert spread is not None and spread.address != first.address
     # A request without a hint is a least_loaded pick, untouched by the memory.
-    plain = pool.try_acquire("plain")
+    plain = pool.try_acquire(Ask("plain"))
     assert plain is not None and plain.address not in (first.address, spread.address)
 
 
-def test_a_waiter_keeps_fifo_and_its_grant_can_be_remembered() -> None:
+def test_a_waiter_keeps_fifo_and_its_grant_is_remembered() -> None:
     reg = _registry(slots=1)
     pool = reg.pools["p"]
-    held = [pool.try_acquire(f"h{i}") for i in range(3)]
+    held = [pool.try_acquire(Ask(f"h{i}")) for i in range(3)]
     assert all(held)
     blocks = prompt_blocks("q" * 100, 10, 100)
-    assert pool.try_acquire("w", affinity=Affinity(blocks=blocks)) is None  # all full
+    assert pool.try_acquire(Ask("w", affinity=Affinity(blocks=blocks))) is None  # all full
     got: list[Lease] = []
 
     def grant(lease: Lease) -> bool:
         got.append(lease)
         return True
 
-    pool.enqueue("w", grant)
+    pool.enqueue(Ask("w", affinity=Affinity(blocks=blocks)), grant)
     assert held[1] is not None
     held[1].release()
     assert [lease.address for lease in got] == [held[1].address]  # the freed slot, FIFO
-    pool.remember_affinity(Affinity(blocks=blocks), got[0])
     assert pool.affinity is not None
     assert pool.affinity.scores(Affinity(blocks=blocks)) == {held[1].address: (len(blocks), 4)}
 
@@ -228,7 +263,7 @@ def test_a_waiter_keeps_fifo_and_its_grant_can_be_remembered() -> None:
 def test_hints_are_ignored_without_an_affinity_spec() -> None:
     reg = _registry(spec=None)
     pool = reg.pools["p"]
-    lease = pool.try_acquire("r", affinity=Affinity(session="s"))
+    lease = pool.try_acquire(Ask("r", affinity=Affinity(session="s")))
     assert lease is not None
     assert pool.affinity is None
 
@@ -237,9 +272,9 @@ def test_eligible_set_bounds_the_affinity_pick() -> None:
     reg = _registry()
     pool = reg.pools["p"]
     hint = Affinity(session="bob")
-    first = pool.try_acquire("a", frozenset({ADDRS[0]}), hint)
+    first = pool.try_acquire(Ask("a", eligible=frozenset({ADDRS[0]}), affinity=hint))
     assert first is not None and first.address == ADDRS[0]
-    other = pool.try_acquire("b", frozenset({ADDRS[1], ADDRS[2]}), hint)
+    other = pool.try_acquire(Ask("b", eligible=frozenset({ADDRS[1], ADDRS[2]}), affinity=hint))
     assert other is not None and other.address in (ADDRS[1], ADDRS[2])
 
 
@@ -271,7 +306,7 @@ def test_pool_with_hints_never_overbooks_nor_exceeds_the_bound(
             busy = {r.address: r.busy for r in free}
             fallback = least_loaded(list(pool.replicas.values()))
             scores = pool.affinity.scores(hint) if pool.affinity else {}
-            lease = pool.try_acquire(f"r{len(held)}", None, hint)
+            lease = pool.try_acquire(Ask(f"r{len(held)}", eligible=None, affinity=hint))
             if lease is None:
                 assert not free
                 continue

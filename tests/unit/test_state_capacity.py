@@ -21,6 +21,7 @@ from warmroute.state import (
     ReplicaUpsert,
     WaitState,
 )
+from warmroute.state.ask import Ask
 
 R = "10.0.0.1:8000"
 A = PoolSpec("a", ("ma",))
@@ -56,7 +57,7 @@ def warm(registry: Registry, pool: str, slots: int, address: str = R) -> None:
 
 
 def fill(registry: Registry, pool: str, n: int) -> list[Lease]:
-    leases = [registry.pools[pool].try_acquire(f"{pool}-{i}") for i in range(n)]
+    leases = [registry.pools[pool].try_acquire(Ask(f"{pool}-{i}")) for i in range(n)]
     assert all(lease is not None for lease in leases)
     return [lease for lease in leases if lease is not None]
 
@@ -86,7 +87,7 @@ def test_moved_replica_keeps_the_first_pools_leases_against_its_slots(
     move(registry, slots)
     b = registry.pools["b"]
     granted = fill(registry, "b", free_in_b)
-    assert b.try_acquire("one-too-many") is None
+    assert b.try_acquire(Ask("one-too-many")) is None
     capacity = registry.capacity(R)
     assert capacity is not None
     assert capacity.leased == busy_in_a + free_in_b <= slots
@@ -106,7 +107,7 @@ def test_waiter_in_the_new_pool_gets_the_slot_the_moment_the_old_lease_ends(slot
     move(registry, slots)
     b = registry.pools["b"]
     requester = Requester()
-    waiter = b.enqueue("b-waits", requester.on_grant)
+    waiter = b.enqueue(Ask("b-waits"), requester.on_grant)
     assert waiter.state is WaitState.WAITING and requester.offered == []
     assert leases_a[0].release() is True
     # Dispatched inside the release of another pool's lease: no tick, no event needed.
@@ -126,9 +127,9 @@ def test_removed_pool_keeps_its_leases_against_the_address_until_they_end() -> N
     assert registry.retired == (old_a,)
     warm(registry, "b", 1)
     b = registry.pools["b"]
-    assert b.try_acquire("b-0") is None
+    assert b.try_acquire(Ask("b-0")) is None
     requester = Requester()
-    waiter = b.enqueue("b-1", requester.on_grant)
+    waiter = b.enqueue(Ask("b-1"), requester.on_grant)
     clock.now += 1.0
     registry.expire()
     assert registry.retired == (old_a,) and waiter.state is WaitState.WAITING
@@ -155,9 +156,9 @@ def test_when_pools_disagree_on_slots_the_smaller_wins(
     warm(registry, "a", a_slots)
     warm(registry, "b", b_slots)
     leases = fill(registry, "a", 1) + fill(registry, "b", 1)
-    while (lease := registry.pools["a"].try_acquire("more")) is not None:
+    while (lease := registry.pools["a"].try_acquire(Ask("more"))) is not None:
         leases.append(lease)
-    assert registry.pools["b"].try_acquire("more") is None
+    assert registry.pools["b"].try_acquire(Ask("more")) is None
     assert len(leases) == leasable
 
 
@@ -167,7 +168,7 @@ def test_a_gone_replica_stops_bounding_the_address_and_wakes_the_other_pool() ->
     warm(registry, "b", 3)
     [lease_a] = fill(registry, "a", 1)
     requester = Requester()
-    waiter = registry.pools["b"].enqueue("b-0", requester.on_grant)
+    waiter = registry.pools["b"].enqueue(Ask("b-0"), requester.on_grant)
     assert waiter.state is WaitState.WAITING  # a says 1 slot, and a holds it
     registry.apply(ReplicaRemoved("a", R))  # a's figure is stale now: b's 3 slots rule
     assert waiter.state is WaitState.GRANTED
@@ -192,7 +193,7 @@ def test_a_shared_address_freed_in_one_pool_serves_the_other(
     [lease] = fill(registry, "a", 1)
     requesters = {name: Requester() for name in ("b", "a")}
     waiters = {
-        name: registry.pools[name].enqueue(f"{name}-w", requesters[name].on_grant)
+        name: registry.pools[name].enqueue(Ask(f"{name}-w"), requesters[name].on_grant)
         for name in ("b", "a")
         if name == "b" or waiting_in_a
     }
@@ -224,7 +225,7 @@ def test_more_slots_in_one_pool_wake_the_other_pools_waiters() -> None:
     warm(registry, "b", 2)
     [lease_a] = fill(registry, "a", 1)
     requester = Requester()
-    waiter = registry.pools["b"].enqueue("b-0", requester.on_grant)
+    waiter = registry.pools["b"].enqueue(Ask("b-0"), requester.on_grant)
     assert waiter.state is WaitState.WAITING  # the smaller figure (a's 1) rules
     warm(registry, "a", 3)  # now b's 2 is the smaller: one slot is free, and b's
     assert waiter.state is WaitState.GRANTED
@@ -238,11 +239,11 @@ def test_forgetting_an_idle_retired_pool_frees_the_slots_it_bounded() -> None:
     [lease_a] = fill(registry, "a", 1)
     registry.configure([B])  # a is retired; its replica still says 1 slot
     requester = Requester()
-    waiter = registry.pools["b"].enqueue("b-0", requester.on_grant)
+    waiter = registry.pools["b"].enqueue(Ask("b-0"), requester.on_grant)
     assert waiter.state is WaitState.WAITING
     lease_a.release()  # a's replica is WARM, not GONE: it still bounds R to 1 slot
     assert waiter.state is WaitState.GRANTED
-    waiter_2 = registry.pools["b"].enqueue("b-1", requester.on_grant)
+    waiter_2 = registry.pools["b"].enqueue(Ask("b-1"), requester.on_grant)
     assert waiter_2.state is WaitState.WAITING
     clock.now += 1.0
     registry.expire()  # a is idle: forgotten, R's slots are b's 2
@@ -255,7 +256,7 @@ def test_view_shows_address_wide_free_slots_in_every_pool() -> None:
     registry, _ = make_registry()
     registry.apply(ReplicaUpsert("a", R, 2, Phase.WARM))
     registry.apply(ReplicaUpsert("b", R, 2, Phase.WARM))
-    lease = registry.pools["a"].try_acquire("r1")
+    lease = registry.pools["a"].try_acquire(Ask("r1"))
     assert lease is not None
     free = {p.name: [r.free for r in p.replicas] for p in registry.view().pools}
     assert free == {"a": [1], "b": [1]}

@@ -11,6 +11,7 @@ from warmroute.state import (
     ReplicaExternalLoad,
     ReplicaUpsert,
 )
+from warmroute.state.ask import Ask
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 OLD = "0ld0ld00" + "ab" * 12  # a lease id with another process's epoch
@@ -46,7 +47,7 @@ class Setup:
         return self.book.evaluate(reclaim=reclaim)
 
     def acquire(self, request: str) -> str:
-        lease = self.pool.try_acquire(request)
+        lease = self.pool.try_acquire(Ask(request))
         assert lease is not None
         return lease.address
 
@@ -57,7 +58,7 @@ def test_the_fence_holds_replicas_known_at_begin_and_those_that_appear_later() -
     s.book.begin("start")
     s.add(B)  # discovered after the start: held too
     assert (s.free(A), s.free(B)) == (0, 0)
-    assert s.pool.try_acquire("r1") is None
+    assert s.pool.try_acquire(Ask("r1")) is None
     assert s.book.view().held == {A: 2, B: 2}
 
 

@@ -23,6 +23,7 @@ from warmroute.state import (
     ReplicaRemoved,
     ReplicaUpsert,
 )
+from warmroute.state.ask import Ask
 
 R1 = "10.0.0.1:8000"
 R2 = "10.0.0.2:8000"
@@ -72,7 +73,7 @@ def warm(registry: Registry, pool: str, address: str, slots: int) -> None:
 
 
 def lease(registry: Registry, pool: str, request_id: str, on: str) -> Lease:
-    got = registry.pools[pool].try_acquire(request_id, frozenset({on}))
+    got = registry.pools[pool].try_acquire(Ask(request_id, eligible=frozenset({on})))
     assert got is not None and got.address == on
     return got
 
@@ -100,7 +101,7 @@ def test_a_refused_grant_leaves_no_trace_in_the_index() -> None:
     registry, _ = make_registry()
     warm(registry, "a", R1, 1)
     held = lease(registry, "a", "held", R1)
-    waiter = registry.pools["a"].enqueue("gone", lambda _lease: False)
+    waiter = registry.pools["a"].enqueue(Ask("gone"), lambda _lease: False)
     held.release()  # the slot is offered to the waiter, which refuses: undone
     replica = registry.replica("a", R1)
     assert replica is not None and replica.leases == {}
@@ -226,7 +227,7 @@ def test_load_counts_waiters_and_unknown_pools_read_as_nothing() -> None:
     registry, _ = make_registry()
     warm(registry, "a", R1, 1)
     lease(registry, "a", "r1", R1)
-    registry.pools["a"].enqueue("r2", lambda _lease: True)
+    registry.pools["a"].enqueue(Ask("r2"), lambda _lease: True)
     load = registry.load("a")
     assert load is not None and load.waiting == 1
     assert registry.load("nope") is None

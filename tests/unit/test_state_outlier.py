@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.unit.test_state_pool import FakeClock, Ids, Requester
 from warmroute import view
 from warmroute.state import Lease, Phase, Pool, PoolSpec, Registry, ReplicaUpsert
+from warmroute.state.ask import Ask
 from warmroute.state.outlier import (
     Backoff,
     Ejection,
@@ -286,7 +287,7 @@ def _pool(clock: FakeClock, replicas: int = 2, **spec: object) -> Pool:
 
 def _lease_on(pool: Pool, address: str, request: str = "r") -> Lease:
     """A lease on ``address`` (a subset of one)."""
-    lease = pool.try_acquire(request, frozenset([address]))
+    lease = pool.try_acquire(Ask(request, eligible=frozenset([address])))
     assert lease is not None and lease.address == address
     return lease
 
@@ -304,11 +305,11 @@ def test_an_ejected_replica_takes_no_lease_and_its_return_serves_a_waiter() -> N
     _eject(pool, A)
     replica = pool.replicas[A]
     assert replica.held and replica.free == 0 and replica.phase is Phase.WARM
-    busy = pool.try_acquire("x")
+    busy = pool.try_acquire(Ask("x"))
     assert busy is not None and busy.address == B
-    assert pool.try_acquire("y") is None  # A has a free slot but is ejected
+    assert pool.try_acquire(Ask("y")) is None  # A has a free slot but is ejected
     waiter = Requester()
-    pool.enqueue("y", waiter.on_grant)
+    pool.enqueue(Ask("y"), waiter.on_grant)
     clock.advance(10.0)
     (back,) = pool.restore_outliers()
     assert back.address == A
@@ -321,10 +322,10 @@ def test_report_before_release_keeps_the_freed_slot_from_the_ejected_replica() -
     pool = _pool(clock, replicas=2)
     _eject(pool, A, times=4)
     last = _lease_on(pool, A, "last")
-    other = pool.try_acquire("b")
+    other = pool.try_acquire(Ask("b"))
     assert other is not None and other.address == B
     waiter = Requester()
-    pool.enqueue("w", waiter.on_grant)
+    pool.enqueue(Ask("w"), waiter.on_grant)
     assert isinstance(pool.report(last, F), Ejection)
     last.release()  # frees A's slot, but A is ejected
     assert waiter.offered == []
@@ -336,8 +337,8 @@ def test_subsets_and_token_pools_skip_held_replicas_too() -> None:
     clock = FakeClock()
     pool = _pool(clock, replicas=3)
     _eject(pool, A)
-    assert pool.try_acquire("only-a", frozenset([A])) is None
-    lease = pool.try_acquire("a-or-b", frozenset([A, B]))
+    assert pool.try_acquire(Ask("only-a", eligible=frozenset([A]))) is None
+    lease = pool.try_acquire(Ask("a-or-b", eligible=frozenset([A, B])))
     assert lease is not None and lease.address == B
     assert pool.can_ever_serve(frozenset([A]))  # it comes back: wait, do not refuse
 
@@ -349,7 +350,7 @@ def test_a_back_off_ends_in_a_dispatch_and_is_not_an_ejection() -> None:
     assert pool.report(lease, FULL) == Backoff("p", A, 0.5)
     lease.release()
     waiter = Requester()
-    pool.enqueue("w", waiter.on_grant)
+    pool.enqueue(Ask("w"), waiter.on_grant)
     assert waiter.offered == []
     assert pool.outliers.next_due() == 0.5
     clock.advance(0.5)
@@ -365,7 +366,7 @@ def test_a_removed_replica_is_forgotten_and_comes_back_clean() -> None:
     assert pool.outliers.held == set() and pool.outliers.status(A) is None
     pool.upsert(A, 1, Phase.WARM)
     assert not pool.replicas[A].held
-    lease = pool.try_acquire("x", frozenset([A]))
+    lease = pool.try_acquire(Ask("x", eligible=frozenset([A])))
     assert lease is not None
 
 
@@ -380,7 +381,7 @@ def test_registry_reports_views_and_restores_every_pool() -> None:
     pool = registry.pools["p"]
     _eject(pool, A)
     for _ in range(10):  # pool q has detection off
-        lease = registry.pools["q"].try_acquire("q")
+        lease = registry.pools["q"].try_acquire(Ask("q"))
         assert lease is not None
         assert registry.report(lease, F) is None
         lease.release()
@@ -453,11 +454,11 @@ class OutlierPoolMachine(RuleBasedStateMachine):
 
     @rule(eligible=st.none() | st.frozensets(st.sampled_from((A, B, C, D)), min_size=1))
     def request(self, eligible: frozenset[str] | None) -> None:
-        lease = self.pool.try_acquire("r", eligible)
+        lease = self.pool.try_acquire(Ask("r", eligible=eligible))
         if lease is not None:
             self._granted(lease)
         elif len(self.pool.queue) < self.pool.spec.max_waiting:
-            self.pool.enqueue("r", self._granted, eligible=eligible)
+            self.pool.enqueue(Ask("r", eligible=eligible), self._granted)
 
     @precondition(lambda self: self.leases)
     @rule(index=st.integers(0, 99), outcome=st.sampled_from([S, F, F, F, F, F, FULL, IGN]))

@@ -20,6 +20,7 @@ from warmroute.state import (
     Waiter,
     WaitState,
 )
+from warmroute.state.ask import Ask
 
 
 class FakeClock:
@@ -74,7 +75,7 @@ class Env:
         self.registry.apply(ReplicaUpsert(pool, address, slots, Phase.WARM))
 
     def acquire(self, request_id: str = "req", pool: str = "p") -> Lease:
-        lease = self.pool(pool).try_acquire(request_id)
+        lease = self.pool(pool).try_acquire(Ask(request_id))
         assert lease is not None, f"no lease for {request_id}"
         return lease
 
@@ -82,7 +83,7 @@ class Env:
         self, request_id: str, requester: Requester, pool: str = "p", timeout: float | None = None
     ) -> Waiter:
         return self.pool(pool).enqueue(
-            request_id, requester.on_grant, timeout=timeout, on_timeout=requester.on_timeout
+            Ask(request_id), requester.on_grant, timeout=timeout, on_timeout=requester.on_timeout
         )
 
 
@@ -123,7 +124,7 @@ def test_immediate_acquire_picks_least_loaded_then_least_recently_used(
         env.clock.advance(1.0)
         got.append(env.acquire(f"r{i}").address)
     assert got == expected
-    assert env.pool().try_acquire("one-too-many") is None
+    assert env.pool().try_acquire(Ask("one-too-many")) is None
 
 
 def test_idle_replicas_are_picked_least_recently_used_first() -> None:
@@ -174,7 +175,7 @@ def test_grant_sets_lease_fields_and_indexes_it() -> None:
 
 def test_no_replica_means_wait() -> None:
     env = make_env()
-    assert env.pool().try_acquire("req") is None
+    assert env.pool().try_acquire(Ask("req")) is None
     requester = Requester()
     waiter = env.wait("req", requester)
     assert waiter.state is WaitState.WAITING
@@ -190,7 +191,7 @@ def test_waiters_are_served_fifo_and_never_overtaken() -> None:
     held = env.acquire("first")
     requesters = {name: Requester() for name in ("w1", "w2", "w3")}
     waiters = {name: env.wait(name, r) for name, r in requesters.items()}
-    assert env.pool().try_acquire("late") is None
+    assert env.pool().try_acquire(Ask("late")) is None
     order = []
     lease = held
     for _ in range(3):
@@ -199,7 +200,7 @@ def test_waiters_are_served_fifo_and_never_overtaken() -> None:
         newest = next(n for n in granted if n not in order)
         order.append(newest)
         # The slot went to the waiter, so a newcomer still finds nothing.
-        assert env.pool().try_acquire("late") is None
+        assert env.pool().try_acquire(Ask("late")) is None
         found = waiters[newest].lease
         assert found is not None
         lease = found
@@ -490,7 +491,7 @@ def test_replicas_that_are_not_warm_get_no_leases(phase: Phase) -> None:
     env.registry.apply(ReplicaUpsert("p", "a", 2, phase))
     replica = env.pool().replicas["a"]
     assert replica.free == 0
-    assert env.pool().try_acquire("req") is None
+    assert env.pool().try_acquire(Ask("req")) is None
     requester = Requester()
     waiter = env.wait("req", requester)
     assert waiter.state is WaitState.WAITING
@@ -591,9 +592,9 @@ def test_multi_slot_replica_never_exceeds_its_slots() -> None:
         return True
 
     granted: list[Lease] = [env.acquire(f"r{i}") for i in range(3)]
-    assert env.pool().try_acquire("r3") is None
+    assert env.pool().try_acquire(Ask("r3")) is None
     for i in range(5):
-        env.pool().enqueue(f"w{i}", on_grant)
+        env.pool().enqueue(Ask(f"w{i}"), on_grant)
     assert replica.in_flight == 3
     while granted:
         lease = granted.pop(0)
@@ -636,7 +637,7 @@ def test_external_load_reduces_free_slots() -> None:
     env.registry.apply(ReplicaExternalLoad("p", "a", 2))
     assert (replica.external, replica.free) == (2, 1)
     env.acquire("r1")
-    assert env.pool().try_acquire("r2") is None
+    assert env.pool().try_acquire(Ask("r2")) is None
     waiter = env.wait("w", Requester())
     # ``running`` counts everything the replica runs, our own lease included.
     env.registry.apply(ReplicaExternalLoad("p", "a", 2))
@@ -755,7 +756,9 @@ def test_default_lease_ids_are_unguessable() -> None:
     registry.configure([PoolSpec("p", ("m",))])
     registry.apply(ReplicaUpsert("p", "a", 2, Phase.WARM))
     pool = registry.pools["p"]
-    ids = {lease.id for lease in (pool.try_acquire("r1"), pool.try_acquire("r2")) if lease}
+    ids = {
+        lease.id for lease in (pool.try_acquire(Ask("r1")), pool.try_acquire(Ask("r2"))) if lease
+    }
     assert len(ids) == 2
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 

@@ -21,8 +21,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tests.unit.test_state_pool import Env, Requester, make_env, state_of
 from warmroute.errors import QueueFull
 from warmroute.state import Lease, Phase, PoolSpec, ReplicaUpsert, Waiter, WaitState
+from warmroute.state.ask import Ask
 from warmroute.state.priority import BandSpec, PrioritySpec
-from warmroute.state.waiters import RankedWaiter, WaitQueue
+from warmroute.state.waiters import WaitQueue
 
 INTERACTIVE, BATCH = 0, 1
 
@@ -66,13 +67,10 @@ class Log:
             self.granted.append(request_id)
             return requester.on_grant(lease)
 
-        return env.pool().enqueue_ranked(
-            request_id,
+        return env.pool().enqueue(
+            Ask(request_id, eligible=eligible, band=band, key=key),
             on_grant,
             on_timeout=requester.on_timeout,
-            eligible=eligible,
-            band=band,
-            key=key,
             on_displaced=lambda: self.displaced.append(request_id),
         )
 
@@ -307,7 +305,7 @@ def test_without_priority_band_and_key_are_ignored_and_the_queue_stays_one_fifo(
 
 def test_plain_enqueue_in_a_pool_with_bands_waits_in_the_default_band() -> None:
     env, log = busy_env(ranked("interactive", "batch", max_waiting=1)), Log()
-    plain = env.pool().enqueue("plain", Requester().on_grant)
+    plain = env.pool().enqueue(Ask("plain"), Requester().on_grant)
     assert env.pool().queue.band_len(BATCH) == 1
     log.wait(env, "i", "interactive")
     assert state_of(plain) is WaitState.DISPLACED  # no on_displaced: nobody to tell
@@ -346,8 +344,8 @@ def test_wait_queue_serves_bands_then_turns_then_arrival() -> None:
 
     def w(name: str, lane: tuple[int, str] | None, *eligible: str) -> Waiter:
         subset = frozenset(eligible) if eligible else None
-        waiter = RankedWaiter(name, 0, 1, grant, None, subset, lane)
-        q.push_ranked(waiter)
+        waiter = Waiter(name, 0, 1, grant, None, subset, lane)
+        q.push(waiter)
         return waiter
 
     plain = w("plain", None)
@@ -468,7 +466,7 @@ class PriorityMachine(RuleBasedStateMachine):
         request_id = f"r{self.n}"
         pool = self.pool
         queued = list(pool.queue)
-        lease = pool.try_acquire(request_id, eligible)
+        lease = pool.try_acquire(Ask(request_id, eligible=eligible))
         if lease is not None:
             assert not any(self._usable(w, lease.address) for w in queued), "overtook a waiter"
             self._check_fits(lease)
@@ -483,12 +481,9 @@ class PriorityMachine(RuleBasedStateMachine):
             victim = max((w for w in lower if self._band_key(w)[0] == lowest), key=lambda w: w.seq)
         box: list[Waiter] = []
         try:
-            waiter = pool.enqueue_ranked(
-                request_id,
+            waiter = pool.enqueue(
+                Ask(request_id, eligible=eligible, band=band, key=key),
                 self._on_grant(box, alive),
-                eligible=eligible,
-                band=band,
-                key=key,
                 on_timeout=lambda: None,
                 on_displaced=lambda: self._leave(request_id, WaitState.DISPLACED),
             )

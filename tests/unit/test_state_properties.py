@@ -45,6 +45,7 @@ from warmroute.state import (
     Waiter,
     WaitState,
 )
+from warmroute.state.ask import Ask
 
 ADDRESSES = tuple(f"10.0.0.{i}:8000" for i in range(5))
 POLICIES = ("least_loaded", "first_free")
@@ -265,7 +266,7 @@ class RegistryMachine(RuleBasedStateMachine):
         request_id = f"req-{self.requests}"
         if not skip_try:
             queued = len(p.queue)
-            lease = p.try_acquire(request_id, eligible)
+            lease = p.try_acquire(Ask(request_id, eligible=eligible))
             if lease is not None:
                 # _check_grant also checks that no queued waiter could have used it.
                 assert queued == 0 or p.queue.restricted, "a new request overtook a queued one"
@@ -281,11 +282,10 @@ class RegistryMachine(RuleBasedStateMachine):
         queued = len(p.queue)
         try:
             t.waiter = p.enqueue(
-                request_id,
+                Ask(request_id, eligible=eligible),
                 partial(self._on_grant, t),
                 timeout=timeout,
                 on_timeout=partial(self._on_timeout, t),
-                eligible=eligible,
             )
         except QueueFull:
             assert queued >= p.spec.max_waiting

@@ -10,18 +10,14 @@ and Envoy reported 4 in progress there. Once those leases were older than
 (``warmroute_leases_reconciled_total`` 4), their slots were leased again, and the server
 held 8 requests on ``--max-num-seqs 4`` = ``slots: 4`` (4 running, 4 waiting).
 
-The reconciliation belongs to the state core (``Pool.set_external``/``_reclaim``, owned
-by the request-path refactor); the rule this test asks for: a scrape must not reclaim a
-lease that Envoys' load reports still count in progress on that replica. Expected to
-fail until then (strict: it turns into a failure the day the rule holds, so the marker
-goes with the fix).
+The rule (``Pool.set_external``): a scrape never reclaims a lease that Envoys' load
+reports still count in progress on that replica.
 """
 
 from __future__ import annotations
 
-import pytest
-
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaExternalLoad, ReplicaUpsert
+from warmroute.state.ask import Ask
 
 A = "10.0.0.1:8000"
 
@@ -34,10 +30,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a scrape reclaims leases Envoys still report in progress (see module docstring)",
-)
 def test_a_lagging_scrape_does_not_free_slots_envoy_reports_busy() -> None:
     clock = FakeClock()
     registry = Registry(clock=clock)
@@ -45,7 +37,7 @@ def test_a_lagging_scrape_does_not_free_slots_envoy_reports_busy() -> None:
     pool = registry.pools["main"]
     registry.apply(ReplicaUpsert("main", A, 4, Phase.WARM))
     for i in range(4):
-        assert pool.try_acquire(f"r{i}") is not None
+        assert pool.try_acquire(Ask(f"r{i}")) is not None
     clock.now += 6.0  # the requests run long; their leases pass reconcile_after_seconds
     for _ in range(2):  # Envoy reports them in progress, report after report
         registry.inflight.report("envoy-0", {A: 4})
@@ -54,3 +46,19 @@ def test_a_lagging_scrape_does_not_free_slots_envoy_reports_busy() -> None:
     registry.apply(ReplicaExternalLoad("main", A, 0, reconcile=True))
     assert registry.view().leases == 4
     assert pool.replicas[A].free == 0
+
+
+def test_a_scrape_still_reclaims_what_no_envoy_counts() -> None:
+    clock = FakeClock()
+    registry = Registry(clock=clock)
+    registry.configure([PoolSpec("main", ("m",), reconcile_after_seconds=5.0)])
+    pool = registry.pools["main"]
+    registry.apply(ReplicaUpsert("main", A, 4, Phase.WARM))
+    for i in range(4):
+        assert pool.try_acquire(Ask(f"r{i}")) is not None
+    clock.now += 6.0
+    registry.inflight.report("envoy-0", {A: 1})  # Envoy counts one of the four
+    registry.inflight.evaluate(reclaim=False)
+    registry.apply(ReplicaExternalLoad("main", A, 0, reconcile=True))
+    assert registry.view().leases == 1  # three lost ends reclaimed, the counted one kept
+    assert pool.replicas[A].free == 3

@@ -28,6 +28,7 @@ from warmroute.state import (
     Waiter,
     WaitState,
 )
+from warmroute.state.ask import Ask
 from warmroute.state.waiters import WaitQueue
 
 
@@ -36,17 +37,16 @@ def subset(*addresses: str) -> frozenset[str]:
 
 
 def acquire_in(env: Env, request_id: str, *addresses: str) -> Lease:
-    lease = env.pool().try_acquire(request_id, subset(*addresses))
+    lease = env.pool().try_acquire(Ask(request_id, eligible=subset(*addresses)))
     assert lease is not None, f"no lease for {request_id} in {addresses}"
     return lease
 
 
 def wait_in(env: Env, request_id: str, requester: Requester, *addresses: str) -> Waiter:
     return env.pool().enqueue(
-        request_id,
+        Ask(request_id, eligible=subset(*addresses) if addresses else None),
         requester.on_grant,
         on_timeout=requester.on_timeout,
-        eligible=subset(*addresses) if addresses else None,
     )
 
 
@@ -79,12 +79,12 @@ def test_a_subset_request_is_leased_only_inside_its_subset(
         env.clock.advance(1.0)
         got.append(acquire_in(env, f"r{i}", *eligible).address)
     assert got == expected
-    assert env.pool().try_acquire("one-too-many", subset(*eligible)) is None
+    assert env.pool().try_acquire(Ask("one-too-many", eligible=subset(*eligible))) is None
     # Replicas outside the subset are untouched and still free for anyone.
     outside = [a for a in replicas if a not in eligible]
     assert all(env.pool().replicas[a].in_flight == 0 for a in outside)
     if outside:
-        assert env.pool().try_acquire("anyone") is not None
+        assert env.pool().try_acquire(Ask("anyone")) is not None
 
 
 @pytest.mark.parametrize("phase", [Phase.LOADING, Phase.DRAINING, Phase.GONE])
@@ -92,7 +92,7 @@ def test_a_subset_of_replicas_that_are_not_warm_gets_no_lease(phase: Phase) -> N
     env = make_env()
     env.warm("a")
     env.registry.apply(ReplicaUpsert("p", "b", 1, phase))
-    assert env.pool().try_acquire("r", subset("b")) is None
+    assert env.pool().try_acquire(Ask("r", eligible=subset("b"))) is None
     assert acquire_in(env, "r", "a", "b").address == "a"
 
 
@@ -115,7 +115,7 @@ def test_external_load_counts_inside_a_subset() -> None:
     env.warm("a", 2)
     env.warm("b", 2)
     env.registry.apply(ReplicaExternalLoad("p", "b", 2))
-    assert env.pool().try_acquire("r", subset("b")) is None
+    assert env.pool().try_acquire(Ask("r", eligible=subset("b"))) is None
     assert acquire_in(env, "r", "a", "b").address == "a"
 
 
@@ -272,10 +272,10 @@ def test_a_new_request_takes_a_slot_no_queued_waiter_may_use() -> None:
     acquire_in(env, "held", "b")
     waiter = wait_in(env, "w", Requester(), "b")
     # "a" is free and nobody queued may use it: a newcomer, with or without subset, takes it.
-    lease = env.pool().try_acquire("new")
+    lease = env.pool().try_acquire(Ask("new"))
     assert lease is not None and lease.address == "a"
-    assert env.pool().try_acquire("new2") is None
-    assert env.pool().try_acquire("new3", subset("b")) is None
+    assert env.pool().try_acquire(Ask("new2")) is None
+    assert env.pool().try_acquire(Ask("new3", eligible=subset("b"))) is None
     assert waiter.state is WaitState.WAITING
 
 
@@ -285,7 +285,7 @@ def test_a_new_request_never_overtakes_a_waiter_for_the_same_replica() -> None:
     held = acquire_in(env, "held", "a")
     requester = Requester()
     waiter = wait_in(env, "w", requester, "a")
-    assert env.pool().try_acquire("late", subset("a")) is None
+    assert env.pool().try_acquire(Ask("late", eligible=subset("a"))) is None
     late = wait_in(env, "late", Requester(), "a")
     assert held.release()
     assert state_of(waiter) is WaitState.GRANTED

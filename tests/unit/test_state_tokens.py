@@ -31,6 +31,8 @@ from warmroute.state import (
     Waiter,
     WaitState,
 )
+from warmroute.state.ask import Ask
+from warmroute.state.dispatch import SlotDispatch
 from warmroute.state.priority import BandSpec, PrioritySpec
 from warmroute.state.tokens import TokenSpec, cost_of
 from warmroute.view import render
@@ -117,13 +119,13 @@ def test_a_lease_reserves_its_tokens_and_release_refunds_them_once() -> None:
     registry, _ = _registry(_spec(capacity=100))
     _warm(registry, "p", A)
     pool = registry.pools["p"]
-    lease = pool.try_acquire_tokens("r1", 60)
+    lease = pool.try_acquire(Ask("r1", tokens=60))
     assert lease is not None
     capacity = lease.replica.capacity
     assert (capacity.tokens, capacity.tokens_leased, capacity.reserved) == (100, 60, {lease.id: 60})
     # Three slots are free, but not 60 tokens: a second large request waits.
-    assert pool.try_acquire_tokens("r2", 60) is None
-    small = pool.try_acquire_tokens("r3", 40)
+    assert pool.try_acquire(Ask("r2", tokens=60)) is None
+    small = pool.try_acquire(Ask("r3", tokens=40))
     assert small is not None and capacity.tokens_leased == 100
     assert lease.release() and not lease.release()
     assert capacity.tokens_leased == 40 and capacity.reserved == {small.id: 40}
@@ -136,28 +138,28 @@ def test_an_oversized_request_is_refused_at_once_naming_the_sizes() -> None:
     _warm(registry, "p", A)
     pool = registry.pools["p"]
     with pytest.raises(RequestTooLarge) as raised:
-        pool.try_acquire_tokens("r", 101)
+        pool.try_acquire(Ask("r", tokens=101))
     assert raised.value.code == "request_too_large_for_pool"
     assert raised.value.http_status == 400
     assert "101" in raised.value.message and "100" in raised.value.message
     with pytest.raises(RequestTooLarge):
-        pool.enqueue_ranked("r", Got(), tokens=101)
+        pool.enqueue(Ask("r", tokens=101), Got())
     assert not pool.queue and not registry.leases
-    assert pool.try_acquire_tokens("r", 100) is not None  # exactly the budget fits
+    assert pool.try_acquire(Ask("r", tokens=100)) is not None  # exactly the budget fits
 
 
 def test_waiters_are_served_in_order_as_tokens_free() -> None:
     registry, _ = _registry(_spec(capacity=100))
     _warm(registry, "p", A, slots=4)
     pool = registry.pools["p"]
-    first = pool.try_acquire_tokens("big1", 50)
-    second = pool.try_acquire_tokens("big2", 50)
+    first = pool.try_acquire(Ask("big1", tokens=50))
+    second = pool.try_acquire(Ask("big2", tokens=50))
     assert first is not None and second is not None
     got3, got4, small = Got(), Got(), Got()
-    pool.enqueue_ranked("big3", got3, tokens=50)
-    pool.enqueue_ranked("big4", got4, tokens=50)
+    pool.enqueue(Ask("big3", tokens=50), got3)
+    pool.enqueue(Ask("big4", tokens=50), got4)
     # Head of line: a small request behind them waits too, though a slot is free.
-    pool.enqueue_ranked("small", small, tokens=5)
+    pool.enqueue(Ask("small", tokens=5), small)
     assert (got3.lease, got4.lease, small.lease) == (None, None, None)
     first.release()
     assert got3.lease is not None and got4.lease is None and small.lease is None
@@ -174,18 +176,18 @@ def test_the_head_of_the_line_leaving_lets_the_next_waiter_in() -> None:
     registry, clock = _registry(_spec(capacity=100, queue_timeout=5.0))
     _warm(registry, "p", A, slots=4)
     pool = registry.pools["p"]
-    assert pool.try_acquire_tokens("a", 42) is not None
-    assert pool.try_acquire_tokens("b", 42) is not None
+    assert pool.try_acquire(Ask("a", tokens=42)) is not None
+    assert pool.try_acquire(Ask("b", tokens=42)) is not None
     big, small, smaller = Got(), Got(), Got()
-    head = pool.enqueue_ranked("big", big, tokens=59)
-    pool.enqueue_ranked("small", small, tokens=10)
+    head = pool.enqueue(Ask("big", tokens=59), big)
+    pool.enqueue(Ask("small", tokens=10), small)
     assert small.lease is None  # it fits, but waits behind the head
     assert pool.cancel(head)
     assert small.lease is not None and big.lease is None
     # The same when the head times out.
-    head = pool.enqueue_ranked("big2", Got(), tokens=59)
+    head = pool.enqueue(Ask("big2", tokens=59), Got())
     clock.now += 3.0
-    pool.enqueue_ranked("smaller", smaller, tokens=5)
+    pool.enqueue(Ask("smaller", tokens=5), smaller)
     assert smaller.lease is None
     clock.now += 3.0  # past the head's queue timeout, not the one behind it
     pool.expire_waiters(clock.now)
@@ -197,11 +199,11 @@ def test_a_held_replica_does_not_block_a_waiter_that_cannot_use_it() -> None:
     _warm(registry, "p", A)
     _warm(registry, "p", B)
     pool = registry.pools["p"]
-    on_a = pool.try_acquire_tokens("fill-a", 80, frozenset({A}))
+    on_a = pool.try_acquire(Ask("fill-a", eligible=frozenset({A}), tokens=80))
     assert on_a is not None and on_a.address == A
     big, other = Got(), Got()
-    pool.enqueue_ranked("big-on-a", big, tokens=50, eligible=frozenset({A}))
-    pool.enqueue_ranked("on-b", other, tokens=50, eligible=frozenset({B}))
+    pool.enqueue(Ask("big-on-a", eligible=frozenset({A}), tokens=50), big)
+    pool.enqueue(Ask("on-b", eligible=frozenset({B}), tokens=50), other)
     assert big.lease is None
     assert other.lease is not None and other.lease.address == B
     on_a.release()
@@ -212,10 +214,10 @@ def test_a_refused_grant_is_refunded() -> None:
     registry, _ = _registry(_spec(capacity=100))
     _warm(registry, "p", A)
     pool = registry.pools["p"]
-    held = pool.try_acquire_tokens("held", 100)
+    held = pool.try_acquire(Ask("held", tokens=100))
     assert held is not None
     gone = Got(alive=False)
-    waiter = pool.enqueue_ranked("gone", gone, tokens=30)
+    waiter = pool.enqueue(Ask("gone", tokens=30), gone)
     held.release()
     capacity = held.replica.capacity
     assert waiter.state is WaitState.CANCELLED
@@ -227,11 +229,11 @@ def test_priority_bands_keep_their_order_with_tokens() -> None:
     registry, _ = _registry(_spec(capacity=100, priority=bands))
     _warm(registry, "p", A)
     pool = registry.pools["p"]
-    held = pool.try_acquire_tokens("held", 100)
+    held = pool.try_acquire(Ask("held", tokens=100))
     assert held is not None
     low, high = Got(), Got()
-    pool.enqueue_ranked("low", low, band="low", tokens=10)
-    pool.enqueue_ranked("high", high, band="high", tokens=90)
+    pool.enqueue(Ask("low", tokens=10, band="low"), low)
+    pool.enqueue(Ask("high", tokens=90, band="high"), high)
     held.release()
     assert high.lease is not None and low.lease is not None  # 90 + 10 fit together
     assert int(high.lease.id.split("-")[1]) < int(low.lease.id.split("-")[1])  # high first
@@ -241,8 +243,8 @@ def test_a_pool_without_tokens_is_unchanged() -> None:
     registry, _ = _registry(_spec(capacity=None))
     _warm(registry, "p", A, slots=2)
     pool = registry.pools["p"]
-    assert "Pool._dispatch of" in repr(pool._dispatch)  # the plain one, not _dispatch_tokens
-    leases = [pool.try_acquire("r1"), pool.try_acquire("r2")]
+    assert isinstance(pool._dispatcher, SlotDispatch)  # the plain one, not by tokens
+    leases = [pool.try_acquire(Ask("r1")), pool.try_acquire(Ask("r2"))]
     assert all(leases) and leases[0] is not None
     assert leases[0].replica.capacity.tokens is None
     assert leases[0].replica.capacity.reserved == {}
@@ -251,14 +253,14 @@ def test_a_pool_without_tokens_is_unchanged() -> None:
 def test_a_busy_replica_moved_between_pools_keeps_its_reservations() -> None:
     registry, _ = _registry(_spec("a", capacity=100), _spec("b", capacity=100))
     _warm(registry, "a", A)
-    first = registry.pools["a"].try_acquire_tokens("r", 70)
+    first = registry.pools["a"].try_acquire(Ask("r", tokens=70))
     assert first is not None
     registry.apply(ReplicaRemoved("a", A))
     _warm(registry, "b", A)
     b = registry.pools["b"]
-    assert b.try_acquire_tokens("r2", 40) is None  # a's 70 still count here
+    assert b.try_acquire(Ask("r2", tokens=40)) is None  # a's 70 still count here
     got = Got()
-    b.enqueue_ranked("r2", got, tokens=40)
+    b.enqueue(Ask("r2", tokens=40), got)
     first.release()  # a's lease ends: its tokens come back, b's waiter is served
     assert got.lease is not None
     assert got.lease.replica.capacity.tokens_leased == 40
@@ -271,10 +273,10 @@ def test_the_smaller_budget_wins_and_reloads_take_effect() -> None:
     capacity = registry.capacity(A)
     assert capacity is not None and capacity.tokens == 60
     a = registry.pools["a"]
-    lease = a.try_acquire_tokens("r", 50)
+    lease = a.try_acquire(Ask("r", tokens=50))
     assert lease is not None
     got = Got()
-    a.enqueue_ranked("r2", got, tokens=20)
+    a.enqueue(Ask("r2", tokens=20), got)
     assert got.lease is None
     registry.configure([_spec("a", capacity=100), _spec("b", capacity=80)])
     assert capacity.tokens == 80 and got.lease is not None  # the reload dispatched
@@ -290,8 +292,8 @@ def test_views_metrics_and_the_status_table_show_tokens() -> None:
     _warm(registry, "a", A)
     _warm(registry, "b", A)
     _warm(registry, "b", B)
-    assert registry.pools["a"].try_acquire_tokens("r1", 30) is not None
-    assert registry.pools["b"].try_acquire("r2") is not None  # reserves nothing
+    assert registry.pools["a"].try_acquire(Ask("r1", tokens=30)) is not None
+    assert registry.pools["b"].try_acquire(Ask("r2")) is not None  # reserves nothing
     view = registry.view()
     a, b = view.pools
     assert (a.replicas[0].tokens, a.replicas[0].tokens_leased, a.tokens_leased) == (100, 30, 30)
@@ -395,9 +397,9 @@ class TokenMachine(RuleBasedStateMachine):
         r = Request(p, cost, eligible, alive)
         try:
             if p.spec.tokens is None:
-                lease = p.try_acquire(pool, eligible)
+                lease = p.try_acquire(Ask(pool, eligible=eligible))
             else:
-                lease = p.try_acquire_tokens(pool, cost, eligible)
+                lease = p.try_acquire(Ask(pool, eligible=eligible, tokens=cost))
         except RequestTooLarge:
             assert p.spec.tokens is not None and cost > p.spec.tokens.capacity
             return
@@ -406,11 +408,9 @@ class TokenMachine(RuleBasedStateMachine):
             self._on_grant(r, lease)
             return
         try:
-            r.waiter = p.enqueue_ranked(
-                pool,
+            r.waiter = p.enqueue(
+                Ask(pool, eligible=eligible, tokens=None if p.spec.tokens is None else cost),
                 lambda lease: self._on_grant(r, lease),
-                eligible=eligible,
-                tokens=None if p.spec.tokens is None else cost,
             )
         except Exception as exc:  # QueueFull
             assert exc.__class__.__name__ == "QueueFull"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from warmroute.metrics import Metrics
 from warmroute.state import Phase, PoolSpec, Registry, ReplicaExternalLoad, ReplicaUpsert
+from warmroute.state.ask import Ask
 from warmroute.view import render
 
 R = "10.0.0.1:8000"
@@ -21,7 +22,7 @@ def shared() -> Registry:
         registry.apply(ReplicaUpsert(pool, R, 4, Phase.WARM))
     for pool, n in (("a", 1), ("b", 2)):
         for i in range(n):
-            assert registry.pools[pool].try_acquire(f"{pool}{i}") is not None
+            assert registry.pools[pool].try_acquire(Ask(f"{pool}{i}")) is not None
     return registry
 
 

@@ -5,7 +5,8 @@ protocol (Gateway API Inference Extension, proposal 004 "Endpoint Picker Protoco
 
 * the gateway MAY restrict the pick with a *subset hint*: filter metadata
   ``envoy.lb.subset_hint`` -> ``x-gateway-destination-endpoint-subset``, a list of
-  ``ip:port`` strings (a comma-separated string is accepted too); see ``subset_hint``;
+  ``ip:port`` strings (a comma-separated string is accepted too); see ``subset_hint``
+  (the director resolves it against the pool: ``warmroute.director.subsets``);
 * the picker names the endpoint twice, with the same value: the request header
   ``x-gateway-destination-endpoint`` and the dynamic metadata ``envoy.lb`` ->
   ``x-gateway-destination-endpoint``; see ``routed``;
@@ -18,7 +19,6 @@ protocol (Gateway API Inference Extension, proposal 004 "Endpoint Picker Protoco
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Iterator
 
 from envoy.config.core.v3 import base_pb2
@@ -100,34 +100,6 @@ def served_endpoint(request: ep.ProcessingRequest) -> str | None:
     if SERVED_KEY not in fields or not fields[SERVED_KEY].HasField("string_value"):
         return None
     return str(fields[SERVED_KEY].string_value) or None
-
-
-def eligible_addresses(hint: Iterable[str], replicas: Iterable[str]) -> frozenset[str]:
-    """The pool's replica addresses a hint allows.
-
-    An ``ip:port`` entry names that replica; a bare IP (the reference picker matches by IP
-    alone) names every replica on that IP. Entries naming no replica of ours are dropped.
-    """
-    exact: set[str] = set()
-    hosts: set[str] = set()
-    for entry in hint:
-        if _is_ip(entry.strip("[]")):
-            hosts.add(entry.strip("[]"))
-        else:
-            exact.add(entry)
-    allowed = set()
-    for address in replicas:
-        if address in exact or (hosts and address.rpartition(":")[0].strip("[]") in hosts):
-            allowed.add(address)
-    return frozenset(allowed)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def routed(lease: Lease, body_length: int | None) -> ep.ProcessingResponse:

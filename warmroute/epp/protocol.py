@@ -8,10 +8,11 @@ picker configuration). Per stream, in order:
      ``end_of_stream`` (a GET, no body) decide at once (step 3) and answer;
   2. request body chunks: buffer them, at most ``routing.max_body_bytes`` (else 413);
   3. at the body's end (its ``end_of_stream``, or the request trailers): read the model
-     (``request_model.parse_body`` + ``choose_model``; it must be one of the pool's models),
-     lease a slot inside the subset hint, waiting in the pool's FIFO if none is free, then
-     answer the headers (``messages.routed``) and echo the whole body back, byte-identical,
-     as streamed chunks (and the trailers, if they ended it);
+     (``request.model.parse_body`` + ``choose_model``; it must be one of the pool's
+     models), have the director lease a slot inside the subset hint (waiting in the
+     pool's queue if none is free), then answer the headers (``messages.routed``) and
+     echo the whole body back, byte-identical, as streamed chunks (and the trailers, if
+     they ended it);
   4. response headers, each response body chunk (echoed at once, ``end_of_stream`` kept)
      and response trailers are answered as they come, so streams pass whole and promptly.
      An endpoint the gateway reports having used that is not the leased one is counted in
@@ -19,16 +20,18 @@ picker configuration). Per stream, in order:
   5. the response's end (body ``end_of_stream``, trailers, or headers with
      ``end_of_stream``) releases the lease and ends our side of the stream. Just before,
      how the request went counts for the replica's outlier detection
-     (``extproc.outliers``): a 5xx or Envoy's own 5xx reply for it
+     (``director.outliers``): a 5xx or Envoy's own 5xx reply for it
      (``messages.from_upstream`` false: refused, reset, timed out) is a failure; a 503 or
      429 the replica sent itself says it is full; a stream that ends before the response
      does (the client left) counts for nothing.
 
-The lease is released in a ``finally`` that always runs: response end, stream end, reset
-(client gone: gRPC cancels the handler) or any error. No access log is needed in this
-mode; the lease deadline and metrics reconciliation stay as the safety net.
-Requests are refused with an ImmediateResponse (``extproc.responses.rejected``), and the
-stream then ends.
+The decision (step 3) and the end (step 5) are the director's (``Director.lease``,
+``Director.finish``): this module only runs the stream. The lease is released in a
+``finally`` that always runs: response end, stream end, reset (client gone: gRPC cancels
+the handler) or any error. No access log is needed in this mode; the lease deadline and
+metrics reconciliation stay as the safety net. Requests are refused with an
+ImmediateResponse (``warmroute.request.responses.rejected``), counted once by
+``Director.refused``, and the stream then ends.
 """
 
 from __future__ import annotations
@@ -37,29 +40,20 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
+from warmroute.director import Director, Request
 from warmroute.epp import messages
-from warmroute.errors import (
-    BodyTooLarge,
-    NoEligibleEndpoint,
-    NotServing,
-    RequestRejected,
-    UnknownModel,
-)
-from warmroute.extproc import affinity_hint, responses, tokens
-from warmroute.extproc.admission import Admission
-from warmroute.extproc.outliers import OutlierReporter
-from warmroute.extproc.ranking import rank
-from warmroute.extproc.request_model import MAX_MODEL_LEN, choose_model, parse_body
-from warmroute.extproc.waiting import acquire
+from warmroute.errors import BodyTooLarge, NotServing, RequestRejected, UnknownModel
 from warmroute.metrics import Metrics
-from warmroute.state import EndReason, Lease, Pool, Registry
+from warmroute.request import responses
+from warmroute.request.model import MAX_MODEL_LEN, choose_model, parse_body
+from warmroute.request.source import PickedRequest
+from warmroute.state import Lease, Registry
 from warmroute.state.outlier import Outcome, classify
 
 logger = logging.getLogger(__name__)
@@ -85,7 +79,7 @@ class _Exchange:
     def __init__(self) -> None:
         self.request_id = ""
         self.model: str | None = None  # from the model header
-        # Kept to read a priority band and fairness key only if the request has to wait.
+        # Kept for the director, which reads from them only what the pool needs.
         self.headers: ep.HttpHeaders | None = None
         self.hint: tuple[str, ...] | None = None
         self.body = bytearray()
@@ -99,25 +93,17 @@ class _Exchange:
 class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """ext_proc servicer speaking the endpoint picker protocol for one pool.
 
-    Runs on the registry's event loop. ``serving`` False answers 503 (standby, stopping).
+    Runs on the registry's event loop. Every decision is ``director``'s (which answers 503
+    while it is not serving: standby, stopping); ``metrics`` counts upstream mismatches.
     """
 
     def __init__(
-        self,
-        registry: Registry,
-        metrics: Metrics,
-        settings: PickerSettings,
-        outliers: OutlierReporter | None = None,
+        self, director: Director, registry: Registry, metrics: Metrics, settings: PickerSettings
     ) -> None:
+        self._director = director
         self._registry = registry
         self._metrics = metrics
         self.settings = settings
-        self._outliers = outliers if outliers is not None else OutlierReporter(registry, metrics)
-        self.serving = True
-        # Called with the pool name when a request has to wait: demand for the autoscaler.
-        self.on_queued: Callable[[str], None] | None = None
-        # Pools with queue.reject_when_unmeetable answer 503 at once (set by the wiring).
-        self.admission = Admission()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         ex = _Exchange()
@@ -226,8 +212,9 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def _lease(self, ex: _Exchange, has_body: bool) -> Lease:
         """A lease for this request. Raises RequestRejected; waits in the pool's queue."""
         started = time.perf_counter()
-        if not self.serving:
-            raise NotServing("this endpoint picker is not leasing requests now")
+        director = self._director
+        if not director.serving:
+            director.check_serving()
         pool = self._registry.pools.get(self.settings.pool)
         if pool is None:
             raise NotServing(f"pool {self.settings.pool!r} is not configured")
@@ -236,73 +223,14 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             model = choose_model(model, parse_body(ex.body), self.settings.model_header)
         if model is not None and model not in pool.spec.models:
             raise UnknownModel(f"model {model[:MAX_MODEL_LEN]!r} is not served by this pool")
-        eligible = self._eligible(ex, pool)
-        spec = pool.spec.affinity
-        affinity = None
-        if spec is not None:
-            # The body is here anyway: hash its prompt (pools with prefix_affinity only).
-            session = ""
-            if spec.session_header and ex.headers is not None:
-                found = messages.header_values(ex.headers, (spec.session_header,))
-                session = found.get(spec.session_header, "")
-            affinity = affinity_hint.hint(spec, session, ex.body if has_body else None)
-        budget = pool.spec.tokens
-        cost = None
-        if budget is not None:
-            # Pools with a token budget only (affinity hints are not applied there).
-            cost = tokens.from_body(budget, ex.body if has_body else b"")
-            lease = pool.try_acquire_tokens(ex.request_id, cost, eligible)
-        else:
-            lease = pool.try_acquire(ex.request_id, eligible, affinity)
-        waited = 0.0
-        if lease is None:
-            if self.on_queued is not None:
-                self.on_queued(pool.name)
-            self.admission.check(pool)  # 503 + Retry-After now if it could only time out
-            wait_start = time.perf_counter()
-            priority = pool.spec.priority
-            try:
-                if priority is None or ex.headers is None:
-                    lease = await acquire(pool, ex.request_id, eligible, tokens=cost)
-                else:
-                    band, key = rank(ex.headers, priority, model)
-                    lease = await acquire(
-                        pool, ex.request_id, eligible, band=band, key=key, tokens=cost
-                    )
-            except asyncio.CancelledError:
-                logger.debug("request %s left while waiting in pool %s", ex.request_id, pool.name)
-                raise
-            waited = time.perf_counter() - wait_start
-            if affinity is not None:
-                pool.remember_affinity(affinity, lease)
-        self._metrics.pool(pool.name).decided(waited, time.perf_counter() - started - waited)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "request %s -> %s lease %s (model %s, waited %.1f ms, subset %s)",
-                ex.request_id, lease.address, lease.id[:8], model, waited * 1e3,
-                "none" if eligible is None else len(eligible),
-            )  # fmt: skip
-        return lease
-
-    def _eligible(self, ex: _Exchange, pool: Pool) -> frozenset[str] | None:
-        if ex.hint is None:
-            return None
-        eligible = messages.eligible_addresses(ex.hint, pool.addresses(live_only=False))
-        if not pool.can_ever_serve(eligible):
-            raise NoEligibleEndpoint(
-                f"no replica of pool {pool.name!r} in the gateway's subset "
-                f"({len(ex.hint)} endpoints) can serve requests"
-            )
-        return eligible
+        source = PickedRequest(ex.headers, ex.body if has_body else None)
+        return await director.lease(
+            Request(ex.request_id, pool.name, model, ex.hint, source, started)
+        )
 
     def _reject(self, ex: _Exchange, exc: RequestRejected) -> ep.ProcessingResponse:
         ex.outcome = f"rejected_{exc.code}"
-        self._metrics.pool(self.settings.pool).count(ex.outcome)
-        # One INFO line, never WARNING: under overload every request may be refused, and the
-        # metric above is what alerts; the line is for finding one request.
-        logger.info(
-            "request %s pool %s %s: %s", ex.request_id, self.settings.pool, ex.outcome, exc.message
-        )
+        self._director.refused(exc, ex.request_id, self.settings.pool)
         return responses.rejected(exc, ex.request_id)
 
     def _check_served(self, ex: _Exchange, served: str | None) -> None:
@@ -342,13 +270,10 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         lease = ex.lease
         if lease is None or lease.ended is not None:
             return
-        # Before the release: the slot it frees must not go to a replica this ejects.
-        self._outliers.report(lease, _for_replica(ex))
-        if not lease.release(EndReason.FINISHED):
-            return
         duration = time.perf_counter() - ex.granted_at
         outcome = ex.outcome or "success"
-        self._metrics.pool(lease.pool.name).finished(outcome, duration)
+        if not self._director.finish(lease, outcome, _for_replica(ex), duration):
+            return
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "request %s ended on %s: %s (status %d), lease %s released after %.1f ms",

@@ -21,8 +21,8 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from google.protobuf import empty_pb2
 
+from warmroute.director import Director
 from warmroute.envoy_names import METADATA_NAMESPACE
-from warmroute.extproc.outliers import OutlierReporter
 from warmroute.metrics import Metrics
 from warmroute.state import EndReason, Registry
 from warmroute.state.outlier import Outcome, classify
@@ -33,12 +33,13 @@ _FINAL = (accesslog_pb2.AccessLogType.NotSet, accesslog_pb2.AccessLogType.Downst
 
 
 class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    def __init__(
-        self, registry: Registry, metrics: Metrics, outliers: OutlierReporter | None = None
-    ) -> None:
+    """Ends the lease each entry names through ``director.finish`` (the completion step
+    both front ends share); finds leases in ``registry``; counts entries in ``metrics``."""
+
+    def __init__(self, director: Director, registry: Registry, metrics: Metrics) -> None:
+        self._director = director
         self._registry = registry
         self._metrics = metrics
-        self._outliers = outliers if outliers is not None else OutlierReporter(registry, metrics)
         self._entries = metrics.access_log_entries
         self._streams: set[asyncio.Task[object]] = set()
 
@@ -108,24 +109,22 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
                 entry.request.request_id, lease_id[:8],
             )  # fmt: skip
             return
-        pool = lease.pool.name
         upstream = _address(common.upstream_remote_address)
         response = entry.response
         code = response.response_code.value
         flags = common.response_flags
         if upstream and upstream != lease.address:
-            self._metrics.upstream_mismatch.labels(pool).inc()
+            self._metrics.upstream_mismatch.labels(lease.pool.name).inc()
             logger.error(
                 "request %s was leased %s but Envoy sent it to %s",
                 lease.request_id, lease.address, upstream,
             )  # fmt: skip
+            for_replica = Outcome.IGNORED  # it says nothing of the replica we leased
         else:
-            # Before the release: the slot it frees must not go to a replica this ejects.
-            self._outliers.report(lease, _for_replica(code, response.response_code_details, flags))
-        lease.release(EndReason.FINISHED)
+            for_replica = _for_replica(code, response.response_code_details, flags)
         outcome = _outcome(code, flags)
         duration = common.time_to_last_downstream_tx_byte
-        self._metrics.pool(pool).finished(outcome, duration.seconds + duration.nanos * 1e-9)
+        self._director.finish(lease, outcome, for_replica, duration.seconds + duration.nanos * 1e-9)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "request %s ended on %s: %s %d, lease %s released",

@@ -1,31 +1,32 @@
-"""The ext_proc service: Envoy asks "which replica?" once per request.
+"""The ext_proc service of own-Envoy mode: Envoy asks "which replica?" once per request.
 
-Per stream (= per HTTP request), in order:
+A stream adapter around the director (``warmroute.director``). Per stream (= per HTTP
+request), in order:
   1. read the request headers (the only phase configured) and the body's ``model`` that
      Envoy's json_to_metadata filter forwarded with them (``warmroute.body`` metadata);
      ``GET /v1/models`` is answered here from the registry, with no slot;
-  2. choose the model (header wins, must agree with the body; see ``request_model``) and
-     resolve the pool: the one the route marked on the stream's gRPC metadata, else the
-     body's model, whose pool route Envoy takes after we set the model header;
-  3. lease a slot, waiting in the pool's FIFO if none is free (in a pool with priority
-     bands, in the band and fairness lane its headers or model give it);
+  2. choose the model (header wins, must agree with the body; ``warmroute.request.model``)
+     and resolve the pool: the one the route marked on the stream's gRPC metadata, else
+     the body's model, whose pool route Envoy takes after we set the model header;
+  3. hand the ``Request`` to ``Director.lease`` (which prices, hints, ranks, leases or
+     waits); a refusal is counted by ``Director.refused`` and answered as an
+     ImmediateResponse (``warmroute.request.responses``);
   4. reply with ``envoy.lb`` metadata pinning the replica and our lease id in the
-     ``warmroute`` namespace. The access log returns that id when the request ends;
+     ``warmroute`` namespace. The access log returns that id when the request ends
+     (``warmroute.extproc.accesslog``);
   5. end the stream with an OK status at once (Envoy needs nothing more from us), so no
      wake-up is spent on Envoy's half-close.
-In a pool with ``policy: prefix_affinity`` that hashes prompts, step 3 needs the body: the
-headers are answered with a ``mode_override`` asking Envoy for this request's body
-(BUFFERED), and the decision goes out with the body's answer instead (``_affinity``).
-Other pools never see a body.
-If the stream is reset while waiting (client gone), the wait is withdrawn.
+In a pool with ``policy: prefix_affinity`` that hashes prompts, the director needs the
+prompt: the headers are answered with a ``mode_override`` asking Envoy for this request's
+body (BUFFERED), and the decision goes out with the body's answer instead
+(``_prompt_body``). Other pools never see a body. If the stream is reset while waiting
+(client gone), the director withdraws the wait.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
 from urllib.parse import unquote
 
 import grpc
@@ -34,12 +35,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from google.protobuf.struct_pb2 import Struct
 
+from warmroute.director import Director, Request
 from warmroute.envoy_names import BODY_NAMESPACE, POOL_METADATA_KEY
-from warmroute.errors import ModelMismatch, NotServing, RequestRejected, UnknownModel
-from warmroute.extproc import affinity_hint, models_api, responses, tokens
-from warmroute.extproc.admission import Admission
-from warmroute.extproc.ranking import rank
-from warmroute.extproc.request_model import (
+from warmroute.errors import ModelMismatch, RequestRejected, UnknownModel
+from warmroute.extproc import models_api
+from warmroute.request import responses
+from warmroute.request.model import (
     MAX_MODEL_LEN,
     MODELS_PATH,
     NO_BODY,
@@ -47,10 +48,8 @@ from warmroute.extproc.request_model import (
     BodyState,
     choose_model,
 )
-from warmroute.extproc.waiting import acquire
-from warmroute.metrics import Metrics
+from warmroute.request.source import EnvoyRequest, first_header, header_value
 from warmroute.state import EndReason, Lease, Pool, Registry
-from warmroute.state.affinity import Affinity, AffinitySpec
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +58,25 @@ _MODELS_PATH_BYTES = MODELS_PATH.encode()
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """Adapter from ext_proc streams to the registry. Runs on the registry's event loop."""
+    """Adapter from ext_proc streams to the director. Runs on the registry's event loop.
 
-    def __init__(self, registry: Registry, metrics: Metrics, model_header: str) -> None:
+    ``registry`` is read for the pool a route names or a model maps to, and for
+    ``GET /v1/models``; every decision is ``director``'s.
+    """
+
+    def __init__(self, director: Director, registry: Registry, model_header: str) -> None:
+        self._director = director
         self._registry = registry
-        self._metrics = metrics
         self._model_header = model_header
-        self.serving = True
-        # Called with the pool name when a request has to wait: demand for the autoscaler.
-        self.on_queued: Callable[[str], None] | None = None
-        # Pools with queue.reject_when_unmeetable answer 503 at once (set by the wiring).
-        self.admission = Admission()
+
+    @property
+    def model_header(self) -> str:
+        """The request header naming the model (``routing.model_header``)."""
+        return self._model_header
+
+    @model_header.setter
+    def model_header(self, name: str) -> None:
+        self._model_header = name
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         # The reader/writer form (context.read/write; ``request_iterator`` is unused): no
@@ -95,24 +102,22 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         routed_pool: str | None,
         context: grpc.aio.ServicerContext | None = None,
     ) -> ep.ProcessingResponse:
-        """The answer to the request headers (or, for a hint that needs the body, to the
-        body it then reads from ``context``; without one it decides on the headers)."""
-        started = time.perf_counter()
-        request_id, header_model, models_path = _read_headers(
-            request.request_headers, self._model_header
-        )
+        """The answer to the request headers (or, for a prefix-affinity pool, to the body
+        it then reads from ``context``; without one it decides on the headers)."""
+        received = time.perf_counter()
+        headers = request.request_headers
+        request_id, header_model, models_path = _read_headers(headers, self._model_header)
         if models_path is not None:
             return self._answer_models(models_path, request_id)
+        director = self._director
         pool: Pool | None = None
         set_header: tuple[str, str] | None = None
-        affinity: Affinity | None = None
-        in_body = False
+        body: bytes | None = None
         try:
-            if not self.serving:
-                raise NotServing("this warmroute instance is not leasing requests now")
+            if not director.serving:
+                director.check_serving()  # a standby refuses before reading anything
             # A request without a body has nothing to read, whatever its content-type made
             # json_to_metadata report.
-            headers = request.request_headers
             found = (
                 None
                 if headers.end_of_stream
@@ -135,59 +140,17 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 pool = self._resolve(model, from_header=bool(header_model))
                 if not header_model:
                     set_header = (self._model_header, model)
-            spec = pool.spec.affinity
-            budget = pool.spec.tokens
-            cost: int | None = None
-            if budget is not None:
-                # Pools with a token budget only (affinity hints are not applied there).
-                cost = tokens.from_metadata(budget, headers.headers.headers, found)
-                lease = pool.try_acquire_tokens(request_id, cost)
-            elif spec is None:
-                lease = pool.try_acquire(request_id)
-            else:
-                affinity, in_body = await _affinity(spec, request.request_headers, context)
-                lease = pool.try_acquire(request_id, None, affinity)
-            if lease is None:
-                if self.on_queued is not None:
-                    self.on_queued(pool.name)
-                self.admission.check(pool)  # 503 + Retry-After now if it could only time out
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("request %s waits in pool %s: %s", request_id, pool.name,
-                                 self.admission.explain(pool))  # fmt: skip
-                wait_start = time.perf_counter()
-                priority = pool.spec.priority
-                if priority is None and cost is None:
-                    lease = await acquire(pool, request_id)
-                elif priority is None:
-                    lease = await acquire(pool, request_id, tokens=cost)
-                else:
-                    band, key = rank(request.request_headers, priority, model)
-                    lease = await acquire(pool, request_id, band=band, key=key, tokens=cost)
-                waited = time.perf_counter() - wait_start
-                if affinity is not None:
-                    pool.remember_affinity(affinity, lease)
-            else:
-                waited = 0.0
+            hint = pool.spec.affinity
+            if hint is not None and hint.block_chars > 0:
+                body = await _prompt_body(headers, context)
+            source = EnvoyRequest(headers, found, body)
+            lease = await director.lease(
+                Request(request_id, pool.spec.name, model, None, source, received)
+            )
         except RequestRejected as exc:
-            pool_name = pool.name if pool is not None else "none"
-            outcome = f"rejected_{exc.code}"
-            self._metrics.pool(pool_name).count(outcome)
-            # One INFO line, never WARNING: under overload every request may be refused, and
-            # the metric above is what alerts; the line is for finding one request.
-            logger.info("request %s pool %s %s: %s", request_id, pool_name, outcome, exc.message)
+            director.refused(exc, request_id, None if pool is None else pool.name)
             return responses.rejected(exc, request_id)  # an ImmediateResponse fits any phase
-        except asyncio.CancelledError:
-            logger.debug("request %s left while waiting in pool %s", request_id, pool)
-            raise
-        self._metrics.pool(pool.name).decided(waited, time.perf_counter() - started - waited)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "request %s model %s (%s%s) -> %s lease %s (waited %.1f ms)",
-                request_id, model, "body" if set_header else "header",
-                ", streamed" if _body_model(found).stream else "", lease.address, lease.id[:8],
-                waited * 1e3,
-            )  # fmt: skip
-        return self._hand_over(lease, set_header, in_body)
+        return self._hand_over(lease, set_header, body is not None)
 
     def _hand_over(
         self, lease: Lease, set_header: tuple[str, str] | None, in_body: bool = False
@@ -257,22 +220,22 @@ _BODY_PLEASE.mode_override.CopyFrom(
 )
 
 
-async def _affinity(
-    spec: AffinitySpec, headers: ep.HttpHeaders, context: grpc.aio.ServicerContext | None
-) -> tuple[Affinity | None, bool]:
-    """The request's affinity hint, and whether its body was read for it (then the
-    decision must answer the body message). Raises _StreamEnded if Envoy closed first.
+async def _prompt_body(
+    headers: ep.HttpHeaders, context: grpc.aio.ServicerContext | None
+) -> bytes | None:
+    """The request's body, asked of Envoy for its prompt (a prefix-affinity pool that
+    hashes prompts), or None: the decision then answers the body message. Raises
+    _StreamEnded if Envoy closed the stream first.
 
-    The body is asked for only when prompts are hashed and the request has one of a
-    known size up to ``_HINT_BODY_MAX``; others are decided on the session alone. Envoy
-    holds the request meanwhile (its buffer limit applies, as for json_to_metadata).
+    Asked only for a request with a body of a known size up to ``_HINT_BODY_MAX``; others
+    are decided on their session alone. Envoy holds the request meanwhile (its buffer
+    limit applies, as for json_to_metadata).
     """
-    session = _header(headers, spec.session_header) if spec.session_header else ""
-    if spec.block_chars == 0 or headers.end_of_stream or context is None:
-        return affinity_hint.hint(spec, session, None), False
-    size = _header(headers, "content-length")
+    if headers.end_of_stream or context is None:
+        return None
+    size = first_header(headers, "content-length") or ""
     if not size.isdigit() or int(size) > _HINT_BODY_MAX:
-        return affinity_hint.hint(spec, session, None), False
+        return None
     await context.write(_BODY_PLEASE)
     msg = await context.read()
     if msg is grpc.aio.EOF:
@@ -282,7 +245,8 @@ async def _affinity(
         # at all): answer it unchanged and stop; Envoy's fallback policy routes it.
         await context.write(_passthrough(msg))
         raise _StreamEnded
-    return affinity_hint.hint(spec, session, msg.request_body.body), True
+    body: bytes = msg.request_body.body
+    return body
 
 
 def _as_body_response(resp: ep.ProcessingResponse) -> ep.ProcessingResponse:
@@ -292,13 +256,6 @@ def _as_body_response(resp: ep.ProcessingResponse) -> ep.ProcessingResponse:
     out.request_body.response.CopyFrom(resp.request_headers.response)
     out.dynamic_metadata.CopyFrom(resp.dynamic_metadata)
     return out
-
-
-def _header(headers: ep.HttpHeaders, name: str) -> str:
-    for h in headers.headers.headers:
-        if h.key == name:
-            return _value(h)
-    return ""
 
 
 def _pool_marker(context: grpc.aio.ServicerContext) -> str | None:
@@ -313,14 +270,18 @@ def _read_headers(headers: ep.HttpHeaders, model_header: str) -> tuple[str, str 
     request_id = ""
     model: str | None = None
     models_path: str | None = None
+    # ``header_value`` inlined for the two headers every request has: this loop runs
+    # over every header of every request.
     for h in headers.headers.headers:
         key = h.key
         if key == "x-request-id":
-            request_id = _value(h)
+            raw = h.raw_value
+            request_id = raw.decode("utf-8", "replace") if raw else str(h.value)
         elif key == model_header:
-            model = _value(h)
+            raw = h.raw_value
+            model = raw.decode("utf-8", "replace") if raw else str(h.value)
         elif key == ":path" and h.raw_value.startswith(_MODELS_PATH_BYTES):
-            path = _value(h).partition("?")[0].rstrip("/")
+            path = header_value(h).partition("?")[0].rstrip("/")
             if path == MODELS_PATH or path.startswith(_MODELS_PREFIX):
                 models_path = path
     return request_id, model, models_path
@@ -350,13 +311,6 @@ def _body_model(found: Struct | None) -> BodyModel:
     if "body" in fields and fields["body"].string_value == "invalid":
         return BodyModel(BodyState.INVALID)
     return BodyModel(BodyState.NO_MODEL, stream=stream)
-
-
-def _value(h: object) -> str:
-    raw: bytes = h.raw_value  # type: ignore[attr-defined]
-    if raw:
-        return raw.decode("utf-8", "replace")
-    return str(h.value)  # type: ignore[attr-defined]
 
 
 def _passthrough(request: ep.ProcessingRequest) -> ep.ProcessingResponse:

@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import logging
 import math
+import os
 import signal
 from collections.abc import Callable
 
 from warmroute.children import adopt_parent_death
+from warmroute.sim.lora import LoraConfig, parse_module
 from warmroute.sim.replica import SimReplica
 from warmroute.sim.service_time import DISTRIBUTIONS, TokenTiming, parse_service_time
 
@@ -22,9 +24,11 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Simulated GPU model server: fixed slots and no queue, a cold start (/health 503 while "
-    "loading), vLLM-style /metrics, and the OpenAI API (/v1/completions, /v1/chat/completions "
-    "with stream: true as SSE, /v1/embeddings, /v1/models). A request with max_tokens takes "
-    "ttft + max_tokens x per-token; one without, a sample of the service-time distribution."
+    "loading), vLLM's /metrics, the OpenAI API (/v1/completions, /v1/chat/completions, "
+    "/v1/responses, with stream: true as SSE; /v1/embeddings, /v1/models), Anthropic's "
+    "/v1/messages, and LoRA adapters as vLLM serves them (--enable-lora). A request with "
+    "max_tokens takes ttft + max_tokens x per-token; one without, a sample of the "
+    "service-time distribution."
 )
 _LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -76,18 +80,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--fail-status", type=_number(500, kind=int), default=None, metavar="CODE",
         help="answer every inference request with this 5xx status at once while /health "
              "stays 200 (a broken server; POST /admin/fail changes it)")
+    lora = parser.add_argument_group(
+        "LoRA adapters (as vLLM 0.32; off unless --enable-lora)")
+    lora.add_argument("--enable-lora", action="store_true",
+        help="serve LoRA adapters on the first model; a request must then name a served "
+             "model or a known adapter (else 404, as vLLM)")
+    lora.add_argument("--max-loras", type=_number(1, kind=int), default=1, metavar="N",
+        help="distinct adapters in the running batch; requests for another wait "
+             "(default %(default)s)")
+    lora.add_argument("--max-cpu-loras", type=_number(1, kind=int), default=None, metavar="N",
+        help="adapters kept loaded, least recently used evicted (default: --max-loras)")
+    lora.add_argument("--lora-modules", nargs="+", action="extend", default=[],
+        metavar="NAME=PATH", help="adapters known and loaded from the start (or JSON "
+        '{"name": ..., "path": ...}), repeatable')
+    lora.add_argument("--lora-load-ms", type=_number(0), default=100.0, metavar="MS",
+        help="time to load one adapter: a load request, or a request whose adapter was "
+             "evicted (default %(default)s)")
+    lora.add_argument("--allow-runtime-lora-updating", action="store_true",
+        help="answer POST /v1/load_lora_adapter and /v1/unload_lora_adapter (404 otherwise; "
+             "also on with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1|true, as vLLM)")
+    lora.add_argument("--lora-check-paths", action="store_true",
+        help="the load endpoint refuses (404, as vLLM) a lora_path that is not on disk "
+             "(default: every path loads)")
     add("--log-level", type=str.upper, choices=_LEVELS, default=None,
         help="DEBUG logs one line per request (default INFO)")
     # fmt: on
 
 
+def runtime_lora_updating_env() -> bool:
+    """vLLM's ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``, read as vLLM reads it."""
+    return os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true")
+
+
+def lora_config(args: argparse.Namespace) -> LoraConfig | None:
+    """The LoRA settings of ``args`` (None without ``--enable-lora``). Raises
+    :class:`ValueError` for LoRA options without ``--enable-lora`` or a bad module."""
+    if not getattr(args, "enable_lora", False):
+        if getattr(args, "lora_modules", None):
+            raise ValueError("--lora-modules needs --enable-lora")
+        return None
+    return LoraConfig(
+        max_loras=int(args.max_loras),
+        max_cpu_loras=None if args.max_cpu_loras is None else int(args.max_cpu_loras),
+        load_s=args.lora_load_ms / 1000,
+        modules=tuple(parse_module(m) for m in args.lora_modules),
+        runtime_updating=args.allow_runtime_lora_updating or runtime_lora_updating_env(),
+    )
+
+
 def build(args: argparse.Namespace) -> SimReplica:
     """The replica ``args`` (from a parser with :func:`add_arguments`) describe. Raises
-    :class:`ValueError` for an option the parser's checks let through (an empty model name)."""
+    :class:`ValueError` for an option the parser's checks let through (an empty model name,
+    a bad LoRA module, ``--max-cpu-loras`` under ``--max-loras``)."""
     service = parse_service_time(args.distribution, args.median_ms, args.sigma)
     timing = TokenTiming(args.ttft_ms, args.per_token_ms)
     models = args.models or ["sim-model"]
-    replica = SimReplica(args.slots, args.load_seconds, service, args.seed, models, timing)
+    lora = lora_config(args)
+    exists = os.path.exists if getattr(args, "lora_check_paths", False) else None
+    replica = SimReplica(
+        args.slots, args.load_seconds, service, args.seed, models, timing,
+        lora=lora, lora_path_exists=exists,
+    )  # fmt: skip
     if getattr(args, "fail_status", None) is not None:
         replica.set_failing(int(args.fail_status))  # ValueError above 599: a usage error
     return replica

@@ -20,14 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["completion", "chat", "embedding"]
+Kind = Literal["completion", "chat", "embedding", "responses", "messages"]
 
 PATHS: dict[str, Kind] = {
     "/v1/completions": "completion",
     "/v1/chat/completions": "chat",
     "/v1/embeddings": "embedding",
 }
-"""The POST paths answered in OpenAI's shapes, by kind."""
+"""The POST paths answered in OpenAI's Completions, Chat and Embeddings shapes, by kind
+(``responses_api`` and ``anthropic_api`` add ``/v1/responses`` and ``/v1/messages``)."""
 
 EMBEDDING_DIMENSIONS = 16
 """Length of an embedding unless the request sets ``dimensions``."""
@@ -86,6 +87,7 @@ class ApiRequest:
     inputs: tuple[str, ...] = ()  # embeddings: one text per input (token arrays as JSON)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int = EMBEDDING_DIMENSIONS
+    instructions: str | None = None  # the Responses API's, echoed back
 
 
 def parse_request(kind: Kind, raw: bytes, default_model: str) -> ApiRequest:
@@ -93,12 +95,8 @@ def parse_request(kind: Kind, raw: bytes, default_model: str) -> ApiRequest:
     ignored, as servers like vLLM do, and absent ones take defaults. Raises
     :class:`InvalidRequest` for a body that is not a JSON object, or a known field of the
     wrong type or range."""
-    body = _json_object(raw)
-    model = body.get("model")
-    if model is None:
-        model = default_model
-    elif not isinstance(model, str) or not model:
-        raise _invalid("model", "a non-empty string", model)
+    body = json_object(raw)
+    model = model_of(body, default_model)
     if kind == "embedding":
         inputs, prompt_tokens = _embedding_inputs(body.get("input"))
         encoding: Literal["float", "base64"]
@@ -108,27 +106,23 @@ def parse_request(kind: Kind, raw: bytes, default_model: str) -> ApiRequest:
             case "base64":
                 encoding = "base64"
             case other:
-                raise _invalid("encoding_format", '"float" or "base64"', other)
+                raise invalid("encoding_format", '"float" or "base64"', other)
         dimensions = body.get("dimensions")
         dimensions = EMBEDDING_DIMENSIONS if dimensions is None else dimensions
         if not _int_in(dimensions, 1, 4096):
-            raise _invalid("dimensions", "an integer in [1, 4096]", dimensions)
+            raise invalid("dimensions", "an integer in [1, 4096]", dimensions)
         return ApiRequest(
             kind, model, prompt_tokens=prompt_tokens, inputs=inputs,
             encoding_format=encoding, dimensions=dimensions,
         )  # fmt: skip
-    stream = _optional_bool(body, "stream")
+    stream = optional_bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise _invalid("stream_options", "an object", options)
-    include_usage = _optional_bool(options or {}, "include_usage", "stream_options.")
-    max_tokens: int | None = None
-    for name in ("max_completion_tokens", "max_tokens"):
-        if (value := body.get(name)) is not None:
-            if not _int_in(value, 1, MAX_TOKENS):
-                raise _invalid(name, f"an integer in [1, {MAX_TOKENS}]", value)
-            max_tokens = value
-            break
+        raise invalid("stream_options", "an object", options)
+    include_usage = optional_bool(options or {}, "include_usage", "stream_options.")
+    max_tokens = optional_max(body, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = optional_max(body, "max_tokens")
     if kind == "chat":
         prompt_tokens = _message_tokens(body.get("messages"))
     else:
@@ -221,6 +215,9 @@ class ChunkStream:
     chunk ends the stream when the request asked for it.
     """
 
+    named = False
+    done_marker = True
+
     def __init__(self, reply: Reply, tokens: int, finish_reason: str, *, framed: bool) -> None:
         self._reply, self._tokens, self._finish, self._framed = reply, tokens, finish_reason, framed
         chat = reply.request.kind == "chat"
@@ -240,11 +237,48 @@ class ChunkStream:
         )
 
 
-def models(names: Sequence[str], created: int) -> dict[str, Any]:
-    """``GET /v1/models``: the list of the served models."""
-    data = [{"id": n, "object": "model", "created": created, "owned_by": "warmroute-sim"}
-            for n in names]  # fmt: skip
-    return {"object": "list", "data": data}
+MAX_MODEL_LEN = 32768
+"""The context length ``GET /v1/models`` reports for a base model (the sim enforces none)."""
+
+
+def models(
+    names: Sequence[str], created: int, adapters: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """``GET /v1/models`` as vLLM answers it: the served (base) models, then ``adapters``
+    (LoRA cards, ``parent`` naming their base)."""
+    data = [model_card(n, created, root=n, parent=None, max_model_len=MAX_MODEL_LEN) for n in names]
+    return {"object": "list", "data": [*data, *adapters]}
+
+
+def model_card(
+    name: str, created: int, *, root: str, parent: str | None, max_model_len: int | None = None
+) -> dict[str, Any]:
+    """One ``GET /v1/models`` entry as vLLM writes it (``ModelCard`` with one
+    ``ModelPermission``, ``owned_by: vllm``)."""
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_model_len,
+        "permission": [permission],
+    }
 
 
 def embedding(value: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
@@ -262,7 +296,9 @@ def embedding(value: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]
     return [v / norm for v in raw]
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object (empty: ``{}``); :class:`InvalidRequest` if it is
+    not one."""
     if not raw.strip():
         return {}
     try:
@@ -278,7 +314,28 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _invalid(param: str, expected: str, got: object) -> InvalidRequest:
+def model_of(body: dict[str, Any], default_model: str) -> str:
+    """The body's ``model`` (absent: ``default_model``); :class:`InvalidRequest` unless a
+    non-empty string."""
+    model = body.get("model")
+    if model is None:
+        return default_model
+    if not isinstance(model, str) or not model:
+        raise invalid("model", "a non-empty string", model)
+    return model
+
+
+def optional_max(body: dict[str, Any], name: str) -> int | None:
+    """The body's token limit ``name``, None if absent; :class:`InvalidRequest` unless an
+    integer in ``[1, MAX_TOKENS]``."""
+    value = body.get(name)
+    if value is not None and not _int_in(value, 1, MAX_TOKENS):
+        raise invalid(name, f"an integer in [1, {MAX_TOKENS}]", value)
+    return value
+
+
+def invalid(param: str, expected: str, got: object) -> InvalidRequest:
+    """The 400 for field ``param`` that is not ``expected``."""
     return InvalidRequest(
         f"'{param}' must be {expected}, got {_json_type(got)} {json.dumps(got)[:80]}",
         "invalid_value",
@@ -302,12 +359,14 @@ def _int_in(value: object, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _optional_bool(body: dict[str, Any], name: str, prefix: str = "") -> bool:
+def optional_bool(body: dict[str, Any], name: str, prefix: str = "") -> bool:
+    """The body's boolean ``name`` (absent or null: False); :class:`InvalidRequest` if not
+    a boolean (``prefix`` goes before its name in the error)."""
     value = body.get(name)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise _invalid(prefix + name, "a boolean", value)
+        raise invalid(prefix + name, "a boolean", value)
     return value
 
 
@@ -328,7 +387,7 @@ def _prompt_tokens(prompt: object) -> int:
         return sum(count_tokens(p) for p in prompt)
     if isinstance(prompt, list) and all(_is_token_ids(p) for p in prompt):
         return sum(len(p) for p in prompt)
-    raise _invalid("prompt", "a string, an array of strings or of token ids", prompt)
+    raise invalid("prompt", "a string, an array of strings or of token ids", prompt)
 
 
 def _message_tokens(messages: object) -> int:
@@ -336,11 +395,11 @@ def _message_tokens(messages: object) -> int:
     if messages is None:
         return 0
     if not isinstance(messages, list):
-        raise _invalid("messages", "an array of message objects", messages)
+        raise invalid("messages", "an array of message objects", messages)
     total = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _invalid(f"messages[{i}]", "a message object", message)
+            raise invalid(f"messages[{i}]", "a message object", message)
         content = message.get("content")
         if isinstance(content, str):
             total += count_tokens(content)
@@ -349,7 +408,7 @@ def _message_tokens(messages: object) -> int:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     total += count_tokens(part["text"])
         elif content is not None:
-            raise _invalid(f"messages[{i}].content", "a string or an array of parts", content)
+            raise invalid(f"messages[{i}].content", "a string or an array of parts", content)
     return total
 
 
@@ -368,4 +427,4 @@ def _embedding_inputs(value: object) -> tuple[tuple[str, ...], int]:
             return (json.dumps(value),), len(value)
         if all(_is_token_ids(v) and v for v in value):
             return tuple(json.dumps(v) for v in value), sum(len(v) for v in value)
-    raise _invalid("input", "a string, a non-empty array of strings or of token ids", value)
+    raise invalid("input", "a string, a non-empty array of strings or of token ids", value)

@@ -1,4 +1,4 @@
-"""A simulated GPU model server: fixed slots, no queue, a cold start, vLLM-style metrics.
+"""A simulated GPU model server: fixed slots, no queue, a cold start, vLLM's metrics, LoRA.
 
 Accounting contract, which tests rely on to prove the router never overloads a replica (all
 state lives on one event loop, so no locking): an inference request with valid ``x-sim-*``
@@ -14,16 +14,20 @@ With a token budget (``set_token_budget``) a request that would take
 the tokens in flight over it is refused (503, ``received_over_tokens``), as one over the slots
 is; its cost is priced as warmroute's ``tokens:`` pools price it (body bytes per token, plus
 ``max_completion_tokens``/``max_tokens`` or a default).
-The OpenAI paths (``openai_api.PATHS``) follow the same contract; a body they refuse is answered
-400 and not counted, like a malformed header, and ``GET /v1/models`` takes no slot and is not
-counted. Every request under ``/v1/`` is recorded first (``received.RequestLog``).
+The API paths (``apis.PATHS``: OpenAI's Completions, Chat, Embeddings and Responses,
+Anthropic's Messages) follow the same contract; a body they refuse is answered 400 and not
+counted, like a malformed header, and ``GET /v1/models`` takes no slot and is not counted.
+With LoRA (``lora_serving``), a request naming neither a served model nor a known adapter is
+answered 404 and not counted (``unknown_model``); a request for an adapter that cannot join
+the running batch yet waits *holding its slot* (it is inside the server, as in vLLM), so
+``in_flight`` is running plus waiting, as ``vllm:num_requests_running`` plus ``_waiting``.
+Every request under ``/v1/`` is recorded first (``received.RequestLog``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import math
 import random
@@ -33,73 +37,21 @@ from typing import Any
 
 from aiohttp import web
 
-from warmroute.sim import openai_api
-from warmroute.sim.openai_api import ApiRequest, ChunkStream, InvalidRequest, Reply
+from warmroute.sim import apis, openai_api
+from warmroute.sim.lora import LoraBook, LoraConfig, LoraError
+from warmroute.sim.lora_serving import LOAD_PATH, UNLOAD_PATH, LoraServing, route_not_found
+from warmroute.sim.metrics import render_metrics
+from warmroute.sim.openai_api import ApiRequest, InvalidRequest
 from warmroute.sim.prefix_cache import PrefixCache
 from warmroute.sim.received import ReceivedRequest, RequestLog
 from warmroute.sim.service_time import Generation, ServiceTime, TokenTiming, plan_generation
 from warmroute.sim.sse import LegacyEvents, sleep_until, stream
+from warmroute.sim.stats import SimStats, Slot
 
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE = 0.25  # stop() gives in-flight requests 2x this (aiohttp waits twice)
 MAX_BODY_BYTES = 256 * 1024 * 1024  # larger request bodies are refused with 413 (aiohttp: 1 MiB)
-
-
-@dataclasses.dataclass(slots=True)
-class SimStats:
-    """A replica's counters, as ``GET /stats`` returns them; :meth:`SimReplica.stats` copies."""
-
-    slots: int
-    warm: bool = False
-    healthy: bool = True
-    # Set: every inference request is answered this status at once (``set_failing``).
-    fail_status: int | None = None
-    in_flight: int = 0
-    max_in_flight: int = 0
-    received: int = 0
-    received_while_full: int = 0
-    received_while_loading: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0  # answered fail_status at once
-    # With a prefix cache (``prefix_cache``): admitted requests whose prompt's first block
-    # was cached, and their prompts' full blocks, total and cached.
-    prefix_hits: int = 0
-    prefix_blocks: int = 0
-    prefix_blocks_hit: int = 0
-    # With a token budget (``set_token_budget``; None: none): tokens of the requests in
-    # flight, their peak, and requests refused because they would have gone over it.
-    token_budget: int | None = None
-    tokens_in_flight: int = 0
-    max_tokens_in_flight: int = 0
-    received_over_tokens: int = 0
-
-
-class _Slot:
-    """A taken slot, like a lease: ``release()`` is idempotent, its first call sets the outcome."""
-
-    def __init__(self, stats: SimStats, tokens: int = 0) -> None:
-        self._stats = stats
-        self._held = True
-        self._tokens = tokens
-        stats.in_flight += 1
-        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-        stats.tokens_in_flight += tokens
-        stats.max_tokens_in_flight = max(stats.max_tokens_in_flight, stats.tokens_in_flight)
-
-    def release(self, *, completed: bool) -> bool:
-        """Free the slot, counting it ``completed`` or ``cancelled``; False if already freed."""
-        if not self._held:
-            return False
-        self._held = False
-        self._stats.in_flight -= 1
-        self._stats.tokens_in_flight -= self._tokens
-        if completed:
-            self._stats.completed += 1
-        else:
-            self._stats.cancelled += 1
-        return True
 
 
 def _header(
@@ -136,11 +88,17 @@ class SimReplica:
         model: str | Sequence[str] = "sim-model",
         timing: TokenTiming | None = None,
         prefix_cache: PrefixCache | None = None,
+        lora: LoraConfig | None = None,
+        lora_path_exists: Callable[[str], bool] | None = None,
     ) -> None:
         """``model``: the served model name(s), the first is the default and the metrics label.
         ``service`` times requests without ``max_tokens``; ``timing`` those with it.
         ``prefix_cache``: requests whose prompt starts like a recent one run faster
         (``warmroute.sim.prefix_cache``); None: every request takes its full time.
+        ``lora``: serve LoRA adapters on the first model as vLLM does (``warmroute.sim.lora``;
+        then a request must name a served model or a known adapter, else 404); None: no
+        adapters, and any model name is served. ``lora_path_exists`` decides which paths
+        the load endpoint can load (None: all).
 
         Raises :class:`ValueError` unless ``slots >= 1``, ``load_seconds >= 0`` and there is
         at least one non-empty model name.
@@ -165,6 +123,7 @@ class SimReplica:
         self._warm_timer: asyncio.TimerHandle | None = None
         self._chars_per_token = 4.0
         self._default_max_tokens = 1024
+        self._lora = None if lora is None else LoraServing(lora, self._model, lora_path_exists)
         # Headers of the latest counted inference request, names lower-cased as Envoy sends
         # them, repeats joined by ", ". Replaced, never mutated: treat it as read-only.
         self.last_headers: dict[str, str] = {}
@@ -181,7 +140,15 @@ class SimReplica:
 
     def stats(self) -> SimStats:
         """A copy of the counters; ``warm`` turns True ``load_seconds`` after :meth:`start`."""
+        if self._lora is not None:
+            self._stats.lora_loads = self._lora.book.loads
+            self._stats.lora_waited = self._lora.waited
         return dataclasses.replace(self._stats)
+
+    @property
+    def lora(self) -> LoraBook | None:
+        """The adapters' state (None without LoRA): read it, do not change it."""
+        return None if self._lora is None else self._lora.book
 
     def received(self) -> tuple[ReceivedRequest, ...]:
         """The last requests under ``/v1/`` (at most 64), oldest first, as ``GET /received``."""
@@ -218,6 +185,9 @@ class SimReplica:
         s = self._stats
         s.received = s.received_while_full = s.received_while_loading = 0
         s.completed = s.cancelled = s.received_over_tokens = s.failed = 0
+        s.unknown_model = 0
+        if self._lora is not None:
+            self._lora.book.loads = self._lora.waited = 0
         s.max_tokens_in_flight = s.tokens_in_flight
         s.prefix_hits = s.prefix_blocks = s.prefix_blocks_hit = 0
         if self._prefix is not None:
@@ -243,6 +213,8 @@ class SimReplica:
         app.router.add_post("/admin/fail", self._admin_fail)
         app.router.add_post("/admin/reset", self._admin_reset)
         app.router.add_get("/v1/models", self._list_models, allow_head=False)
+        app.router.add_post(LOAD_PATH, self._load_adapter)
+        app.router.add_post(UNLOAD_PATH, self._unload_adapter)
         app.router.add_post("/v1/{tail:.*}", self._inference)
         app.router.add_get("/v1/{tail:.*}", self._inference, allow_head=False)
         # handler_cancellation: a client (Envoy) dropping the connection cancels the handler,
@@ -292,14 +264,32 @@ class SimReplica:
         return web.json_response({"status": state}, status=200 if state == "ok" else 503)
 
     async def _stats_json(self, _: web.Request) -> web.Response:
-        return web.json_response(dataclasses.asdict(self._stats))
+        body: dict[str, Any] = dataclasses.asdict(self.stats())
+        if (book := self.lora) is not None:
+            body["lora"] = {
+                "known": book.known(),
+                "resident": list(book.resident()),
+                "running": list(book.running_adapters()),
+                "waiting": list(book.waiting_adapters()),
+            }
+        return web.json_response(body)
 
     async def _received_json(self, _: web.Request) -> web.Response:
         return web.json_response({"requests": [r.to_json() for r in self._log.entries()]})
 
     async def _list_models(self, request: web.Request) -> web.Response:
         self._record(request, b"")
-        return web.json_response(openai_api.models(self._models, self._started_at))
+        created = self._started_at
+        cards = self._lora.book.model_cards(created) if self._lora is not None else []
+        return web.json_response(openai_api.models(self._models, created, cards))
+
+    async def _load_adapter(self, request: web.Request) -> web.Response:
+        self._record(request, await request.read())
+        return route_not_found() if self._lora is None else await self._lora.load(request)
+
+    async def _unload_adapter(self, request: web.Request) -> web.Response:
+        self._record(request, await request.read())
+        return route_not_found() if self._lora is None else await self._lora.unload(request)
 
     def _record(self, request: web.Request, body: bytes) -> dict[str, str]:
         """Log the request; its headers, names lower-cased as Envoy sends them, repeats joined."""
@@ -308,7 +298,9 @@ class SimReplica:
         return headers
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        text = render_metrics(self._model, self._stats)
+        lora = self._lora
+        view, info = (None, None) if lora is None else (lora.view(), lora.info)
+        text = render_metrics(self._model, self._stats, view, info)
         content_type = "text/plain; version=0.0.4; charset=utf-8"
         return web.Response(body=text.encode(), headers={"Content-Type": content_type})
 
@@ -349,12 +341,21 @@ class SimReplica:
             logger.warning("sim replica %s request %s: %s", self._address, rid, exc)
             return web.json_response({"error": str(exc)}, status=400)
         api: ApiRequest | None = None
-        if request.method == "POST" and (kind := openai_api.PATHS.get(request.path)):
+        adapter: str | None = None
+        if request.method == "POST":
             try:
-                api = openai_api.parse_request(kind, body, self._model)
+                api = apis.parse(request.path, body, self._model)
             except InvalidRequest as exc:
                 logger.info("sim replica %s request %s: 400 %s", self._address, rid, exc)
-                return web.json_response(exc.body(), status=400)
+                return web.json_response(apis.invalid_body(request.path, exc), status=400)
+        if api is not None and self._lora is not None:
+            try:
+                adapter = self._lora.check(api.model, self._models)
+            except LoraError as exc:
+                self._stats.unknown_model += 1
+                logger.info("sim replica %s request %s: 404 %s", self._address, rid, exc)
+                answer = apis.error_body(request.path, exc.message, exc.type, exc.status, exc.param)
+                return web.json_response(answer, status=exc.status)
         stats = self._stats
         stats.received += 1
         self.last_headers = headers
@@ -380,10 +381,24 @@ class SimReplica:
                 stats.received_over_tokens += 1
                 logger.debug("sim replica %s request %s: refused, tokens", self._address, rid)
                 return web.json_response({"error": "replica out of tokens"}, status=503)
-        slot = _Slot(stats, cost)
-        admitted = asyncio.get_running_loop().time()
-        done = functools.partial(slot.release, completed=True)
+        slot = Slot(stats, cost)
+        lora = self._lora
+        ticket = lora.request(adapter) if lora is not None and adapter is not None else None
         try:
+            if lora is not None and ticket is not None:
+                admitted = await lora.ready(ticket)
+            else:
+                admitted = asyncio.get_running_loop().time()
+                if lora is not None:
+                    lora.step()
+
+            def done() -> None:
+                slot.release(completed=True)
+                if lora is not None and ticket is not None:
+                    lora.finish(ticket)
+                elif lora is not None:
+                    lora.step()
+
             gen = plan_generation(
                 self._service,
                 self._timing,
@@ -408,24 +423,19 @@ class SimReplica:
                     result["error"] = f"simulated status {status}"
                 return web.json_response(result, status=status)
             if api is None:
-                legacy = LegacyEvents(info)
-                return await stream(request, gen, legacy, admitted, done)
-            reply = Reply.new(api)
-            if api.kind == "embedding":
-                await sleep_until(admitted + gen.service_s)
-                done()
-                return web.json_response({**reply.embeddings(), **extra})
+                return await stream(request, gen, LegacyEvents(info), admitted, done)
             limited = api.max_tokens is not None and gen.tokens >= api.max_tokens
-            finish = "length" if limited else "stop"
-            if api.stream or chunks is not None:
-                events = ChunkStream(reply, gen.tokens, finish, framed=chunks is None)
+            if api.kind != "embedding" and (api.stream or chunks is not None):
+                events = apis.events(api, gen.tokens, limited, framed=chunks is None)
                 return await stream(request, gen, events, admitted, done)
             await sleep_until(admitted + gen.service_s)
             done()
-            return web.json_response({**reply.completion(gen.tokens, finish), **extra})
+            return web.json_response({**apis.answer(api, gen.tokens, limited), **extra})
         finally:
             if slot.release(completed=False):
                 logger.debug("sim replica %s request %s: cancelled", self._address, rid)
+            if lora is not None and ticket is not None:
+                lora.finish(ticket)  # a second call is harmless
 
     def _prefix_served(self, body: bytes, gen: Generation) -> Generation:
         """Count the request's prefix hit and shorten its generation by it."""
@@ -440,25 +450,3 @@ class SimReplica:
         if f == 1.0:
             return gen
         return Generation(gen.service_s * f, gen.tokens, gen.first_s * f, gen.step_s * f)
-
-
-def render_metrics(model: str, stats: SimStats) -> str:
-    """Prometheus text format 0.0.4 of ``stats`` under vLLM's names. Hand-written because
-    prometheus_client's global registry would clash with the control plane's in one process."""
-    label = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    samples: list[tuple[str, str, float]] = [
-        ("vllm:num_requests_running", "gauge", stats.in_flight),
-        ("vllm:num_requests_waiting", "gauge", 0),  # never queues
-        ("vllm:gpu_cache_usage_perc", "gauge", stats.in_flight / stats.slots),
-        ("sim_requests_received_total", "counter", stats.received),
-        ("sim_requests_received_while_full_total", "counter", stats.received_while_full),
-        ("sim_requests_received_while_loading_total", "counter", stats.received_while_loading),
-        ("sim_requests_completed_total", "counter", stats.completed),
-        ("sim_requests_cancelled_total", "counter", stats.cancelled),
-        ("sim_requests_failed_total", "counter", stats.failed),
-        ("sim_max_in_flight", "gauge", stats.max_in_flight),
-    ]
-    lines: list[str] = []
-    for name, kind, value in samples:
-        lines += [f"# TYPE {name} {kind}", f'{name}{{model_name="{label}"}} {value}']
-    return "\n".join(lines) + "\n"

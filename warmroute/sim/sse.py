@@ -2,9 +2,11 @@
 
 :func:`stream` writes a response as a model server streams one: ``text/event-stream``, one
 ``data: {json}`` event per token at its planned time (a :class:`Generation`), then the tail
-and ``data: [DONE]``. The caller's slot is released after the last token's service time and
-*before* the tail, so a router that frees its lease on the last byte never finds the replica
-busy.
+and ``data: [DONE]`` (OpenAI's Completions and Chat). Streams whose events are ``named``
+(the Responses and Messages APIs) put ``event: <type>`` before each ``data:`` line, and
+those without a ``done_marker`` end without ``[DONE]``. The caller's slot is released after
+the last token's service time and *before* the tail, so a router that frees its lease on the
+last byte never finds the replica busy.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from warmroute.sim.service_time import Generation
 
 
 class Events(Protocol):
-    """The ``data:`` events of one stream: ``head`` at once, one per token, ``tail`` last."""
+    """The ``data:`` events of one stream: ``head`` at once, one per token, ``tail`` last;
+    ``named``: each event also carries ``event: <its "type">``; ``done_marker``: ``data:
+    [DONE]`` ends the stream."""
 
     head: list[dict[str, Any]]
     tail: list[dict[str, Any]]
+    named: bool
+    done_marker: bool
 
     def token(self, index: int) -> dict[str, Any]: ...
 
@@ -31,6 +37,9 @@ class Events(Protocol):
 class LegacyEvents:
     """A stream on a path that is not OpenAI's: ``{replica, model, request_id, index, text}``
     per token, nothing before or after."""
+
+    named = False
+    done_marker = True
 
     def __init__(self, info: dict[str, Any]) -> None:
         self._info = info
@@ -41,9 +50,10 @@ class LegacyEvents:
         return {**self._info, "index": index, "text": f" tok{index}"}
 
 
-def encode(event: dict[str, Any]) -> bytes:
-    """One SSE ``data:`` event."""
-    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+def encode(event: dict[str, Any], named: bool = False) -> bytes:
+    """One SSE event: ``data: {json}``, after ``event: <its "type">`` if ``named``."""
+    data = f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+    return (f"event: {event['type']}\n" + data if named else data).encode()
 
 
 async def sleep_until(deadline: float) -> None:
@@ -66,16 +76,18 @@ async def stream(
     )
     try:
         await response.prepare(request)
+        named = events.named
         for event in events.head:
-            await response.write(encode(event))
+            await response.write(encode(event, named))
         for index in range(gen.tokens):
             await sleep_until(admitted + gen.due(index))
-            await response.write(encode(events.token(index)))
+            await response.write(encode(events.token(index), named))
         await sleep_until(admitted + gen.service_s)
         release()
         for event in events.tail:
-            await response.write(encode(event))
-        await response.write(b"data: [DONE]\n\n")
+            await response.write(encode(event, named))
+        if events.done_marker:
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except ConnectionResetError:
         pass  # the disconnect surfaced in a write, not as a cancellation

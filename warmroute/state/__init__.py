@@ -1,5 +1,6 @@
 """The authoritative state core: pure, synchronous, no I/O (see docs in each module)."""
 
+from warmroute.state.ask import Ask
 from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRemoved, ReplicaUpsert
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.pool import Pool, PoolSpec
@@ -9,6 +10,7 @@ from warmroute.state.snapshot import PoolLoad, PoolView, RegistryView, ReplicaLo
 from warmroute.state.waiters import Waiter, WaitState
 
 __all__ = [
+    "Ask",
     "Capacity",
     "EndReason",
     "Lease",

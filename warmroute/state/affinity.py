@@ -5,8 +5,9 @@ request whose prompt starts like a recent one is cheaper on the replica that ser
 The request path turns a request into an ``Affinity`` (its session key and the hashes of
 its prompt's leading blocks, ``prompt_blocks``); the pool remembers, per key, the
 replicas it granted such a request to (``AffinityMemory``, a bounded LRU of plain data)
-and the ``prefix_affinity`` policy prefers among the free replicas the one with the
-longest remembered prefix, within a load-imbalance bound.
+and the prefix and session scorers (``warmroute.state.scorers``) prefer among the free
+replicas the one with the longest remembered prefix, or the session's, within a
+load-imbalance bound.
 
 It is approximate on purpose: the memory is what warmroute granted, not what the server
 still caches (it may have evicted it), and blocks are characters, not tokens. A wrong
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 
 # Replicas remembered per key, most recent first: a popular system prompt is cached on
 # several replicas, and any of them is a good pick.
-_PER_KEY = 4
+PER_KEY = 4
+_PER_KEY = PER_KEY
 
 # A replica's affinity for a request: (leading blocks it served, recency); higher wins.
 Score = tuple[int, int]
@@ -107,7 +109,7 @@ class AffinityMemory:
             keys.popitem(last=False)
 
     def scores(self, affinity: Affinity) -> dict[str, Score]:
-        """Address -> (how many leading blocks it served, how recently: ``_PER_KEY`` for
+        """Address -> (how many leading blocks it served, how recently: ``PER_KEY`` for
         the latest replica granted the deepest of them, down to 1). The session's last
         replica scores above any prefix. Read-only: looking up refreshes nothing.
 
@@ -115,9 +117,17 @@ class AffinityMemory:
         cached on both, and sending it back to the most recent one keeps each prompt on
         as few replicas as load allows, so each replica's cache holds fewer prompts.
         """
+        scores = self.prefix_scores(affinity.blocks)
+        last = self.session_of(affinity.session)
+        if last is not None:
+            scores[last] = (len(affinity.blocks) + 1, _PER_KEY)
+        return scores
+
+    def prefix_scores(self, blocks: tuple[int, ...]) -> dict[str, Score]:
+        """``scores`` for the prompt blocks alone (no session)."""
         keys = self._keys
         scores: dict[str, Score] = {}
-        for i, key in enumerate(affinity.blocks, 1):
+        for i, key in enumerate(blocks, 1):
             entry = keys.get(key)
             if entry is None:
                 # Chained hashes: a later block cannot match where this one did not (unless
@@ -125,11 +135,14 @@ class AffinityMemory:
                 break
             for rank, address in enumerate(entry):
                 scores[address] = (i, _PER_KEY - rank)
-        if affinity.session:
-            entry = keys.get(affinity.session)
-            if entry is not None:
-                scores[entry[0]] = (len(affinity.blocks) + 1, _PER_KEY)
         return scores
+
+    def session_of(self, session: str) -> str | None:
+        """The replica last granted ``session`` ("" or forgotten: None). Read-only."""
+        if not session:
+            return None
+        entry = self._keys.get(session)
+        return None if entry is None else entry[0]
 
     def ordered(self) -> list[int | str]:
         """The remembered keys, least recently granted first (for tests and views)."""

@@ -20,7 +20,6 @@ from warmroute.state.events import ReplicaEvent, ReplicaExternalLoad, ReplicaRem
 from warmroute.state.inflight import InFlightBook
 from warmroute.state.lease import EndReason, Lease
 from warmroute.state.outlier import Backoff, Ejection, Outcome, Return
-from warmroute.state.policy import POLICIES
 from warmroute.state.pool import Clock, IdFactory, Pool, PoolSpec
 from warmroute.state.replica import Capacity, Replica
 from warmroute.state.snapshot import PoolLoad, PoolView, RegistryView, ReplicaView
@@ -117,12 +116,10 @@ class Registry:
                     new_id=self._new_id,
                     leases=self.leases,
                     by_request=self._by_request,
-                    policy=POLICIES[spec.policy],
                     capacities=self._capacities,
                 )
             else:
                 pool.set_spec(spec)
-                pool._policy = POLICIES[spec.policy]
         self._by_model = {m: self.pools[s.name] for s in wanted.values() for m in s.models}
 
     def pool_for_model(self, model: str) -> Pool | None:
@@ -141,7 +138,11 @@ class Registry:
         elif isinstance(event, ReplicaRemoved):
             pool.remove(event.address)
         elif isinstance(event, ReplicaExternalLoad):
-            pool.set_external(event.address, event.running, reconcile=event.reconcile)
+            # Envoys' own count guards the scrape's reclaiming (``Pool.set_external``).
+            counted = self.inflight.in_progress(event.address) if self.inflight.reporting else 0
+            pool.set_external(
+                event.address, event.running, reconcile=event.reconcile, counted=counted
+            )
             if event.reconcile:  # the replica's own report: the fence is no longer needed
                 self.inflight.scraped(event.address)
 

@@ -21,10 +21,10 @@ structure count too), which only leaves some budget unused.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from warmroute.state.waiters import GrantCallback, RankedWaiter, Waiter
+from warmroute.errors import RequestTooLarge
+from warmroute.state.waiters import Waiter
 
 MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens")
 """The request body's fields that bound its completion, in the order a server reads them
@@ -51,49 +51,17 @@ class TokenSpec:
         return prompt + completion
 
 
-class TokenWaiter(Waiter):
-    """A waiter of a pool with tokens: it carries its cost."""
-
-    __slots__ = ("tokens",)
-
-    def __init__(
-        self,
-        request_id: str,
-        enqueued_at: float,
-        deadline: float,
-        on_grant: GrantCallback,
-        on_timeout: Callable[[], None] | None = None,
-        eligible: frozenset[str] | None = None,
-        tokens: int = 0,
-    ) -> None:
-        super().__init__(request_id, enqueued_at, deadline, on_grant, on_timeout, eligible)
-        self.tokens = tokens
-
-
-class TokenRankedWaiter(RankedWaiter):
-    """A waiter of a pool with tokens and priority bands."""
-
-    __slots__ = ("tokens",)
-
-    def __init__(
-        self,
-        request_id: str,
-        enqueued_at: float,
-        deadline: float,
-        on_grant: GrantCallback,
-        on_timeout: Callable[[], None] | None = None,
-        eligible: frozenset[str] | None = None,
-        lane: tuple[int, str] | None = None,
-        on_displaced: Callable[[], None] | None = None,
-        tokens: int = 0,
-    ) -> None:
-        super().__init__(
-            request_id, enqueued_at, deadline, on_grant, on_timeout, eligible, lane, on_displaced
+def check_tokens(spec: TokenSpec | None, tokens: int, pool: str) -> None:
+    """Raise RequestTooLarge if ``tokens`` is over a replica's whole budget in ``spec``
+    (pool ``pool``): such a request could never be served, so it is refused at once."""
+    if spec is not None and tokens > spec.capacity:
+        raise RequestTooLarge(
+            f"the request needs about {tokens} tokens (prompt estimate plus max_tokens) "
+            f"but a replica of pool {pool!r} holds at most {spec.capacity}; "
+            "lower max_tokens or shorten the prompt"
         )
-        self.tokens = tokens
 
 
 def cost_of(waiter: Waiter) -> int:
-    """A waiter's token cost: 0 for one queued before its pool had tokens."""
-    tokens: int = getattr(waiter, "tokens", 0)
-    return tokens
+    """A waiter's token cost: 0 for one queued without tokens."""
+    return 0 if waiter.tokens is None else waiter.tokens

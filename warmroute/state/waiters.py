@@ -18,6 +18,9 @@ The default lane (the default band, no key) keeps its unrestricted waiters in
 ``unrestricted``, and ``restricted`` counts every other waiter. While ``restricted`` is 0
 the queue is exactly one FIFO, as it always was, and the pool pops its head directly: a
 pool without bands, tenants or subsets never touches the rest of this module.
+
+There is one ``Waiter`` type whatever the pool's features: its lane, token cost and
+``Ask`` are optional fields, so no feature combination needs its own class.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from collections.abc import Callable, Collection, Iterator
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from warmroute.state.priority import PrioritySpec
+
 if TYPE_CHECKING:
+    from warmroute.state.ask import Ask
     from warmroute.state.lease import Lease
 
 
@@ -54,56 +60,28 @@ class Waiter:
     """One request waiting in a pool's queue. Leaves WAITING exactly once.
 
     ``eligible`` is the set of replica addresses it may be served by (None: any);
-    ``lane`` is its (band, fairness key), None for the default band with no key (always,
-    for a plain ``Waiter``: see ``RankedWaiter``); ``seq`` is its place in its pool's
-    arrival order, set when it is queued.
+    ``lane`` is its (band, fairness key), None for the default band with no key;
+    ``tokens`` its cost in a pool with a token budget (None: slots only); ``ask`` the
+    request's whole ``Ask`` (what scorers see when a slot frees for it; None for a
+    waiter built by hand). ``seq`` is its place in its pool's arrival order, set when
+    it is queued. ``on_displaced`` is called if a higher band's request takes its place.
     """
 
     __slots__ = (
+        "ask",
         "deadline",
         "eligible",
         "enqueued_at",
+        "lane",
         "lease",
+        "on_displaced",
         "on_grant",
         "on_timeout",
         "request_id",
         "seq",
         "state",
+        "tokens",
     )
-
-    # Class-level for the plain waiter, so the hot path builds it exactly as before.
-    lane: LaneId | None = None
-    on_displaced: Callable[[], None] | None = None
-
-    def __init__(
-        self,
-        request_id: str,
-        enqueued_at: float,
-        deadline: float,
-        on_grant: GrantCallback,
-        on_timeout: Callable[[], None] | None = None,
-        eligible: frozenset[str] | None = None,
-    ) -> None:
-        self.request_id = request_id
-        self.enqueued_at = enqueued_at
-        self.deadline = deadline
-        self.on_grant = on_grant
-        self.on_timeout = on_timeout
-        self.eligible = eligible
-        self.seq = 0
-        self.state = WaitState.WAITING
-        self.lease: Lease | None = None
-
-    def __repr__(self) -> str:
-        subset = "" if self.eligible is None else f" subset={sorted(self.eligible)}"
-        lane = "" if self.lane is None else f" band={self.lane[0]} key={self.lane[1]!r}"
-        return f"Waiter(req={self.request_id} {self.state.value}{lane}{subset})"
-
-
-class RankedWaiter(Waiter):
-    """A waiter in a pool with priority bands: it has a lane, and may be displaced."""
-
-    __slots__ = ("lane", "on_displaced")
 
     def __init__(
         self,
@@ -115,10 +93,28 @@ class RankedWaiter(Waiter):
         eligible: frozenset[str] | None = None,
         lane: LaneId | None = None,
         on_displaced: Callable[[], None] | None = None,
+        tokens: int | None = None,
+        ask: Ask | None = None,
     ) -> None:
-        super().__init__(request_id, enqueued_at, deadline, on_grant, on_timeout, eligible)
+        self.request_id = request_id
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.on_grant = on_grant
+        self.on_timeout = on_timeout
+        self.eligible = eligible
         self.lane = lane
         self.on_displaced = on_displaced
+        self.tokens = tokens
+        self.ask = ask
+        self.seq = 0
+        self.state = WaitState.WAITING
+        self.lease: Lease | None = None
+
+    def __repr__(self) -> str:
+        subset = "" if self.eligible is None else f" subset={sorted(self.eligible)}"
+        lane = "" if self.lane is None else f" band={self.lane[0]} key={self.lane[1]!r}"
+        tokens = "" if self.tokens is None else f" tokens={self.tokens}"
+        return f"Waiter(req={self.request_id} {self.state.value}{lane}{subset}{tokens})"
 
 
 _Fifo = OrderedDict[Waiter, None]
@@ -211,27 +207,21 @@ class WaitQueue:
         return n + len(self.unrestricted) if band == self._default else n
 
     def push(self, waiter: Waiter) -> None:
-        """Queue a waiter of the default lane (any plain ``Waiter``): the hot path, which
-        never reads ``lane`` (a class attribute of a plain waiter: slow to read)."""
+        """Queue a waiter in its lane (``waiter.lane``; None: the default lane). A waiter
+        of the default lane that any replica may serve is the hot path: one dict insert."""
         waiter.seq = self._next_seq
         self._next_seq += 1
+        lane = waiter.lane
         eligible = waiter.eligible
-        if eligible is None:
-            self.unrestricted[waiter] = None
-            if self.restricted:
-                self._join(self._default, self._default_lane)
+        if lane is None:
+            if eligible is None:
+                self.unrestricted[waiter] = None
+                if self.restricted:
+                    self._join(self._default, self._default_lane)
+                return
+            self._push_lane(waiter, self._default, "", eligible)
             return
-        self._push_lane(waiter, self._default, "", eligible)
-
-    def push_ranked(self, waiter: Waiter) -> None:
-        """Queue a waiter in its lane (``waiter.lane``; None: the default lane)."""
-        if waiter.lane is None:
-            self.push(waiter)
-            return
-        waiter.seq = self._next_seq
-        self._next_seq += 1
-        band, key = waiter.lane
-        self._push_lane(waiter, band, key, waiter.eligible)
+        self._push_lane(waiter, lane[0], lane[1], eligible)
 
     def _push_lane(
         self, waiter: Waiter, band: int, key: str, eligible: frozenset[str] | None
@@ -363,3 +353,32 @@ class WaitQueue:
         if self.unrestricted:
             rotation[""] = self._default_lane
             rotation.move_to_end("", last=False)
+
+
+def new_queue(priority: PrioritySpec | None) -> WaitQueue:
+    """An empty queue with ``priority``'s bands (one FIFO without)."""
+    if priority is None:
+        return WaitQueue()
+    return WaitQueue(len(priority.bands), priority.default)
+
+
+def requeue(queue: WaitQueue, old: PrioritySpec | None, new: PrioritySpec) -> WaitQueue:
+    """``queue``'s waiters in a queue built for ``new`` bands (``queue`` itself if they
+    are the same bands as ``old``).
+
+    Waiters keep their arrival order and fairness key; each moves to the band of the same
+    name, or to the default band if there is none any more (as does a waiter queued while
+    the pool had no bands).
+    """
+    if old is not None and old.names == new.names and old.default == new.default:
+        return queue
+    rebuilt = new_queue(new)
+    for w in list(queue):
+        name = None
+        if old is not None:
+            name = old.bands[old.default if w.lane is None else w.lane[0]].name
+        index = new.index(name)
+        key = "" if w.lane is None else w.lane[1]
+        w.lane = None if index == new.default and not key else (index, key)
+        rebuilt.push(w)
+    return rebuilt

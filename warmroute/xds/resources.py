@@ -186,7 +186,7 @@ def json_to_metadata_filter() -> json_to_metadata_pb2.JsonToMetadata:
                 on_present=kv(metadata_namespace=BODY_NAMESPACE, key="stream", type=j.STRING),
             ),
             # The completion a request may ask for, for pools with a token budget (read
-            # only there: ``warmroute.extproc.tokens``). Numbers stay numbers.
+            # only there: ``warmroute.request.tokens``). Numbers stay numbers.
             *(
                 j.Rule(
                     selectors=[j.Selector(key=name)],

@@ -41,7 +41,8 @@ from bench.lib.contenders.warmroute import Warmroute, plane_config
 from warmroute.config import Config
 from warmroute.envoy_process import EnvoyProcess
 from warmroute.extproc.processor import ExternalProcessor
-from warmroute.extproc.request_model import BodyModel, BodyState, parse_body
+from warmroute.front_end import OwnEnvoy
+from warmroute.request.model import BodyModel, BodyState, parse_body
 from warmroute.xds.bootstrap import ads_bootstrap, to_json
 from warmroute.xds.resources import (
     BODY_NAMESPACE,
@@ -174,10 +175,9 @@ async def run_plane(config_path: str) -> None:
     text = await asyncio.to_thread(Path(config_path).read_text)
     cfg = Config.model_validate(json.loads(text))
     plane = ControlPlane(cfg)
-    old = plane.processor
-    processor = BufferedBodyProcessor(plane.registry, plane.metrics, cfg.routing.model_header)
-    processor.on_queued, processor.serving = old.on_queued, old.serving
-    plane.processor = processor
+    assert isinstance(plane.front_end, OwnEnvoy)
+    processor = BufferedBodyProcessor(plane.director, plane.registry, cfg.routing.model_header)
+    plane.front_end.processor = processor
     _rewrite_snapshots(plane.manager)
     await plane.start()
     emit({"grpc": cfg.control.grpc, "admin": cfg.control.admin, "pid": os.getpid()})

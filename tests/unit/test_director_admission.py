@@ -1,4 +1,4 @@
-"""Unit tests of ``warmroute/extproc/admission.py``: a real Pool and a fake clock.
+"""Unit tests of ``warmroute/director/admission.py``: a real Pool and a fake clock.
 
 What it promises: a request is refused at once (503 queue_timeout, Retry-After = the
 predicted wait rounded up) only when the predicted wait exceeds its queue timeout AND no
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import pytest
 
+from warmroute.director.admission import Admission, Rule, early_reject
 from warmroute.errors import QueueTimeout
-from warmroute.extproc import responses
-from warmroute.extproc.admission import Admission, Rule, early_reject
+from warmroute.request import responses
 from warmroute.state import Phase, Pool, PoolSpec
+from warmroute.state.ask import Ask
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 
@@ -38,13 +39,13 @@ def busy_pool(service: float, waiting: int, timeout: float = 10.0) -> Pool:
         leases={},
     )
     pool.upsert(A, 1, Phase.WARM)
-    lease = pool.try_acquire("first")
+    lease = pool.try_acquire(Ask("first"))
     assert lease is not None
     clock.now += service
     lease.release()
-    assert pool.try_acquire("busy") is not None
+    assert pool.try_acquire(Ask("busy")) is not None
     for i in range(waiting):
-        pool.enqueue(f"w{i}", lambda _lease: True)
+        pool.enqueue(Ask(f"w{i}"), lambda _lease: True)
     return pool
 
 
@@ -104,7 +105,7 @@ def test_admission_applies_only_to_pools_with_a_rule() -> None:
 
 def test_rules_come_from_the_pools_that_ask_for_them() -> None:
     from warmroute.config import Config
-    from warmroute.extproc.admission import rules_from
+    from warmroute.director.admission import rules_from
 
     cfg = Config.model_validate(
         {

@@ -1,29 +1,18 @@
-"""One request's affinity hint: its session header and its prompt's block hashes.
+"""A request's prompt, as a model server's prefix cache sees it, read from its JSON body.
 
-The prompt is what a model server's prefix cache keys on, in order: the system prompt
-(Anthropic's ``system``), then the chat ``messages`` (role and text of each), else the
-completion ``prompt``, else the Responses API ``input``. It is read from the JSON body
-only in pools with ``policy: prefix_affinity``; a body that is not JSON, or has no
-prompt, gives only the session (if any). Both front ends use this: the endpoint picker
-has the body anyway, the own-Envoy processor asks Envoy for it for those pools only.
+In order: the system prompt (Anthropic's ``system``), then the chat ``messages`` (role
+and text of each), else the completion ``prompt``, else the Responses API ``input``.
+A body that is not JSON, or has no prompt, has an empty one. The director hashes it into
+an affinity hint (``warmroute.director``) in pools with ``policy: prefix_affinity`` only;
+both front ends read it through their request source (``warmroute.request.source``): the
+endpoint picker has the body anyway, the own-Envoy processor asks Envoy for it for those
+pools only.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-from warmroute.state.affinity import Affinity, AffinitySpec, prompt_blocks
-
-
-def hint(spec: AffinitySpec, session: str, body: bytes | bytearray | None) -> Affinity | None:
-    """The request's hint, or None if it has neither a session nor a full prompt block."""
-    blocks: tuple[int, ...] = ()
-    if body and spec.block_chars > 0:
-        text = prompt_text(body, spec.block_chars * spec.max_blocks)
-        blocks = prompt_blocks(text, spec.block_chars, spec.max_blocks)
-    affinity = Affinity(session, blocks)
-    return affinity if affinity else None
 
 
 def prompt_text(body: bytes | bytearray, limit: int) -> str:

@@ -1,9 +1,9 @@
 """Outlier detection at the edge: request outcomes in; ejections logged, counted and timed.
 
-Both front ends feed it the way each request ended for its replica, *before* releasing
-the lease (so the freed slot never goes to a replica this very outcome ejects): the
-access log in own-Envoy mode (``extproc.accesslog``), the response phase in endpoint
-picker mode (``epp.protocol``). The decisions are the core's
+Both front ends feed it, through ``Director.finish``, the way each request ended for its
+replica, *before* releasing the lease (so the freed slot never goes to a replica this
+very outcome ejects): the access log in own-Envoy mode (``extproc.accesslog``), the
+response phase in endpoint picker mode (``epp.protocol``). The decisions are the core's
 (``warmroute.state.outlier``); this adapter only
 
 * logs exactly one line per ejection (WARNING) and per return (INFO), each with the pool,
