@@ -35,8 +35,10 @@ async def wait_signals(
     test: Callable[[ReplicaSignals], bool],
     what: str,
     timeout: float = 60.0,
+    streams: Streams | None = None,
 ) -> ReplicaSignals:
-    """The first signals of ``server`` that pass ``test`` (scraped every 20 ms)."""
+    """The first signals of ``server`` that pass ``test`` (scraped every 20 ms); a failure
+    says what ``streams`` that already ended got."""
     seen: list[ReplicaSignals] = []
 
     async def ok() -> bool:
@@ -46,7 +48,14 @@ async def wait_signals(
     try:
         await wait_for(ok, timeout, interval=0.02, what=f"{what} on {server.address}")
     except AssertionError as e:
-        raise AssertionError(f"{e}; last signals: {seen[-1] if seen else None}") from None
+        ended = streams.ended() if streams is not None else []
+        # (running, waiting) as it changed, so a failure shows what the server went through.
+        history = [(x.running, x.waiting) for x in seen]
+        changes = [h for i, h in enumerate(history) if i == 0 or h != history[i - 1]]
+        raise AssertionError(
+            f"{e}; last signals: {seen[-1] if seen else None}; (running, waiting) seen: "
+            f"{changes}; streams ended: {ended}"
+        ) from None
     return seen[-1]
 
 
@@ -59,6 +68,7 @@ class Answer:
     status: int
     done: bool  # the stream ended with ``data: [DONE]``
     tokens: int  # completion tokens, as the stream's final usage chunk says
+    error: str = ""  # what a non-200 answer said (its body's start)
 
 
 async def completion(http: aiohttp.ClientSession, url: str, model: str, max_tokens: int) -> Answer:
@@ -68,8 +78,7 @@ async def completion(http: aiohttp.ClientSession, url: str, model: str, max_toke
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
     async with http.post(url + "/v1/completions", json=body) as r:
         if r.status != 200:
-            await r.read()
-            return Answer(r.status, False, 0)
+            return Answer(r.status, False, 0, (await r.text())[:300])
         done, tokens = False, 0
         async for raw in r.content:
             line = raw.decode().strip()
@@ -92,6 +101,10 @@ class Streams:
     def open(self, models: Sequence[str], max_tokens: int = 900) -> None:
         for m in models:
             self.tasks.append(asyncio.create_task(completion(self.http, self.url, m, max_tokens)))
+
+    def ended(self) -> list[Answer | BaseException]:
+        """What the streams that already ended got (an answer, or what they raised)."""
+        return [t.exception() or t.result() for t in self.tasks if t.done() and not t.cancelled()]
 
     async def close(self) -> None:
         for t in self.tasks:

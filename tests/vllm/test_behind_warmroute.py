@@ -13,11 +13,12 @@ by splitting the replicas into pools: the second test does that. The first puts 
 replicas in one pool, so both must serve every adapter the pool lists: ``a1`` is loaded
 onto ``a`` at run time for it.
 
-Known to fail now and then: vLLM's gauges lag the requests inside it while an engine step
-is long, and a scrape that shows fewer requests than leased reclaims leases older than
-``reconcile_after_seconds`` although Envoy still reports them in progress; their slots
-are leased again and the replica holds up to twice its slots
-(``tests/unit/test_state_stale_scrape.py``). The failure message gives warmroute's
+Known to fail now and then: vLLM (uvicorn) closes a keep-alive connection idle for 5 s,
+and a request Envoy sends on it at that moment is answered 503 "upstream connect error or
+disconnect/reset before headers. reset reason: connection termination" (README, "Against
+a real vLLM"). Found here and fixed: a scrape lagging a long engine step reclaimed leases
+Envoy still counted, and a replica got twice its slots
+(``tests/unit/test_state_stale_scrape.py``); the failure message gives warmroute's
 ``warmroute_leases_reconciled_total``.
 """
 

@@ -47,15 +47,16 @@ async def test_the_parser_reads_running_waiting_kv_and_adapters_while_requests_r
         assert (s.server, s.running, s.waiting) == ("vllm", 0, 0)
         # Three adapter streams: both adapters named, running (and, in vLLM 0.32, "waiting").
         streams.open(["a0", "a0", "a1"])
-        s = await wait_signals(http, b, lambda s: s.running == 3, "3 running")
+        s = await wait_signals(http, b, lambda s: s.running == 3, "3 running", streams=streams)
         assert s.lora is not None and s.lora.max_lora == MAX_LORAS
         assert s.lora.running_adapters == {"a0", "a1"}
         assert s.kv_cache_usage is not None and 0 < s.kv_cache_usage < 1
         # Three more on a base model: 4 sequences run, 2 wait; every open stream counted.
         streams.open(["tiny"] * 3)
         s = await wait_signals(
-            http, b, lambda s: (s.running, s.waiting) == (SLOTS, 2), "4 running, 2 waiting"
-        )
+            http, b, lambda s: (s.running, s.waiting) == (SLOTS, 2), "4 running, 2 waiting",
+            streams=streams,
+        )  # fmt: skip
         assert s.in_flight == len(streams.tasks) == 6
         await streams.close()
         s = await wait_signals(
@@ -76,8 +77,9 @@ async def test_a_request_waiting_for_a_lora_slot_is_counted_not_named(replicas: 
             async with Streams(http, b.url) as streams:
                 streams.open(["a0", "a1", "a2"])  # three adapters, two LoRA slots
                 s = await wait_signals(
-                    http, b, lambda s: (s.running, s.waiting) == (2, 1), "2 running, 1 waiting"
-                )
+                    http, b, lambda s: (s.running, s.waiting) == (2, 1), "2 running, 1 waiting",
+                    streams=streams,
+                )  # fmt: skip
                 assert s.lora is not None
                 # vLLM 0.32 names only the two adapters running: the waiting one's request
                 # is known to its API server only once it runs (fixtures README).
