@@ -52,10 +52,6 @@ class Fence:
         """The addresses held now (empty once lifted)."""
         return tuple(self._book.view().held)
 
-    @property
-    def active(self) -> bool:
-        return self._book.fencing
-
     def begin(self, reason: str, grace: float) -> int:
         """Hold every slot now, lifting what is still held after ``grace`` seconds; returns
         how many addresses. A second ``begin`` replaces the first."""

@@ -191,8 +191,9 @@ class InFlightBook:
         for address, state in self._addresses.items():
             if state.held is None:
                 continue
-            state.orphans = self._unleased_now(address, state)
-            state.u_prev = state.orphans
+            # ``evaluate`` (run on the report that completed the round) left what Envoys
+            # count beyond our leases in ``u_prev``: those are the old requests.
+            state.orphans = state.u_prev
             state.newcomers = 0
             self._lift(address, state, "reports")
             lifted += 1
@@ -293,10 +294,6 @@ class InFlightBook:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def unleased(self, address: str) -> int:
-        state = self._addresses.get(address)
-        return 0 if state is None else state.unleased
-
     def in_progress(self, address: str) -> int:
         state = self._addresses.get(address)
         return 0 if state is None else state.in_progress
@@ -322,16 +319,6 @@ class InFlightBook:
         if state is None:
             state = self._addresses[address] = _Address()
         return state
-
-    def _unleased_now(self, address: str, state: _Address) -> int:
-        capacity = self._capacities.get(address)
-        if capacity is None:
-            return 0
-        now = self._clock()
-        young = sum(
-            1 for lease in capacity.leases() if now - lease.acquired_at < self.young_seconds
-        )
-        return max(0, state.in_progress - capacity.leased + young, state.u_prev)
 
     def _apply(
         self, address: str, state: _Address, capacity: Capacity | None, *, force: bool = False
